@@ -1,0 +1,1 @@
+"""The paper's experiments, built on the public ``neuralsort`` API like any user code."""
