@@ -1,0 +1,78 @@
+"""Argument checks shared by the operators: every failure names the argument and what to do."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+TauLike = float | Tensor
+
+
+def check_float_tensor(x: object, name: str, fn: str) -> Tensor:
+    """Return ``x`` if it is a floating-point tensor, else raise ``TypeError``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{fn}: `{name}` must be a floating-point tensor, got dtype {x.dtype} "
+            f"with shape {tuple(x.shape)}; convert it first, e.g. `{name}.float()`"
+        )
+    return x
+
+
+def canonical_dim(x: Tensor, dim: int, name: str, fn: str) -> int:
+    """Normalise ``dim`` to a non-negative axis of ``x`` that is non-empty."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"{fn}: `dim` must be an int, got {type(dim).__name__}")
+    if x.dim() == 0:
+        raise ValueError(
+            f"{fn}: `{name}` must have at least one dimension to sort along, got a 0-d tensor"
+        )
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"{fn}: `dim`={dim} is out of range for `{name}` of shape {tuple(x.shape)} "
+            f"(valid: {-x.dim()} to {x.dim() - 1})"
+        )
+    dim = int(dim) % x.dim()
+    if x.shape[dim] == 0:
+        raise ValueError(
+            f"{fn}: `{name}` has an empty axis dim={dim} (shape {tuple(x.shape)}); "
+            "there is nothing to sort"
+        )
+    return dim
+
+
+def check_tau(tau: object, fn: str) -> TauLike:
+    """``tau`` must be a positive finite number or a positive scalar tensor."""
+    if isinstance(tau, Tensor):
+        if tau.numel() != 1:
+            raise ValueError(
+                f"{fn}: `tau` must be a scalar, got a tensor of shape {tuple(tau.shape)}"
+            )
+        if not tau.is_floating_point():
+            raise TypeError(f"{fn}: `tau` must be a floating-point tensor, got {tau.dtype}")
+        if not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any()):
+            raise ValueError(f"{fn}: `tau` must be positive and finite, got {tau.item()!r}")
+        return tau.reshape(())
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"{fn}: `tau` must be a positive number, got {type(tau).__name__}")
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(
+            f"{fn}: `tau` must be positive and finite, got {tau!r}; "
+            "smaller tau gives a sharper relaxation, e.g. tau=1.0"
+        )
+    return float(tau)
+
+
+def check_positive_int(value: object, name: str, fn: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{fn}: `{name}` must be a positive int, got {value!r}")
+    return int(value)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are computed in float32; float32 and float64 are kept."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -1,0 +1,418 @@
+r"""NeuralSort: the continuous relaxation of the sorting permutation matrix.
+
+For scores :math:`s \in \mathbb{R}^n` let :math:`A_s[j, k] = |s_j - s_k|`. Row :math:`i`
+(1-based) of the relaxed permutation matrix is
+
+.. math::
+
+    \hat P[i, :] = \operatorname{softmax}\big(((n + 1 - 2i)\, s - A_s \mathbf{1}) / \tau\big),
+
+a soft one-hot of the index of the :math:`i`-th **largest** score (Grover et al., ICLR 2019).
+:math:`\hat P` is unimodal row-stochastic and tends to the hard sorting permutation matrix as
+:math:`\tau \to 0^+`. The ascending order is the same matrix with its rows reversed, which is what
+``descending=False`` (the default, as in :func:`torch.sort`) returns.
+
+Convention used throughout: the output has the sorted axis moved last and its rows indexed by sorted
+position, so ``P @ x`` sorts ``x``; row ``i`` is a distribution over the input elements.
+
+Implementation notes:
+
+* :math:`A_s \mathbf{1}` (the row sums of absolute differences) is computed in
+  :math:`O(n \log n)` from one sort and a prefix sum, accumulated in float64; the matrix of
+  differences is never formed and nothing is multiplied by a ones matrix.
+* Only the requested rows are built, so :func:`soft_topk` costs :math:`O(kn)` and
+  :func:`soft_quantile` :math:`O(n)` per quantile.
+* The softmax and its backward are one fused kernel each; a hand-written backward reduces the
+  gradient of the logits to the scores with one small matrix product.
+* Half-precision inputs are computed in float32 and returned in their own dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import (
+    TauLike,
+    canonical_dim,
+    check_float_tensor,
+    check_positive_int,
+    check_tau,
+    compute_dtype,
+)
+
+__all__ = [
+    "neural_sort",
+    "soft_sort",
+    "soft_rank",
+    "soft_topk",
+    "soft_quantile",
+    "stochastic_neural_sort",
+    "permutation_matrix",
+    "sample_gumbel",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _accumulation_dtype(x: Tensor) -> torch.dtype:
+    # float64 prefix sums keep A_s·1 accurate for large |scores|; MPS has no float64.
+    if x.device.type == "mps":
+        return x.dtype
+    return torch.float64
+
+
+def _abs_dev_rowsum(x: Tensor) -> Tensor:
+    r"""``(A_s 1)_j = sum_k |x_j - x_k|`` along the last axis in O(n log n).
+
+    With the values sorted ascending, ``v_0 <= ... <= v_{n-1}``, and exclusive prefix sums
+    ``S_r = sum_{t<r} v_t`` (total ``T``), the element of ascending rank ``r`` has
+    ``sum_k |v_r - v_k| = (2r - n) v_r + T - 2 S_r``. Autograd through this formula gives exactly
+    the subgradient ``d/dx_k = sum_j sign(x_k - x_j)``.
+    """
+    n = x.shape[-1]
+    acc = x.to(_accumulation_dtype(x))
+    v, order = torch.sort(acc, dim=-1)
+    inclusive = torch.cumsum(v, dim=-1)
+    exclusive = inclusive - v
+    total = inclusive[..., -1:]
+    rank = torch.arange(n, device=x.device, dtype=acc.dtype)
+    rowsum_sorted = (2 * rank - n) * v + total - 2 * exclusive
+    rowsum = torch.empty_like(rowsum_sorted).scatter_(-1, order, rowsum_sorted)
+    return rowsum.to(x.dtype)
+
+
+class _RelaxedRows(torch.autograd.Function):
+    """``softmax((coef_i * x_j - a_j) / tau)`` over ``j`` for the rows ``i`` in ``coef``.
+
+    Forward: one fused broadcast multiply-add builds the ``(..., m, n)`` logits, one softmax.
+    Backward: one fused softmax backward, then a single ``(2, m) @ (..., m, n)`` product gives the
+    gradients for ``x`` and ``a`` (and, from those, for a tensor ``tau``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, coef: Tensor, tau: Tensor) -> Tensor:  # type: ignore[override]
+        inv_tau = tau.reciprocal()
+        logits = torch.addcmul(
+            (a * -inv_tau).unsqueeze(-2), (coef * inv_tau).unsqueeze(-1), x.unsqueeze(-2)
+        )
+        p = torch.softmax(logits, dim=-1)
+        del logits
+        ctx.save_for_backward(p, x, a, coef, tau)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad_p: Tensor):  # type: ignore[override]
+        p, x, a, coef, tau = ctx.saved_tensors
+        grad_logits = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+        weights = torch.stack((coef, -torch.ones_like(coef)))
+        u, v = torch.matmul(weights, grad_logits).unbind(-2)
+        inv_tau = tau.reciprocal()
+        grad_x = u * inv_tau if ctx.needs_input_grad[0] else None
+        grad_a = v * inv_tau if ctx.needs_input_grad[1] else None
+        grad_tau = None
+        if ctx.needs_input_grad[3]:
+            grad_tau = -((x * u).sum() + (a * v).sum()) * inv_tau * inv_tau
+        return grad_x, grad_a, None, grad_tau
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard tensor; backward: the gradient of the soft one, unchanged."""
+
+    @staticmethod
+    def forward(ctx, soft: Tensor, hard: Tensor) -> Tensor:  # type: ignore[override]
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def _as_tau_tensor(tau: TauLike, like: Tensor) -> Tensor:
+    if isinstance(tau, Tensor):
+        return tau.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(tau, device=like.device, dtype=like.dtype)
+
+
+def _relaxed_rows(x: Tensor, positions: Tensor, tau: TauLike, descending: bool) -> Tensor:
+    """Rows ``positions`` (1-based sorted positions) of the relaxed permutation of ``x``.
+
+    Returns a ``(..., m, n)`` tensor in the compute dtype (float32 for half inputs).
+    """
+    n = x.shape[-1]
+    xc = x.to(compute_dtype(x.dtype))
+    # P is invariant to shifting all scores (row i gains the constant coef_i * c), so centring is
+    # exact, gradient included; it keeps the logits small when scores share a large offset.
+    xc = xc - xc.detach().mean(dim=-1, keepdim=True)
+    a = _abs_dev_rowsum(xc)
+    sign = 1.0 if descending else -1.0
+    coef = (n + 1 - 2 * positions).to(xc.dtype) * sign
+    return _RelaxedRows.apply(xc, a, coef, _as_tau_tensor(tau, xc))
+
+
+def _sort_order(x: Tensor, descending: bool) -> Tensor:
+    """Hard sorting permutation along the last axis; ties go to the earlier index first."""
+    return torch.sort(x, dim=-1, descending=descending, stable=True).indices
+
+
+def _straight_through(soft: Tensor, index: Tensor) -> Tensor:
+    hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+    return _StraightThrough.apply(soft, hard)
+
+
+# ----------------------------------------------------------------------------------------------
+# public operators
+# ----------------------------------------------------------------------------------------------
+
+
+def neural_sort(
+    scores: Tensor,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+    hard: bool = False,
+) -> Tensor:
+    r"""Relaxed sorting permutation matrix (relaxes :func:`torch.sort`'s permutation).
+
+    .. math::
+
+        \hat P[i, :] = \operatorname{softmax}\big(((n + 1 - 2i)\, s - A_s \mathbf{1}) / \tau\big)
+
+    for ``descending=True`` (the paper's order); ``descending=False`` reverses the rows.
+
+    Args:
+        scores: floating-point tensor of any shape; sorted along ``dim``.
+        tau: temperature > 0 (a float or a scalar tensor, which may require grad). Smaller is
+            sharper; :math:`\hat P \to P_{sort}` as ``tau -> 0``.
+        dim: the axis to sort.
+        descending: sort order of the rows (default ascending, like :func:`torch.sort`).
+        hard: straight-through estimator: the forward value is the exact permutation matrix of a
+            stable sort (each row's argmax, ties to the earlier index), the gradient that of
+            the relaxed matrix.
+
+    Returns:
+        ``(..., n, n)``: the batch axes of ``scores`` with ``dim`` removed, then sorted position
+        ``i`` (rows) and input element ``j`` (columns). Rows sum to 1 and ``P @ x`` sorts ``x``.
+
+    Example:
+        >>> s = torch.tensor([9.0, 10.0, 5.0, 2.0])
+        >>> neural_sort(s, tau=0.01, descending=True).argmax(-1)
+        tensor([1, 0, 2, 3])
+    """
+    fn = "neural_sort"
+    x = check_float_tensor(scores, "scores", fn)
+    d = canonical_dim(x, dim, "scores", fn)
+    tau = check_tau(tau, fn)
+    xm = x.movedim(d, -1)
+    n = xm.shape[-1]
+    positions = torch.arange(1, n + 1, device=x.device)
+    p = _relaxed_rows(xm, positions, tau, descending)
+    if hard:
+        p = _straight_through(p, _sort_order(xm, descending))
+    return p.to(x.dtype)
+
+
+def soft_sort(
+    values: Tensor, tau: TauLike = 1.0, *, dim: int = -1, descending: bool = False
+) -> Tensor:
+    r"""Relaxed sorted values (relaxes ``torch.sort(values, dim).values``).
+
+    ``soft_sort(x) = P_hat(x) @ x`` along ``dim``, with :math:`\hat P` from :func:`neural_sort`.
+    Returns a tensor of the same shape as ``values``; it tends to the sorted values as ``tau -> 0``.
+    """
+    fn = "soft_sort"
+    x = check_float_tensor(values, "values", fn)
+    d = canonical_dim(x, dim, "values", fn)
+    tau = check_tau(tau, fn)
+    xm = x.movedim(d, -1)
+    positions = torch.arange(1, xm.shape[-1] + 1, device=x.device)
+    p = _relaxed_rows(xm, positions, tau, descending)
+    out = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)
+    return out.to(x.dtype).movedim(-1, d)
+
+
+def soft_rank(
+    values: Tensor, tau: TauLike = 1.0, *, dim: int = -1, descending: bool = False
+) -> Tensor:
+    r"""Relaxed ranks in ``[1, n]`` (relaxes the rank, i.e. the inverse sorting permutation).
+
+    The rank of element :math:`j` is the expected sorted position under column :math:`j` of
+    :math:`\hat P`,
+
+    .. math::
+
+        \mathrm{rank}_j = \frac{\sum_i i\, \hat P[i, j]}{\sum_i \hat P[i, j]},
+
+    which equals :math:`\sum_i i\, \hat P[i, j]` whenever the columns sum to one (as
+    ``tau -> 0``) and, unlike that sum, always lies in ``[1, n]`` (a row-stochastic
+    :math:`\hat P` need not have unit column sums). Rank 1 is the first element of the sort order
+    (the smallest when ``descending=False``). Same shape as ``values``.
+    """
+    fn = "soft_rank"
+    x = check_float_tensor(values, "values", fn)
+    d = canonical_dim(x, dim, "values", fn)
+    tau = check_tau(tau, fn)
+    xm = x.movedim(d, -1)
+    n = xm.shape[-1]
+    positions = torch.arange(1, n + 1, device=x.device)
+    p = _relaxed_rows(xm, positions, tau, descending)
+    weights = torch.stack((positions.to(p.dtype), torch.ones(n, dtype=p.dtype, device=p.device)))
+    weighted, mass = torch.matmul(weights, p).unbind(-2)
+    ranks = weighted / mass
+    return ranks.to(x.dtype).movedim(-1, d)
+
+
+def soft_topk(
+    scores: Tensor,
+    k: int,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+    largest: bool = True,
+    hard: bool = False,
+) -> Tensor:
+    r"""The first ``k`` rows of :func:`neural_sort` (relaxes :func:`torch.topk`'s indices).
+
+    Equal to ``neural_sort(scores, tau, dim=dim, descending=largest, hard=hard)[..., :k, :]``
+    but computed in :math:`O(kn)` without the :math:`n \times n` matrix. Row ``i`` is a soft
+    one-hot of the ``i``-th largest element (smallest if ``largest=False``); summing the rows gives
+    a relaxed "is in the top k" indicator, as used by the differentiable kNN.
+
+    Returns:
+        ``(..., k, n)`` with the batch axes of ``scores`` (``dim`` removed).
+    """
+    fn = "soft_topk"
+    x = check_float_tensor(scores, "scores", fn)
+    d = canonical_dim(x, dim, "scores", fn)
+    tau = check_tau(tau, fn)
+    n = x.shape[d]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(
+            f"soft_topk: `k` must be an int in 1..{n} (the size of dim={d} of `scores` with "
+            f"shape {tuple(x.shape)}), got {k!r}"
+        )
+    xm = x.movedim(d, -1)
+    positions = torch.arange(1, k + 1, device=x.device)
+    p = _relaxed_rows(xm, positions, tau, largest)
+    if hard:
+        p = _straight_through(p, _sort_order(xm, largest)[..., :k])
+    return p.to(x.dtype)
+
+
+def soft_quantile(
+    values: Tensor,
+    q: float | Sequence[float] | Tensor,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+) -> Tensor:
+    r"""Relaxed ``q``-quantile (relaxes :func:`torch.quantile`, linear interpolation).
+
+    With ascending sorted position :math:`h = q (n - 1)` (0-based), :math:`l = \lfloor h \rfloor`
+    and :math:`w = h - l`, the quantile is
+    :math:`(1 - w)\, \hat P[l, :] \cdot x + w\, \hat P[l + 1, :] \cdot x`: only the selector
+    rows are built (:math:`O(n)` per quantile). ``q = 0.5`` is the relaxed median.
+
+    Returns:
+        For a float ``q``, the shape of ``values`` with ``dim`` removed; for a 1-D ``q`` of length
+        ``Q``, a leading axis of size ``Q`` (as :func:`torch.quantile`).
+    """
+    fn = "soft_quantile"
+    x = check_float_tensor(values, "values", fn)
+    d = canonical_dim(x, dim, "values", fn)
+    tau = check_tau(tau, fn)
+    scalar_q = not isinstance(q, (Tensor, Sequence))
+    qt = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
+    if isinstance(q, Tensor) and q.dim() > 1:
+        raise ValueError(f"soft_quantile: `q` must be a float or 1-D, got shape {tuple(q.shape)}")
+    if qt.numel() == 0 or not bool(((qt >= 0) & (qt <= 1)).all()):
+        raise ValueError(f"soft_quantile: `q` must lie in [0, 1], got {q!r}")
+    xm = x.movedim(d, -1)
+    n = xm.shape[-1]
+    h = qt * (n - 1)
+    lo = h.floor().long().clamp(max=n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (h - lo).to(device=x.device)
+    positions = torch.cat((lo, hi)).to(x.device) + 1
+    p = _relaxed_rows(xm, positions, tau, descending=False)
+    picked = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)  # (..., 2Q)
+    at_lo, at_hi = picked.split(qt.numel(), dim=-1)
+    w = w.to(p.dtype)
+    out = (1 - w) * at_lo + w * at_hi  # (..., Q)
+    out = out.to(x.dtype)
+    return out.squeeze(-1) if scalar_q else out.movedim(-1, 0)
+
+
+def sample_gumbel(
+    shape: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """I.i.d. standard Gumbel noise, ``-log(E)`` with ``E ~ Exponential(1)``."""
+    e = torch.empty(tuple(shape), dtype=dtype, device=device).exponential_(generator=generator)
+    return e.clamp_(min=torch.finfo(dtype).tiny).log_().neg_()
+
+
+def stochastic_neural_sort(
+    log_scores: Tensor,
+    tau: TauLike = 1.0,
+    n_samples: int = 1,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+    hard: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Relaxed Plackett-Luce samples: :math:`\hat P(\log s + g;\, \tau)`, :math:`g` i.i.d. Gumbel.
+
+    Sorting ``log_scores + g`` in descending order draws an exact sample from the Plackett-Luce
+    distribution with scores :math:`s = \exp(\text{log\_scores})`; relaxing that sort with
+    :func:`neural_sort` gives a reparameterized sample. Noise is independent for every sample and
+    every batch element. No axis is squeezed: ``n_samples=1`` keeps its axis.
+
+    Returns:
+        ``(n_samples, ..., n, n)``.
+    """
+    fn = "stochastic_neural_sort"
+    x = check_float_tensor(log_scores, "log_scores", fn)
+    d = canonical_dim(x, dim, "log_scores", fn)
+    tau = check_tau(tau, fn)
+    n_samples = check_positive_int(n_samples, "n_samples", fn)
+    xm = x.movedim(d, -1)
+    cdt = compute_dtype(x.dtype)
+    noise = sample_gumbel((n_samples, *xm.shape), dtype=cdt, device=x.device, generator=generator)
+    perturbed = xm.to(cdt).unsqueeze(0) + noise
+    positions = torch.arange(1, xm.shape[-1] + 1, device=x.device)
+    p = _relaxed_rows(perturbed, positions, tau, descending)
+    if hard:
+        p = _straight_through(p, _sort_order(perturbed, descending))
+    return p.to(x.dtype)
+
+
+def permutation_matrix(indices: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Hard permutation matrix from a permutation ``(..., n)``: ``P[..., i, indices[..., i]] = 1``.
+
+    With ``indices = torch.sort(x).indices``, ``P @ x`` sorts ``x``: the same convention as
+    :func:`neural_sort`.
+    """
+    if not isinstance(indices, Tensor) or indices.dtype not in (
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+    ):
+        raise TypeError("permutation_matrix: `indices` must be an integer tensor of shape (..., n)")
+    if indices.dim() == 0:
+        raise ValueError("permutation_matrix: `indices` must have at least one dimension")
+    n = indices.shape[-1]
+    out = torch.zeros((*indices.shape, n), dtype=dtype, device=indices.device)
+    return out.scatter_(-1, indices.long().unsqueeze(-1), 1.0)

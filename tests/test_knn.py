@@ -1,0 +1,89 @@
+"""Tests for the differentiable kNN functions and layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neuralsort as ns
+from neuralsort.knn import squared_distances
+
+
+def test_squared_distances_match_cdist():
+    q, x = torch.randn(5, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
+    torch.testing.assert_close(squared_distances(q, x), torch.cdist(q, x) ** 2)
+
+
+def test_topk_ness_shapes_and_limit():
+    q, x = torch.randn(4, 3), torch.randn(10, 3)
+    t = ns.dknn_topk(q, x, 3, tau=1e-4)
+    assert t.shape == (4, 10)
+    nearest = torch.cdist(q, x).topk(3, largest=False).indices
+    expected = torch.zeros(4, 10).scatter_(-1, nearest, 1.0)
+    torch.testing.assert_close(t, expected, atol=1e-5, rtol=0)
+    s = ns.dknn_topk(q, x, 3, tau=1.0, method="stochastic", n_samples=4)
+    assert s.shape == (4, 4, 10)
+    torch.testing.assert_close(s.sum(-1), torch.full((4, 4), 3.0))
+    one = ns.dknn_topk(q[:1], x, 1, tau=1.0, method="stochastic", n_samples=1)
+    assert one.shape == (1, 1, 10)
+
+
+@pytest.mark.parametrize("method", ["deterministic", "stochastic"])
+def test_loss_gradients_reach_embeddings(method):
+    q = torch.randn(6, 4, requires_grad=True)
+    x = torch.randn(9, 4, requires_grad=True)
+    yq, yx = torch.randint(0, 3, (6,)), torch.randint(0, 3, (9,))
+    loss = ns.dknn_loss(q, x, yq, yx, 3, tau=80.0, method=method, n_samples=3)
+    assert loss.shape == () and torch.isfinite(loss)
+    assert -1.0 <= loss.item() <= 0.0
+    loss.backward()
+    assert q.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    # one-hot labels give the same loss as class indices
+    g = torch.Generator().manual_seed(0)
+    a = ns.dknn_loss(q, x, yq, yx, 3, tau=5.0, method=method, n_samples=2, generator=g)
+    g = torch.Generator().manual_seed(0)
+    b = ns.dknn_loss(
+        q,
+        x,
+        torch.eye(3)[yq],
+        torch.eye(3)[yx],
+        3,
+        tau=5.0,
+        method=method,
+        n_samples=2,
+        generator=g,
+    )
+    torch.testing.assert_close(a, b)
+
+
+def test_loss_is_minus_one_when_neighbours_agree():
+    q = torch.zeros(2, 2)
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    loss = ns.dknn_loss(q, x, torch.tensor([1, 1]), torch.tensor([1, 1, 0]), 2, tau=1e-3)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_layers():
+    layer = ns.DKNN(k=2, tau=1.0, method="stochastic", n_samples=3)
+    q, x = torch.randn(3, 5), torch.randn(8, 5)
+    assert layer(q, x).shape == (3, 3, 8)
+    assert layer.loss(q, x, torch.zeros(3, dtype=torch.long), torch.ones(8, dtype=torch.long)) == 0
+    assert "stochastic" in repr(layer)
+    sort = ns.NeuralSort(tau=0.5, descending=True)
+    assert sort(torch.randn(2, 4)).shape == (2, 4, 4)
+    assert ns.SoftTopK(2, tau=0.5)(torch.randn(2, 6)).shape == (2, 2, 6)
+    with pytest.raises(ValueError, match="tau"):
+        ns.NeuralSort(tau=0.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        ns.dknn_topk(torch.randn(2, 3), torch.randn(4, 3), 2, tau=1.0, method="random")
+    with pytest.raises(ValueError, match="share D"):
+        ns.dknn_topk(torch.randn(2, 3), torch.randn(4, 5), 2, tau=1.0)
+    with pytest.raises(ValueError, match="k"):
+        ns.dknn_topk(torch.randn(2, 3), torch.randn(4, 3), 5, tau=1.0)
+    with pytest.raises(ValueError, match="labels"):
+        ns.dknn_loss(
+            torch.randn(2, 3), torch.randn(4, 3), torch.zeros(3), torch.zeros(4), 2, tau=1.0
+        )

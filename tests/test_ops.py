@@ -1,0 +1,363 @@
+"""Tests for neuralsort.ops: reference values, gradients, properties, limits and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import neuralsort as ns
+from reference import neural_sort_ref
+
+TAUS = [0.1, 1.0, 7.0]
+
+
+def rand(*shape, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+
+# --- reference values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("descending", [True, False])
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_neural_sort_matches_reference(n, tau, descending, device):
+    s = rand(3, n, device=device) * 3
+    out = ns.neural_sort(s, tau, descending=descending)
+    for b in range(3):
+        ref = neural_sort_ref(s[b].cpu().numpy(), tau, descending)
+        np.testing.assert_allclose(out[b].cpu().numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_paper_example_descending():
+    # PAPER: s = [9, 10, 5, 2] sorts (descending) to indices [2, 1, 3, 4] (1-based).
+    s = torch.tensor([9.0, 10.0, 5.0, 2.0])
+    assert ns.neural_sort(s, tau=1e-3, descending=True).argmax(-1).tolist() == [1, 0, 2, 3]
+    assert ns.neural_sort(s, tau=1e-3).argmax(-1).tolist() == [3, 2, 0, 1]
+
+
+def test_known_value_n2():
+    # n = 2, s = (0, 1), tau = 1: row 1 (largest) = softmax((s - 1) ) = softmax(-1, 0)
+    p = ns.neural_sort(torch.tensor([0.0, 1.0], dtype=torch.float64), 1.0, descending=True)
+    e = np.exp(-1.0)
+    np.testing.assert_allclose(p[0].numpy(), [e / (1 + e), 1 / (1 + e)], rtol=1e-12)
+    np.testing.assert_allclose(p[1].numpy(), [1 / (1 + e), e / (1 + e)], rtol=1e-12)
+
+
+# --- gradients ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("descending", [True, False])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gradcheck_neural_sort(descending, hard, device):
+    x = rand(2, 3, 6, device=device).requires_grad_()
+    fn = lambda x: ns.neural_sort(x, 0.8, dim=1, descending=descending, hard=hard)  # noqa: E731
+    assert gradcheck(fn, (x,)) if not hard else True
+    if hard:
+        # straight-through: the gradient is the relaxed matrix's gradient
+        w = rand(2, 6, 3, 3, device=device, seed=1)
+        (g_hard,) = torch.autograd.grad((fn(x) * w).sum(), x)
+        soft = lambda x: ns.neural_sort(x, 0.8, dim=1, descending=descending)  # noqa: E731
+        (g_soft,) = torch.autograd.grad((soft(x) * w).sum(), x)
+        torch.testing.assert_close(g_hard, g_soft)
+
+
+def test_gradgradcheck_neural_sort():
+    x = rand(2, 5).requires_grad_()
+    assert gradgradcheck(lambda x: ns.neural_sort(x, 0.5, descending=True), (x,))
+
+
+def test_gradcheck_tau_tensor():
+    x = rand(3, 5).requires_grad_()
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, t: ns.neural_sort(x, t), (x, tau))
+    assert gradcheck(lambda x, t: ns.soft_topk(x, 2, t), (x, tau))
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_gradcheck_soft_sort_rank(descending, device):
+    x = rand(4, 5, device=device).requires_grad_()
+    assert gradcheck(lambda x: ns.soft_sort(x, 0.5, dim=0, descending=descending), (x,))
+    assert gradcheck(lambda x: ns.soft_rank(x, 0.5, dim=-1, descending=descending), (x,))
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gradcheck_soft_topk(largest, hard, device):
+    x = rand(3, 7, device=device).requires_grad_()
+    fn = lambda x: ns.soft_topk(x, 3, 0.6, largest=largest, hard=hard)  # noqa: E731
+    if hard:
+        w = rand(3, 3, 7, device=device, seed=2)
+        (g,) = torch.autograd.grad((fn(x) * w).sum(), x)
+        soft = lambda x: ns.soft_topk(x, 3, 0.6, largest=largest)  # noqa: E731
+        (g_soft,) = torch.autograd.grad((soft(x) * w).sum(), x)
+        torch.testing.assert_close(g, g_soft)
+    else:
+        assert gradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("q", [0.0, 0.3, 0.5, 1.0, [0.25, 0.5, 0.9]])
+def test_gradcheck_soft_quantile(q, device):
+    x = rand(3, 6, device=device).requires_grad_()
+    assert gradcheck(lambda x: ns.soft_quantile(x, q, 0.5), (x,))
+
+
+def test_gradcheck_stochastic_neural_sort():
+    x = rand(2, 4).requires_grad_()
+
+    def fn(x):
+        g = torch.Generator().manual_seed(3)
+        return ns.stochastic_neural_sort(x, 0.5, 2, generator=g)
+
+    assert gradcheck(fn, (x,))
+
+
+def test_finite_difference_directional_derivative():
+    """Autograd's directional derivative equals a central finite difference (float64)."""
+    x = rand(4, 9)
+    v = rand(4, 9, seed=5)
+    w = rand(4, 9, 9, seed=6)
+    f = lambda x: (ns.neural_sort(x, 0.9) * w).sum()  # noqa: E731
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(f(xg), xg)
+    eps = 1e-6
+    fd = (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+    torch.testing.assert_close((g * v).sum(), fd, rtol=1e-6, atol=1e-8)
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_rows_sum_to_one_and_unimodal(tau, device):
+    s = rand(8, 12, device=device)
+    p = ns.neural_sort(s, tau, descending=True)
+    torch.testing.assert_close(p.sum(-1), torch.ones(8, 12, dtype=p.dtype, device=device))
+    assert bool((p > 0).all() | (tau < 0.2))
+    # unimodal: the row argmaxes are distinct and equal the (stable) sorting permutation
+    assert torch.equal(p.argmax(-1), torch.sort(s, descending=True, stable=True).indices)
+    q = ns.neural_sort(s, tau)
+    assert torch.equal(q.argmax(-1), torch.sort(s, stable=True).indices)
+
+
+def test_hard_is_exact_permutation_with_ties_earlier_first():
+    s = torch.tensor([[1.0, 3.0, 1.0, 3.0, 2.0]])
+    h = ns.neural_sort(s, 1.0, descending=True, hard=True)
+    assert torch.equal(h.argmax(-1), torch.tensor([[1, 3, 4, 0, 2]]))
+    assert torch.equal(h, ns.permutation_matrix(torch.tensor([[1, 3, 4, 0, 2]])))
+    h_asc = ns.neural_sort(s, 1.0, hard=True)
+    assert torch.equal(h_asc.argmax(-1), torch.tensor([[0, 2, 4, 1, 3]]))
+    # tied elements get identical columns, so the tied rows' argmaxes coincide: hard must
+    # break the tie explicitly
+    p = ns.neural_sort(s, 1.0, descending=True)
+    torch.testing.assert_close(p[0, :, 1], p[0, :, 3])
+    assert p[0, 0].argmax() == p[0, 1].argmax()
+    t = ns.soft_topk(s, 2, 1.0, hard=True)
+    assert torch.equal(t.argmax(-1), torch.tensor([[1, 3]]))
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_limit_tau_to_zero_is_torch_sort(descending, device):
+    s = rand(5, 10, device=device, dtype=torch.float32)
+    sorted_ = torch.sort(s, descending=descending).values
+    np.testing.assert_allclose(
+        ns.soft_sort(s, 1e-4, descending=descending).cpu(), sorted_.cpu(), atol=1e-5
+    )
+    p = ns.neural_sort(s, 1e-4, descending=descending)
+    hard = ns.permutation_matrix(torch.sort(s, descending=descending).indices)
+    torch.testing.assert_close(p, hard, atol=1e-5, rtol=0)
+    ranks = ns.soft_rank(s, 1e-4, descending=descending)
+    expected = torch.empty_like(s).scatter_(
+        -1,
+        torch.sort(s, descending=descending).indices,
+        torch.arange(1, 11, dtype=s.dtype, device=device).expand(5, 10),
+    )
+    torch.testing.assert_close(ranks, expected, atol=1e-4, rtol=0)
+
+
+def test_error_shrinks_as_tau_shrinks():
+    s = rand(4, 20)
+    target = torch.sort(s).values
+    errs = [(ns.soft_sort(s, t) - target).abs().max().item() for t in (1.0, 0.1, 0.01)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("k", [1, 3, 9])
+@pytest.mark.parametrize("largest", [True, False])
+def test_soft_topk_equals_first_rows(k, largest, device):
+    s = rand(2, 3, 9, device=device)
+    full = ns.neural_sort(s, 0.7, descending=largest)
+    torch.testing.assert_close(ns.soft_topk(s, k, 0.7, largest=largest), full[..., :k, :])
+    top = ns.soft_topk(s, k, 1e-4, largest=largest).sum(-2)
+    idx = torch.topk(s, k, largest=largest).indices
+    expected = torch.zeros_like(s).scatter_(-1, idx, 1.0)
+    torch.testing.assert_close(top, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.7, 1.0])
+def test_soft_quantile_limit_is_torch_quantile(q):
+    x = rand(6, 11)
+    torch.testing.assert_close(ns.soft_quantile(x, q, 1e-5), torch.quantile(x, q, dim=-1))
+    qs = torch.tensor([0.1, q])
+    torch.testing.assert_close(
+        ns.soft_quantile(x, qs, 1e-5, dim=0), torch.quantile(x, qs.double(), dim=0)
+    )
+
+
+def test_median_row_is_selector_row():
+    x = rand(3, 7)
+    p = ns.neural_sort(x, 0.5)
+    torch.testing.assert_close(ns.soft_quantile(x, 0.5, 0.5), (p[:, 3, :] * x).sum(-1))
+
+
+def test_any_rank_and_dim():
+    s = rand(2, 3, 4, 5)
+    for dim in range(4):
+        p = ns.neural_sort(s, 0.5, dim=dim)
+        n = s.shape[dim]
+        batch = [d for i, d in enumerate(s.shape) if i != dim]
+        assert p.shape == (*batch, n, n)
+        moved = s.movedim(dim, -1)
+        torch.testing.assert_close(p, ns.neural_sort(moved, 0.5))
+        assert ns.soft_sort(s, 0.5, dim=dim).shape == s.shape
+        assert ns.soft_rank(s, 0.5, dim=dim).shape == s.shape
+        assert ns.soft_topk(s, 2, 0.5, dim=dim).shape == (*batch, 2, n)
+        assert ns.soft_quantile(s, 0.5, 0.5, dim=dim).shape == tuple(batch)
+    assert ns.neural_sort(torch.randn(7), 1.0).shape == (7, 7)
+
+
+def test_sort_convention_p_at_x_sorts_x():
+    x = rand(4, 6)
+    p = ns.neural_sort(x, 1e-4, hard=True)
+    torch.testing.assert_close(p @ x.unsqueeze(-1), torch.sort(x).values.unsqueeze(-1))
+
+
+def test_soft_rank_is_expected_position_in_bounds():
+    x = rand(3, 8)
+    r = ns.soft_rank(x, 2.0)
+    p = np.stack([neural_sort_ref(row.numpy(), 2.0, descending=False) for row in x])
+    pos = np.arange(1, 9)[None, :, None]
+    expected = (pos * p).sum(1) / p.sum(1)
+    np.testing.assert_allclose(r.numpy(), expected, rtol=1e-10)
+    assert bool((r >= 1 - 1e-9).all() & (r <= 8 + 1e-9).all())
+
+
+def test_shift_invariance():
+    x = rand(3, 6)
+    torch.testing.assert_close(ns.neural_sort(x + 1e3, 0.5), ns.neural_sort(x, 0.5))
+
+
+def test_stochastic_shapes_and_independent_noise():
+    x = torch.zeros(3, 5)
+    g = torch.Generator().manual_seed(0)
+    out = ns.stochastic_neural_sort(x, 0.1, 4, generator=g)
+    assert out.shape == (4, 3, 5, 5)
+    # same scores everywhere: different samples and batch rows must see different noise
+    perms = out.argmax(-1).reshape(12, 5)
+    assert len({tuple(p.tolist()) for p in perms}) > 6
+    one = ns.stochastic_neural_sort(torch.zeros(1, 5), 1.0, 1)
+    assert one.shape == (1, 1, 5, 5)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    torch.testing.assert_close(
+        ns.stochastic_neural_sort(x, 0.5, 2, generator=g1),
+        ns.stochastic_neural_sort(x, 0.5, 2, generator=g2),
+    )
+
+
+def test_stochastic_hard_samples_follow_plackett_luce_mode():
+    logits = torch.tensor([5.0, 0.0, -5.0])
+    out = ns.stochastic_neural_sort(logits, 0.1, 200, descending=True, hard=True)
+    first = out[:, 0, :].argmax(-1)
+    assert (first == 0).float().mean() > 0.95
+
+
+# --- numerics -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale,tau", [(1e6, 1e-3), (1.0, 1e-3), (1e6, 1e3), (1e-6, 1.0)])
+def test_finite_for_extreme_scales(dtype, scale, tau, device):
+    if dtype == torch.float16:
+        scale = min(scale, 1e4)  # float16 overflows past 65504
+    s = (rand(4, 33, device=device) * scale).to(dtype)
+    outs = [
+        ns.neural_sort(s, tau),
+        ns.soft_sort(s, tau),
+        ns.soft_rank(s, tau),
+        ns.soft_topk(s, 9, tau),
+        ns.soft_quantile(s, 0.5, tau),
+        ns.softsort(s, tau),
+    ]
+    for o in outs:
+        assert o.dtype == dtype
+        assert bool(torch.isfinite(o).all())
+    p = outs[0].float()
+    torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)), atol=2e-2, rtol=0)
+
+
+def test_large_scores_keep_the_right_order():
+    s = torch.tensor([1e6, 1e6 + 1, 1e6 - 1, 1e6 + 0.5])
+    assert ns.neural_sort(s, 1e-3, descending=True).argmax(-1).tolist() == [1, 3, 0, 2]
+
+
+def test_half_precision_grad_flows():
+    s = rand(2, 9, dtype=torch.bfloat16).requires_grad_()
+    ns.soft_sort(s, 0.5).sum().backward()
+    assert s.grad is not None and s.grad.dtype == torch.bfloat16
+    assert bool(torch.isfinite(s.grad.float()).all())
+
+
+def test_nan_row_does_not_leak():
+    s = rand(3, 6)
+    s_nan = s.clone()
+    s_nan[1, 2] = float("nan")
+    for fn in (
+        lambda x: ns.neural_sort(x, 0.5),
+        lambda x: ns.soft_topk(x, 2, 0.5),
+        lambda x: ns.soft_quantile(x, 0.5, 0.5),
+    ):
+        a, b = fn(s), fn(s_nan)
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[2], b[2])
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_tau(tau):
+    with pytest.raises(ValueError, match="tau"):
+        ns.neural_sort(torch.randn(4), tau)
+    with pytest.raises(ValueError, match="tau"):
+        ns.soft_topk(torch.randn(4), 2, tau)
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match="scores.*floating"):
+        ns.neural_sort(torch.arange(4), 1.0)
+    with pytest.raises(TypeError, match="values"):
+        ns.soft_sort([1.0, 2.0], 1.0)
+    with pytest.raises(ValueError, match="dim"):
+        ns.neural_sort(x, 1.0, dim=2)
+    with pytest.raises(ValueError, match="empty"):
+        ns.soft_sort(torch.randn(3, 0), 1.0)
+    with pytest.raises(ValueError, match="0-d"):
+        ns.soft_rank(torch.tensor(1.0), 1.0)
+    for k in (0, 5, -1, 2.0):
+        with pytest.raises(ValueError, match=r"`k`.*\(3, 4\)"):
+            ns.soft_topk(x, k, 1.0)
+    for q in (-0.1, 1.5, [0.5, 2.0]):
+        with pytest.raises(ValueError, match="q"):
+            ns.soft_quantile(x, q, 1.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        ns.stochastic_neural_sort(x, 1.0, 0)
+    with pytest.raises(TypeError, match="tau"):
+        ns.neural_sort(x, "1.0")
+    with pytest.raises(ValueError, match="tau"):
+        ns.neural_sort(x, torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="indices"):
+        ns.permutation_matrix(torch.randn(3))
