@@ -37,7 +37,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -268,15 +268,18 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         generator.set_state(state["generator"])
 
 
-def progress(iterable: Iterable[T], **kwargs: Any) -> Iterator[T]:
-    """A tqdm progress bar on stderr (off when ``NEURALSORT_PROGRESS=0`` or on non-zero ranks)."""
+def progress(iterable: Iterable[T], **kwargs: Any) -> Any:
+    """A tqdm bar over ``iterable`` on stderr; off with ``NEURALSORT_PROGRESS=0`` or rank != 0.
+
+    Returns the ``tqdm`` object (iterate it; ``set_postfix`` works).
+    """
     from tqdm.auto import tqdm
 
     off = os.environ.get("NEURALSORT_PROGRESS", "1") == "0" or _rank() != 0
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("mininterval", 0.5)
-    return iter(tqdm(iterable, disable=off, **kwargs))
+    return tqdm(iterable, disable=off, **kwargs)
 
 
 def _rank() -> int:

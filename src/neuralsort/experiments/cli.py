@@ -1,0 +1,78 @@
+"""The ``neuralsort`` command: one sub-command per experiment.
+
+Registering an experiment is one line in :data:`COMMANDS`: a module exposing
+``add_parser(subparsers)`` (adds its sub-parser(s), normally with
+:func:`neuralsort.experiments.run.add_common_args`) and ``main(args) -> int | None``.
+
+A :class:`~neuralsort.experiments.run.UserError` raised by a command is printed as one line,
+``neuralsort <command>: error: <message>``, and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .run import UserError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# One module per experiment; each exposes add_parser(subparsers) and main(args).
+COMMANDS: list[str] = [
+    "neuralsort.experiments.dknn",
+    "neuralsort.experiments.baseline",
+]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("neuralsort")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="neuralsort",
+        description="Differentiable sorting (NeuralSort): the paper's experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"neuralsort {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        before = set(sub.choices)
+        module.add_parser(sub)
+        for cmd in set(sub.choices) - before:
+            sub.choices[cmd].set_defaults(func=module.main, command=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``neuralsort`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status = args.func(args)
+    except UserError as exc:
+        print(f"neuralsort {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"neuralsort {args.command}: interrupted; continue with the same command plus "
+            "--resume (and --out DIR)",
+            file=sys.stderr,
+        )
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""``neuralsort dknn``: train an embedding with the NeuralSort kNN loss, classify by hard kNN.
+
+Protocol (the paper's, Section 6.1, and its authors' code): the training split is divided into
+a training part and a held-out validation part (55k/5k for MNIST and Fashion-MNIST, 45k/5k for
+CIFAR). Each step draws ``num_train_queries`` queries and ``num_train_neighbors`` candidate
+neighbours from two independent shuffles of the training part and minimises
+:func:`neuralsort.knn.dknn_loss`. After each epoch the validation images are classified by hard
+kNN (majority vote of the ``k`` nearest) over the embedded training part; the best-validation
+checkpoint is finally evaluated the same way on the test split, beside plain kNN on raw pixels.
+
+The seed report's command lines work with ``python run_dknn.py`` replaced by ``neuralsort dknn``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import torch
+
+from neuralsort.knn import dknn_loss
+
+from .data import load_dataset, train_val_split
+from .knn_eval import embed, knn_accuracy
+from .models import create_model, default_model_for
+from .run import (
+    Run,
+    UserError,
+    add_common_args,
+    add_flag,
+    progress,
+    resolve_config,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from .training import (
+    AUGMENTS,
+    OPTIMIZERS,
+    SCHEDULES,
+    augment_batch,
+    count_parameters,
+    index_stream,
+    make_optimizer,
+    make_scheduler,
+    resolve_augment,
+)
+
+__all__ = ["DEFAULTS", "DATASET_DEFAULTS", "add_parser", "main", "run_dknn"]
+
+# The paper's protocol (SGD, momentum 0.9, weight decay 5e-4, 100 queries x 100 neighbours).
+DEFAULTS: dict[str, Any] = {
+    "dataset": "mnist",
+    "k": 9,
+    "tau": 16.0,
+    "nloglr": 3.0,
+    "method": "deterministic",
+    "num_epochs": 200,
+    "num_train_queries": 100,
+    "num_train_neighbors": 100,
+    "num_test_queries": 1000,
+    "num_samples": 5,
+    "model": None,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0.0,
+    "augment": "auto",
+    "val_size": None,
+    "eval_every": 1,
+    "eval_batch": 1000,
+    "checkpoint_minutes": 10.0,
+    "pixel_knn": True,
+    "threads": None,
+    "stop_after_steps": None,
+}
+
+# Per-data-set defaults layered over DEFAULTS (the YAML file and flags still win).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # the embedded quick start: seconds per epoch on a laptop CPU
+    "digits": {"num_epochs": 15, "optimizer": "adam", "nloglr": 3.0, "tau": 1.0, "k": 5},
+}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``neuralsort dknn``."""
+    p = subparsers.add_parser(
+        "dknn",
+        help="differentiable kNN: NeuralSort kNN loss + hard-kNN classification (Table 3)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("experiment (the seed's flags)")
+    add_flag(
+        g,
+        "--dataset",
+        help="mnist, fashion-mnist, cifar10, cifar100, digits or imagefolder:PATH (default mnist)",
+    )
+    add_flag(g, "--k", type=int, help="number of neighbours (default 9)")
+    add_flag(g, "--tau", type=float, help="NeuralSort temperature (default 16)")
+    add_flag(g, "--nloglr", type=float, help="learning rate = 10^-nloglr (default 3)")
+    add_flag(g, "--method", choices=["deterministic", "stochastic"], help="NeuralSort variant")
+    add_flag(g, "--num_train_queries", type=int, help="queries per training step (default 100)")
+    add_flag(
+        g, "--num_train_neighbors", type=int, help="candidate neighbours per step (default 100)"
+    )
+    add_flag(
+        g,
+        "--num_test_queries",
+        type=int,
+        help="queries per kNN evaluation chunk; memory only, results do not change (default 1000)",
+    )
+    add_flag(g, "--num_samples", type=int, help="Plackett-Luce samples, stochastic (default 5)")
+    add_common_args(p)
+    t = p.add_argument_group("training recipe")
+    add_flag(
+        t,
+        "--model",
+        help="embedding net: mnist-convnet, resnet18, digits-net "
+        "(default: mnist-convnet for mnist, digits-net for digits, else resnet18)",
+    )
+    add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help="default sgd (the paper's)")
+    add_flag(t, "--momentum", type=float, help="SGD momentum (default 0.9)")
+    add_flag(t, "--weight_decay", type=float, help="default 5e-4")
+    add_flag(t, "--lr_schedule", choices=list(SCHEDULES), help="default constant")
+    add_flag(t, "--warmup_epochs", type=float, help="linear learning-rate warm-up (default 0)")
+    add_flag(
+        t,
+        "--augment",
+        choices=list(AUGMENTS),
+        help="training augmentation (default auto: flipcrop for colour images, none otherwise)",
+    )
+    add_flag(t, "--val_size", type=int, help="validation images held out (default 5000)")
+    add_flag(t, "--eval_every", type=int, help="validate every N epochs (default 1)")
+    add_flag(t, "--eval_batch", type=int, help="images per forward pass when embedding")
+    add_flag(
+        t,
+        "--checkpoint_minutes",
+        type=float,
+        help="also checkpoint inside an epoch this often (default 10)",
+    )
+    add_flag(
+        t,
+        "--pixel_knn",
+        action=argparse.BooleanOptionalAction,
+        help="also report plain kNN on raw pixels (default on)",
+    )
+    add_flag(t, "--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_flag(t, "--stop_after_steps", type=int, help=argparse.SUPPRESS)  # tests: simulate a kill
+    return p
+
+
+def _slug(dataset: str) -> str:
+    if dataset.lower().startswith("imagefolder:"):
+        return "imagefolder-" + (pathlib.Path(dataset.split(":", 1)[1]).name or "data")
+    return dataset.lower()
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    def positive(key: str, kind: type = int) -> None:
+        v = cfg[key]
+        if not isinstance(v, kind) or isinstance(v, bool) or v <= 0:
+            raise UserError(f"--{key} must be a positive {kind.__name__}, got {v!r}")
+
+    for key in ("k", "num_train_queries", "num_train_neighbors", "num_test_queries"):
+        positive(key)
+    for key in ("num_samples", "eval_every", "eval_batch"):
+        positive(key)
+    for key in ("tau", "checkpoint_minutes"):
+        if isinstance(cfg[key], int) and not isinstance(cfg[key], bool):
+            cfg[key] = float(cfg[key])
+        positive(key, float)
+    if not isinstance(cfg["num_epochs"], int) or cfg["num_epochs"] < 0:
+        raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
+    if cfg["steps_per_epoch"] is not None:
+        positive("steps_per_epoch")
+    if cfg["k"] > cfg["num_train_neighbors"]:
+        raise UserError(
+            f"--k {cfg['k']} exceeds --num_train_neighbors {cfg['num_train_neighbors']}: "
+            "a query needs at least k candidate neighbours"
+        )
+    if cfg["method"] not in ("deterministic", "stochastic"):
+        raise UserError(f"--method must be deterministic or stochastic, got {cfg['method']!r}")
+    if not math.isfinite(float(cfg["nloglr"])):
+        raise UserError(f"--nloglr must be a finite number, got {cfg['nloglr']!r}")
+
+
+def _cleanup_fresh(run: Run) -> None:
+    """Remove a just-created run folder that holds nothing but its config and log."""
+    if run.resumed or not run.path.is_dir():
+        return
+    if {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}:
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``neuralsort dknn``."""
+    cfg = resolve_config(args, DEFAULTS)
+    extra = DATASET_DEFAULTS.get(str(cfg["dataset"]).lower())
+    if extra:
+        cfg = resolve_config(args, {**DEFAULTS, **extra})
+    run_dknn(cfg)
+    return 0
+
+
+def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Run the experiment described by a resolved config; returns the metrics (None if stopped)."""
+    _validate(cfg)
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    name = (
+        f"dknn-{_slug(cfg['dataset'])}-{cfg['method']}-k{cfg['k']}"
+        f"-t{cfg['tau']:g}-lr{float(cfg['nloglr']):g}"
+    )
+    run = Run.start(cfg, name=name)
+    _validate(cfg)  # a resumed run may have brought back its saved settings
+    try:
+        train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
+    except UserError:
+        _cleanup_fresh(run)
+        raise
+    return _train(run, cfg, train_x, train_y, test_x, test_y, info)
+
+
+def _train(
+    run: Run,
+    cfg: dict[str, Any],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    info: dict[str, Any],
+) -> dict[str, Any] | None:
+    t_start = time.time()
+    gen = seed_everything(int(cfg["seed"]))
+    device = resolve_device(cfg["device"])
+    noise_gen = torch.Generator(device=device)
+    noise_gen.manual_seed(int(cfg["seed"]) + 1)
+
+    val_size = int(cfg["val_size"] or info["val_size"])
+    if not 0 < val_size < train_x.shape[0] - cfg["k"]:
+        raise UserError(f"--val_size must be in 1..{train_x.shape[0] - cfg['k'] - 1}")
+    tr_idx, va_idx = train_val_split(train_x.shape[0], val_size)
+    tr_x, tr_y = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
+    va_x, va_y = train_x[va_idx].to(device), train_y[va_idx]
+    te_x = test_x.to(device)
+    del train_x
+    n_tr = tr_x.shape[0]
+    q, m, k = cfg["num_train_queries"], cfg["num_train_neighbors"], cfg["k"]
+    if m > n_tr or q > n_tr:
+        raise UserError(
+            f"--num_train_queries/--num_train_neighbors must not exceed the {n_tr} training images"
+        )
+    steps = max(1, n_tr // q)
+    if cfg["steps_per_epoch"]:
+        steps = min(steps, int(cfg["steps_per_epoch"]))
+    num_epochs = int(cfg["num_epochs"])
+    augment = resolve_augment(cfg["augment"], info["in_channels"])
+
+    model_name = cfg["model"] or default_model_for(info["name"], info["image_size"])
+    try:
+        model = create_model(model_name, info["in_channels"], image_size=info["image_size"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    model.to(device)
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)
+
+    epoch, step0, loss_sum = 0, 0, 0.0
+    perm_q = perm_n = None
+    history: list[dict[str, Any]] = []
+    best_val, best_epoch, elapsed_before = -1.0, 0, 0.0
+    state = run.load_checkpoint("last") if run.resumed else None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(
+                f"checkpoint {run.path / 'last.pt'} does not fit this model/config "
+                f"({str(exc).splitlines()[0]}); use a new --out"
+            ) from None
+        set_rng_state(state["rng"], gen)
+        noise_gen.set_state(state["noise_rng"])
+        epoch, step0, loss_sum = state["epoch"], state["step"], state["loss_sum"]
+        perm_q, perm_n = state.get("perm_q"), state.get("perm_n")
+        history = list(state["history"])
+        best_val, best_epoch = state["best_val"], state["best_epoch"]
+        elapsed_before = state["elapsed"]
+        print(f"resuming {run.path} at epoch {epoch + 1}, step {step0}")
+    global_step = epoch * steps + step0
+
+    def snapshot(ep: int, st: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": rng_state(gen),
+            "noise_rng": noise_gen.get_state(),
+            "epoch": ep,
+            "step": st,
+            "loss_sum": loss_sum,
+            "perm_q": perm_q if st > 0 else None,
+            "perm_n": perm_n if st > 0 else None,
+            "history": history,
+            "best_val": best_val,
+            "best_epoch": best_epoch,
+            "elapsed": elapsed_before + time.time() - t_start,
+            "model_name": model_name,
+        }
+
+    print(
+        f"dknn on {info['name']}: {n_tr} train / {val_size} val / {te_x.shape[0]} test images, "
+        f"{model_name} ({count_parameters(model):,} parameters) on {device}, {cfg['method']} "
+        f"k={k} tau={cfg['tau']:g} lr=1e-{float(cfg['nloglr']):g}, {steps} steps x "
+        f"{num_epochs} epochs; output {run.path}"
+    )
+    run.log({"event": "setup", "model": model_name, "steps_per_epoch": steps, "n_train": n_tr})
+    from tqdm.auto import tqdm
+
+    last_ckpt = time.time()
+    while epoch < num_epochs:
+        t_epoch = time.time()
+        if step0 == 0 or perm_q is None:
+            perm_q = index_stream(n_tr, steps * q, gen)
+            perm_n = index_stream(n_tr, steps * m, gen)
+            step0, loss_sum = 0, 0.0
+        model.train()
+        bar = progress(
+            range(step0, steps),
+            total=steps,
+            initial=step0,
+            desc=f"epoch {epoch + 1}/{num_epochs}",
+            unit="step",
+        )
+        for step in bar:
+            qi = perm_q[step * q : (step + 1) * q].to(device)
+            ni = perm_n[step * m : (step + 1) * m].to(device)
+            x = torch.cat([tr_x[qi], tr_x[ni]])
+            x = augment_batch(x, augment, gen)
+            e = model(x)
+            loss = dknn_loss(
+                e[:q],
+                e[q:],
+                tr_y[qi],
+                tr_y[ni],
+                k,
+                tau=cfg["tau"],
+                method=cfg["method"],
+                n_samples=cfg["num_samples"],
+                generator=noise_gen,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise UserError(
+                    f"the loss became {lv} at epoch {epoch + 1} step {step + 1}; lower the "
+                    "learning rate (raise --nloglr) or change --tau"
+                )
+            loss_sum += lv
+            global_step += 1
+            if step % 20 == 0:
+                bar.set_postfix(topk_correct=f"{-loss_sum / (step + 1):.3f}", refresh=False)
+            stop = cfg["stop_after_steps"] is not None and global_step >= cfg["stop_after_steps"]
+            minutes = (time.time() - last_ckpt) / 60.0
+            if (stop or minutes >= cfg["checkpoint_minutes"]) and step + 1 < steps:
+                run.save_checkpoint(snapshot(epoch, step + 1), is_best=False)
+                last_ckpt = time.time()
+            if stop and step + 1 < steps:
+                print(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
+                return None
+        train_correct = -loss_sum / steps
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_topk_correct": train_correct,
+            "lr": opt.param_groups[0]["lr"],
+        }
+        is_best = False
+        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == num_epochs:
+            emb_tr = embed(model, tr_x, batch_size=cfg["eval_batch"])
+            emb_va = embed(model, va_x, batch_size=cfg["eval_batch"])
+            val_acc = knn_accuracy(
+                emb_va,
+                va_y,
+                emb_tr,
+                tr_y,
+                k,
+                num_classes=info["num_classes"],
+                query_chunk=cfg["num_test_queries"],
+            )
+            record["val_acc"] = val_acc
+            if val_acc >= best_val:
+                best_val, best_epoch, is_best = val_acc, epoch + 1, True
+        record["epoch_time_s"] = time.time() - t_epoch
+        history.append(record)
+        run.log(record)
+        epoch += 1
+        step0 = 0
+        perm_q = perm_n = None
+        run.save_checkpoint(snapshot(epoch, 0), is_best=is_best)
+        last_ckpt = time.time()
+        val_txt = f"val acc {record['val_acc']:.4f}" if "val_acc" in record else "no val"
+        tqdm.write(
+            f"epoch {epoch}/{num_epochs}: train top-k correctness {train_correct:.4f}, {val_txt}"
+            f"{' (best)' if is_best else ''}, {record['epoch_time_s']:.1f}s"
+        )
+        run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
+        if cfg["stop_after_steps"] is not None and global_step >= cfg["stop_after_steps"]:
+            if epoch < num_epochs:
+                print(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
+                return None
+
+    # final evaluation: best-validation weights, hard kNN over the embedded training part
+    best = run.load_checkpoint("best")
+    if best is not None:
+        model.load_state_dict(best["model"])
+    t_eval = time.time()
+    emb_tr = embed(model, tr_x, batch_size=cfg["eval_batch"])
+    emb_te = embed(model, te_x, batch_size=cfg["eval_batch"])
+    test_acc = knn_accuracy(
+        emb_te,
+        test_y,
+        emb_tr,
+        tr_y,
+        k,
+        num_classes=info["num_classes"],
+        query_chunk=cfg["num_test_queries"],
+    )
+    eval_s = time.time() - t_eval
+    pixel_acc = None
+    if cfg["pixel_knn"]:
+        pixel_acc = knn_accuracy(
+            te_x.flatten(1),
+            test_y,
+            tr_x.flatten(1),
+            tr_y,
+            k,
+            num_classes=info["num_classes"],
+            query_chunk=cfg["num_test_queries"],
+        )
+    wall = elapsed_before + time.time() - t_start
+    metrics = {
+        "dataset": info["name"],
+        "method": cfg["method"],
+        "k": k,
+        "tau": cfg["tau"],
+        "model": model_name,
+        "val_acc": best_val if best_val >= 0 else None,
+        "best_epoch": best_epoch,
+        "test_acc": test_acc,
+        "pixel_knn_test_acc": pixel_acc,
+        "test_eval_s": eval_s,
+        "epochs": num_epochs,
+        "steps_per_epoch": steps,
+        "wall_time_s": wall,
+        "device": str(device),
+        "history": history,
+    }
+    run.write_metrics(metrics)
+    run.log({"event": "done", "test_acc": test_acc, "pixel_knn_test_acc": pixel_acc})
+    run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
+    pix = f"plain kNN (raw pixels) {100 * pixel_acc:.2f}%" if pixel_acc is not None else ""
+    val = f"val {100 * best_val:.2f}% @ epoch {best_epoch}" if best_val >= 0 else "no val"
+    print(
+        f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%  |  "
+        f"{pix}  |  {val}  |  {wall / 60:.1f} min  |  {run.path}"
+    )
+    return metrics

@@ -1,0 +1,123 @@
+"""Hard k-nearest-neighbour classification for evaluation, in chunks.
+
+Squared distances come from one matrix product per chunk, ``|x|^2 - 2 q.x`` (the query's own
+``|q|^2`` does not change its ranking), and each chunk keeps only its ``k`` smallest with
+``torch.topk``, so memory is ``O(query_chunk x neighbor_chunk)``: never a queries x N x D tensor.
+
+Prediction: the majority class among the ``k`` nearest; a tie goes to the tied class whose
+nearest member is closest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["knn_neighbors", "knn_predict", "knn_accuracy", "embed"]
+
+
+def knn_neighbors(
+    query: Tensor,
+    keys: Tensor,
+    k: int,
+    *,
+    query_chunk: int = 1024,
+    key_chunk: int = 16384,
+) -> tuple[Tensor, Tensor]:
+    """Indices ``(Q, k)`` of the ``k`` nearest ``keys`` rows of each query row, nearest first.
+
+    Also returns the matching squared distances up to the per-query constant ``|q|^2``.
+    """
+    if query.dim() != 2 or keys.dim() != 2 or query.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"knn_neighbors: query (Q, D) and keys (N, D) must share D, got "
+            f"{tuple(query.shape)} and {tuple(keys.shape)}"
+        )
+    n = keys.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn_neighbors: k must be in 1..{n} (number of keys), got {k}")
+    if query_chunk < 1 or key_chunk < 1:
+        raise ValueError("knn_neighbors: query_chunk and key_chunk must be positive")
+    keys_sq = keys.pow(2).sum(1)
+    out_idx = []
+    out_d = []
+    for qs in range(0, query.shape[0], query_chunk):
+        q = query[qs : qs + query_chunk]
+        best_d: Tensor | None = None
+        best_i: Tensor | None = None
+        for ks in range(0, n, key_chunk):
+            kb = keys[ks : ks + key_chunk]
+            d = keys_sq[ks : ks + key_chunk].unsqueeze(0) - 2.0 * (q @ kb.T)
+            kk = min(k, kb.shape[0])
+            vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+            idx = idx + ks
+            if best_d is None:
+                best_d, best_i = vals, idx
+            else:
+                cat_d = torch.cat([best_d, vals], 1)
+                cat_i = torch.cat([best_i, idx], 1)
+                vals2, pos = torch.topk(cat_d, min(k, cat_d.shape[1]), dim=1, largest=False)
+                best_d, best_i = vals2, cat_i.gather(1, pos)
+        out_d.append(best_d)
+        out_idx.append(best_i)
+    return torch.cat(out_idx), torch.cat(out_d)
+
+
+def knn_predict(
+    query: Tensor,
+    keys: Tensor,
+    key_labels: Tensor,
+    k: int,
+    *,
+    num_classes: int | None = None,
+    query_chunk: int = 1024,
+    key_chunk: int = 16384,
+) -> Tensor:
+    """Majority vote of the ``k`` nearest keys for each query: ``(Q,)`` int64 class indices."""
+    if key_labels.shape != (keys.shape[0],):
+        raise ValueError(
+            f"knn_predict: key_labels must be ({keys.shape[0]},), got {tuple(key_labels.shape)}"
+        )
+    c = int(num_classes) if num_classes is not None else int(key_labels.max().item()) + 1
+    idx, _ = knn_neighbors(query, keys, k, query_chunk=query_chunk, key_chunk=key_chunk)
+    labels = key_labels.to(idx.device)[idx]  # (Q, k), nearest first
+    votes = torch.zeros(labels.shape[0], c, device=labels.device, dtype=torch.float64)
+    votes.scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float64))
+    # tie-break: the class whose nearest member has the smallest rank wins (bonus < 1 vote)
+    kk = labels.shape[1]
+    rank = torch.arange(kk, device=labels.device).expand_as(labels)
+    first = torch.full_like(votes, float(kk))
+    first.scatter_reduce_(1, labels, rank.to(torch.float64), reduce="amin")
+    votes += (kk - first) / (kk + 1)
+    return votes.argmax(1)
+
+
+def knn_accuracy(
+    query: Tensor,
+    query_labels: Tensor,
+    keys: Tensor,
+    key_labels: Tensor,
+    k: int,
+    *,
+    num_classes: int | None = None,
+    query_chunk: int = 1024,
+) -> float:
+    """Fraction of queries whose kNN prediction equals their label."""
+    pred = knn_predict(query, keys, key_labels, k, num_classes=num_classes, query_chunk=query_chunk)
+    return (pred.cpu() == query_labels.cpu()).double().mean().item()
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module, x: Tensor, *, batch_size: int = 1000, device: torch.device | None = None
+) -> Tensor:
+    """Embed ``x`` in eval mode, in batches; returns ``(N, D)`` float32 on ``device``."""
+    was_training = model.training
+    model.eval()
+    dev = device if device is not None else next(model.parameters()).device
+    outs = [
+        model(x[i : i + batch_size].to(dev, non_blocking=True)).float()
+        for i in range(0, x.shape[0], batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(outs)

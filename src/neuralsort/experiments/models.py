@@ -1,0 +1,158 @@
+"""Embedding networks for the kNN experiments, chosen by name with :func:`create_model`.
+
+* ``mnist-convnet``: the paper's MNIST net, conv 5x5x20 - ReLU - maxpool 2 - conv 5x5x50 - ReLU -
+  maxpool 2 - FC -> 500 - ReLU (800 -> 500 for 28x28 inputs); 500-d embedding.
+* ``resnet18``: pre-activation ResNet-18 (He et al. 2016, "Identity mappings") with the classifier
+  removed; 512-d embedding after global average pooling. The stem is a 3x3 convolution, as usual
+  for 28x28 and 32x32 inputs; inputs larger than 64 pixels get a stride-2 stem and a max-pool.
+* ``digits-net``: a small convnet for scikit-learn's 8x8 digits; 128-d embedding.
+
+Every model maps ``(B, C, H, W)`` images to ``(B, embedding_dim)`` and exposes ``embedding_dim``.
+:class:`Classifier` adds a linear head for the plain CNN baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MODELS",
+    "MnistConvNet",
+    "PreActResNet18",
+    "DigitsNet",
+    "Classifier",
+    "create_model",
+    "default_model_for",
+]
+
+
+class MnistConvNet(nn.Module):
+    """The paper's MNIST embedding net (500-d, ends in ReLU)."""
+
+    def __init__(self, in_channels: int = 1, image_size: tuple[int, int] = (28, 28)) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 20, kernel_size=5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, kernel_size=5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        h, w = image_size
+        fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+        if fh < 1 or fw < 1:
+            raise ValueError(f"mnist-convnet needs images of at least 16x16, got {h}x{w}")
+        self.fc = nn.Linear(50 * fh * fw, 500)
+        self.embedding_dim = 500
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(self.features(x).flatten(1)))
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet18(nn.Module):
+    """Pre-activation ResNet-18 without its classifier: ``(B, C, H, W) -> (B, 512)``."""
+
+    def __init__(self, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> None:
+        super().__init__()
+        if min(image_size) > 64:
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        else:
+            self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        layers: list[nn.Module] = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(512)
+        self.embedding_dim = 512
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn(self.layers(self.stem(x))))
+        return out.mean(dim=(2, 3))
+
+
+class DigitsNet(nn.Module):
+    """A small convnet for 8x8 digits: two 3x3 convolutions, a pool and a 128-d layer."""
+
+    def __init__(self, in_channels: int = 1, image_size: tuple[int, int] = (8, 8)) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        h, w = image_size
+        self.fc = nn.Linear(64 * (h // 2) * (w // 2), 128)
+        self.embedding_dim = 128
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(self.features(x).flatten(1)))
+
+
+class Classifier(nn.Module):
+    """An embedding net followed by a linear head (the plain CNN baseline)."""
+
+    def __init__(self, embed: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.embed = embed
+        self.head = nn.Linear(int(embed.embedding_dim), num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mnist-convnet": MnistConvNet,
+    "resnet18": PreActResNet18,
+    "digits-net": DigitsNet,
+}
+
+
+def create_model(
+    name: str, in_channels: int, *, image_size: tuple[int, int] = (28, 28)
+) -> nn.Module:
+    """Build the embedding net ``name`` (see :data:`MODELS`) for the given input shape."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    return MODELS[name](in_channels=in_channels, image_size=tuple(image_size))
+
+
+def default_model_for(dataset: str, image_size: tuple[int, int]) -> str:
+    """The paper's choice: the convnet for MNIST, ResNet-18 for the rest, a small net for digits."""
+    name = dataset.lower()
+    if name == "mnist":
+        return "mnist-convnet"
+    if name == "digits" or min(image_size) < 16:
+        return "digits-net"
+    return "resnet18"

@@ -1,0 +1,114 @@
+"""Small training pieces shared by the kNN experiments: optimizers, schedules, augmentation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .run import UserError
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AUGMENTS",
+    "make_optimizer",
+    "make_scheduler",
+    "augment_batch",
+    "resolve_augment",
+    "index_stream",
+]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+AUGMENTS = ("auto", "none", "shift", "flipcrop")
+
+
+def make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """``cfg["optimizer"]`` with lr ``10**-cfg["nloglr"]``, ``momentum`` and ``weight_decay``.
+
+    ``sgd`` is the paper's (momentum, L2 weight decay); ``adam`` uses L2 weight decay, ``adamw``
+    decoupled weight decay.
+    """
+    name = cfg["optimizer"]
+    lr = 10.0 ** (-float(cfg["nloglr"]))
+    wd = float(cfg["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise UserError(f"unknown --optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: dict[str, Any], *, steps_per_epoch: int, num_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step learning-rate multiplier: linear warm-up then ``cfg["lr_schedule"]``.
+
+    ``constant``; ``cosine`` decays to 0 over all steps; ``step`` divides by 10 at 50% and 75%.
+    """
+    kind = cfg["lr_schedule"]
+    if kind not in SCHEDULES:
+        raise UserError(f"unknown --lr_schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+    total = max(1, steps_per_epoch * num_epochs)
+    warm = int(round(float(cfg.get("warmup_epochs") or 0.0) * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0 if t < 0.5 else (0.1 if t < 0.75 else 0.01)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def resolve_augment(kind: str, in_channels: int) -> str:
+    """``auto`` means ``flipcrop`` for colour images and ``none`` for grayscale."""
+    if kind not in AUGMENTS:
+        raise UserError(f"unknown --augment {kind!r}; choose one of {', '.join(AUGMENTS)}")
+    if kind == "auto":
+        return "flipcrop" if in_channels == 3 else "none"
+    return kind
+
+
+def augment_batch(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+    """Random translations (``shift``: up to 2 px; ``flipcrop``: up to 4 px plus horizontal flips).
+
+    Borders are filled by replicating edge pixels. Randomness comes only from ``generator``
+    (a CPU generator), so runs are reproducible.
+    """
+    if kind == "none":
+        return x
+    pad = 2 if kind == "shift" else 4
+    b, c, h, w = x.shape
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    rows = (oy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    xp = xp.gather(2, rows.expand(b, c, h, w + 2 * pad))
+    cols = (ox[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    out = xp.gather(3, cols.expand(b, c, h, w))
+    if kind == "flipcrop":
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(b, 1, 1, 1)
+        out = torch.where(flip, out.flip(3), out)
+    return out
+
+
+def index_stream(n: int, total: int, generator: torch.Generator) -> Tensor:
+    """``total`` indices into ``range(n)``: concatenated independent shuffles (each a full pass)."""
+    reps = -(-total // n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:total]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

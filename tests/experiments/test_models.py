@@ -1,0 +1,49 @@
+"""Embedding nets: output shapes and the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralsort.experiments.models import (
+    Classifier,
+    MnistConvNet,
+    create_model,
+    default_model_for,
+)
+
+
+@pytest.mark.parametrize(
+    "name, channels, size, dim",
+    [
+        ("mnist-convnet", 1, (28, 28), 500),
+        ("mnist-convnet", 3, (32, 32), 500),
+        ("resnet18", 1, (28, 28), 512),
+        ("resnet18", 3, (32, 32), 512),
+        ("digits-net", 1, (8, 8), 128),
+    ],
+)
+def test_embedding_shapes(name, channels, size, dim):
+    torch.manual_seed(0)
+    m = create_model(name, channels, image_size=size)
+    out = m(torch.randn(2, channels, *size))
+    assert out.shape == (2, dim) and m.embedding_dim == dim
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_paper_mnist_net_layout():
+    m = MnistConvNet()
+    assert m.fc.in_features == 800 and m.fc.out_features == 500
+    convs = [mod for mod in m.features if isinstance(mod, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [20, 50] and convs[0].kernel_size == (5, 5)
+
+
+def test_registry_and_classifier():
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("vgg", 1)
+    assert default_model_for("mnist", (28, 28)) == "mnist-convnet"
+    assert default_model_for("cifar10", (32, 32)) == "resnet18"
+    assert default_model_for("digits", (8, 8)) == "digits-net"
+    c = Classifier(create_model("digits-net", 1, image_size=(8, 8)), 10)
+    assert c(torch.randn(3, 1, 8, 8)).shape == (3, 10)
