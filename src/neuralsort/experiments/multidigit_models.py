@@ -1,0 +1,478 @@
+"""Nets and methods for the multi-digit MNIST experiments (the paper's Tables 1 and 2).
+
+Every method is an ``nn.Module`` with the same small interface, so the training loop does not care
+which one it runs:
+
+* ``loss(images, values, generator=None) -> scalar`` on a batch ``images (B, n, 1, H, W)``,
+  ``values (B, n)`` (the true numbers, int64);
+* sorting methods: ``predict(images) -> (B, n)`` int64, the input index placed at each sorted
+  position (descending order, largest number first);
+* median methods: ``predict(images) -> (B,)`` float, the predicted median in units of the numbers.
+
+Sorting methods (``SORT_METHODS``): ``deterministic`` / ``stochastic`` NeuralSort on per-image
+scores, ``sinkhorn`` / ``gumbel-sinkhorn`` on an ``n x n`` matrix of per-image position logits,
+and ``vanilla`` (a dense net from the ``n`` image features to ``n x n`` logits, row softmax).
+Median methods (``MEDIAN_METHODS``) add ``constant`` (the mean training median) and ``vanilla``
+(a dense regressor).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import neuralsort
+
+__all__ = [
+    "SORT_METHODS",
+    "MEDIAN_METHODS",
+    "DigitCNN",
+    "NeuralSortSorter",
+    "SinkhornSorter",
+    "VanillaSorter",
+    "NeuralSortMedian",
+    "SinkhornMedian",
+    "VanillaMedian",
+    "ConstantMedian",
+    "build_sort_method",
+    "build_median_method",
+    "sorting_permutation",
+    "true_median",
+]
+
+SORT_METHODS = ("deterministic", "stochastic", "sinkhorn", "gumbel-sinkhorn", "vanilla")
+MEDIAN_METHODS = (
+    "deterministic",
+    "stochastic",
+    "sinkhorn",
+    "gumbel-sinkhorn",
+    "vanilla",
+    "constant",
+)
+
+_LOG_EPS = 1e-20  # keeps log(P) finite where a relaxed entry underflows to 0
+
+
+class DigitCNN(nn.Module):
+    """The paper's per-image net: conv5x5x32-ReLU-pool-conv5x5x64-ReLU-pool-FC64-ReLU-FC(out_dim).
+
+    Convolutions keep the size ("same" padding); pools halve it (rounding up), so a ``112 x 28``
+    image reaches FC64 as ``64 x 28 x 7`` features.
+
+    Args:
+        image_shape: ``(H, W)`` of one item's image (``(28 * digits, 28)``).
+        out_dim: size of the output layer; 0: no output layer (``forward`` gives the 64 features).
+    """
+
+    feature_dim = 64
+
+    def __init__(self, image_shape: tuple[int, int], out_dim: int = 1) -> None:
+        super().__init__()
+        h, w = image_shape
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        flat = 64 * math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
+        self.fc1 = nn.Linear(flat, self.feature_dim)
+        self.head = nn.Linear(self.feature_dim, out_dim) if out_dim > 0 else None
+        # Channels-last convolution weights make the convolutions and pools run in channels-last
+        # layout: about 1.5x faster on CPU, same results.
+        self.conv1.to(memory_format=torch.channels_last)
+        self.conv2.to(memory_format=torch.channels_last)
+
+    def features(self, images: Tensor) -> Tensor:
+        """``(..., 1, H, W) -> (..., 64)``."""
+        lead = images.shape[:-3]
+        x = images.reshape(-1, *images.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        # ReLU and max-pooling commute; pooling first applies the ReLU to 4x fewer entries.
+        x = F.relu(F.max_pool2d(self.conv1(x), 2, ceil_mode=True))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2, ceil_mode=True))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return x.reshape(*lead, self.feature_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(..., 1, H, W) -> (..., out_dim)`` (or the features when there is no head)."""
+        x = self.features(images)
+        return x if self.head is None else self.head(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# targets
+# ------------------------------------------------------------------------------------------------
+
+
+def sorting_permutation(values: Tensor) -> Tensor:
+    """The true permutation: index of the item at each position of the descending sort.
+
+    Ties keep the earlier index first (a stable sort), as the paper's sort does.
+    """
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices
+
+
+def true_median(values: Tensor) -> Tensor:
+    """Median of each row of ``values (B, n)`` as float64 (for even n: mean of the middle two)."""
+    s = torch.sort(values.to(torch.float64), dim=-1).values
+    n = s.shape[-1]
+    return 0.5 * (s[..., (n - 1) // 2] + s[..., n // 2])
+
+
+def _median_rows(p: Tensor) -> Tensor:
+    """Selector row(s) of the median from relaxed permutations ``(..., n, n)`` -> ``(..., n)``."""
+    n = p.shape[-1]
+    return 0.5 * (p[..., (n - 1) // 2, :] + p[..., n // 2, :])
+
+
+def _row_cross_entropy(log_p: Tensor, perm: Tensor) -> Tensor:
+    """Mean over rows (and everything else) of ``-log P[i, perm_i]``; ``log_p (..., B, n, n)``."""
+    index = perm.expand(*log_p.shape[:-1]).unsqueeze(-1)
+    return -log_p.gather(-1, index).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# sorting methods
+# ------------------------------------------------------------------------------------------------
+
+
+class NeuralSortSorter(nn.Module):
+    """NeuralSort on scalar scores from :class:`DigitCNN` (deterministic or Plackett-Luce)."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        *,
+        tau: float = 1.0,
+        stochastic: bool = False,
+        num_samples: int = 5,
+    ) -> None:
+        super().__init__()
+        self.net = DigitCNN(image_shape, 1)
+        self.tau = tau
+        self.stochastic = stochastic
+        self.num_samples = num_samples
+
+    def scores(self, images: Tensor) -> Tensor:
+        """Per-image scores ``(B, n)``."""
+        return self.net(images).squeeze(-1)
+
+    def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Relaxed permutation ``(B, n, n)`` (deterministic) or samples ``(S, B, n, n)``."""
+        s = self.scores(images)
+        if self.stochastic:
+            return neuralsort.stochastic_neural_sort(
+                s, self.tau, self.num_samples, descending=True, generator=generator
+            )
+        return neuralsort.neural_sort(s, self.tau, descending=True)
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Row-wise cross-entropy between the relaxed and the true permutation matrix."""
+        p = self.relaxed(images, generator)
+        return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Row argmax of the relaxed matrix, i.e. the descending (stable) sort of the scores."""
+        return sorting_permutation(self.scores(images))
+
+
+class SinkhornSorter(nn.Module):
+    """Sinkhorn baseline: each image gives ``n`` position logits; 20 Sinkhorn iterations.
+
+    ``gumbel=True`` trains on Gumbel-Sinkhorn samples; prediction uses the noise-free matrix.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        n: int,
+        *,
+        tau: float = 1.0,
+        gumbel: bool = False,
+        num_samples: int = 5,
+        n_iters: int = 20,
+    ) -> None:
+        super().__init__()
+        self.net = DigitCNN(image_shape, n)
+        self.tau = tau
+        self.gumbel = gumbel
+        self.num_samples = num_samples
+        self.n_iters = n_iters
+
+    def log_alpha(self, images: Tensor) -> Tensor:
+        """Logits ``(B, n, n)`` with rows = sorted positions and columns = images."""
+        return self.net(images).transpose(-1, -2)
+
+    def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Doubly-stochastic ``(B, n, n)``, or ``(S, B, n, n)`` Gumbel-Sinkhorn samples."""
+        la = self.log_alpha(images)
+        if self.gumbel:
+            return neuralsort.gumbel_sinkhorn(
+                la, self.tau, self.num_samples, self.n_iters, generator=generator
+            )
+        return neuralsort.sinkhorn(la, self.n_iters, self.tau)
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Row-wise cross-entropy between the (sampled) Sinkhorn matrix and the true permutation."""
+        p = self.relaxed(images, generator)
+        return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Row argmax of the noise-free Sinkhorn matrix (not always a permutation)."""
+        return neuralsort.sinkhorn(self.log_alpha(images), self.n_iters, self.tau).argmax(-1)
+
+
+class VanillaSorter(nn.Module):
+    """Vanilla RS: the ``n`` image features, concatenated, through a dense net to n x n logits."""
+
+    def __init__(self, image_shape: tuple[int, int], n: int, *, hidden: int = 256) -> None:
+        super().__init__()
+        self.n = n
+        self.net = DigitCNN(image_shape, 0)
+        self.mlp = nn.Sequential(
+            nn.Linear(n * DigitCNN.feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, n * n)
+        )
+
+    def logits(self, images: Tensor) -> Tensor:
+        """Row logits ``(B, n, n)``: row i scores which image goes to sorted position i."""
+        f = self.net(images)
+        return self.mlp(f.flatten(-2)).reshape(*f.shape[:-2], self.n, self.n)
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Row-wise cross-entropy of the row softmax against the true permutation."""
+        return _row_cross_entropy(
+            F.log_softmax(self.logits(images), dim=-1), sorting_permutation(values)
+        )
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Row argmax of the logits (not always a permutation)."""
+        return self.logits(images).argmax(-1)
+
+
+def build_sort_method(
+    method: str,
+    *,
+    n: int,
+    image_shape: tuple[int, int],
+    tau: float = 1.0,
+    num_samples: int = 5,
+) -> nn.Module:
+    """The sorting method called ``method`` (one of :data:`SORT_METHODS`)."""
+    if method in ("deterministic", "stochastic"):
+        return NeuralSortSorter(
+            image_shape, tau=tau, stochastic=method == "stochastic", num_samples=num_samples
+        )
+    if method in ("sinkhorn", "gumbel-sinkhorn"):
+        return SinkhornSorter(
+            image_shape, n, tau=tau, gumbel=method == "gumbel-sinkhorn", num_samples=num_samples
+        )
+    if method == "vanilla":
+        return VanillaSorter(image_shape, n)
+    raise ValueError(f"method must be one of {', '.join(SORT_METHODS)}, got {method!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# median methods (values handled in units of 10**digits, i.e. in [0, 1), inside the nets)
+# ------------------------------------------------------------------------------------------------
+
+
+class _MedianBase(nn.Module):
+    """Shared scaling: nets see targets divided by ``scale`` (``10**digits``)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def target(self, values: Tensor) -> Tensor:
+        return (true_median(values) / self.scale).to(torch.float32)
+
+
+class NeuralSortMedian(_MedianBase):
+    """Relaxed median selector (NeuralSort row of the middle position) times regressed values.
+
+    Two nets: ``scorer`` (sorting scores) and ``regressor`` (each image's value). Deterministic
+    loss: squared error of ``selector @ values``; stochastic: mean squared error over PL samples.
+    Prediction uses the hard selector (the item with the middle score), as the paper evaluates.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        *,
+        scale: float,
+        tau: float = 1.0,
+        stochastic: bool = False,
+        num_samples: int = 5,
+    ) -> None:
+        super().__init__(scale)
+        self.scorer = DigitCNN(image_shape, 1)
+        self.regressor = DigitCNN(image_shape, 1)
+        self.tau = tau
+        self.stochastic = stochastic
+        self.num_samples = num_samples
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        s = self.scorer(images).squeeze(-1)
+        v = self.regressor(images).squeeze(-1)
+        if self.stochastic:
+            p = neuralsort.stochastic_neural_sort(
+                s, self.tau, self.num_samples, descending=True, generator=generator
+            )
+        else:
+            p = neuralsort.neural_sort(s, self.tau, descending=True)
+        pred = (_median_rows(p) * v).sum(-1)  # (B,) or (S, B)
+        return ((pred - self.target(values)) ** 2).mean()
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        s = self.scorer(images).squeeze(-1)
+        v = self.regressor(images).squeeze(-1)
+        p = neuralsort.neural_sort(s, self.tau, descending=True, hard=True)
+        return (_median_rows(p) * v).sum(-1).double() * self.scale
+
+
+class SinkhornMedian(_MedianBase):
+    """Sinkhorn (or Gumbel-Sinkhorn) median selector times regressed values."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int],
+        n: int,
+        *,
+        scale: float,
+        tau: float = 1.0,
+        gumbel: bool = False,
+        num_samples: int = 5,
+        n_iters: int = 20,
+    ) -> None:
+        super().__init__(scale)
+        self.scorer = DigitCNN(image_shape, n)
+        self.regressor = DigitCNN(image_shape, 1)
+        self.tau = tau
+        self.gumbel = gumbel
+        self.num_samples = num_samples
+        self.n_iters = n_iters
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        la = self.scorer(images).transpose(-1, -2)
+        v = self.regressor(images).squeeze(-1)
+        if self.gumbel:
+            p = neuralsort.gumbel_sinkhorn(
+                la, self.tau, self.num_samples, self.n_iters, generator=generator
+            )
+        else:
+            p = neuralsort.sinkhorn(la, self.n_iters, self.tau)
+        pred = (_median_rows(p) * v).sum(-1)
+        return ((pred - self.target(values)) ** 2).mean()
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        la = self.scorer(images).transpose(-1, -2)
+        v = self.regressor(images).squeeze(-1)
+        sel = _median_rows(neuralsort.sinkhorn(la, self.n_iters, self.tau))
+        sel = F.one_hot(sel.argmax(-1), sel.shape[-1]).to(v.dtype)
+        return (sel * v).sum(-1).double() * self.scale
+
+
+class VanillaMedian(_MedianBase):
+    """Vanilla NN: per-image CNN features, concatenated, through a dense net to the median value."""
+
+    def __init__(
+        self, image_shape: tuple[int, int], n: int, *, scale: float, hidden: int = 64
+    ) -> None:
+        super().__init__(scale)
+        self.net = DigitCNN(image_shape, 0)
+        self.mlp = nn.Sequential(
+            nn.Linear(n * DigitCNN.feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def _forward(self, images: Tensor) -> Tensor:
+        return self.mlp(self.net(images).flatten(-2)).squeeze(-1)
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        return ((self._forward(images) - self.target(values)) ** 2).mean()
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        return self._forward(images).double() * self.scale
+
+
+class ConstantMedian(_MedianBase):
+    """Constant baseline: predicts the mean of the training medians seen so far (no images used).
+
+    It has no trainable parameters: :meth:`observe` updates the running mean and :meth:`loss`
+    returns the squared error of the current constant (for logging only).
+    """
+
+    trainable = False
+
+    def __init__(self, *, scale: float) -> None:
+        super().__init__(scale)
+        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def observe(self, values: Tensor) -> None:
+        m = true_median(values).to(self.total.device)
+        self.total += m.sum()
+        self.count += m.numel()
+
+    def constant(self) -> Tensor:
+        return self.total / self.count.clamp(min=1)
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        err = (self.constant() - true_median(values).to(self.total.device)) / self.scale
+        return (err**2).mean().to(torch.float32)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        return self.constant().expand(images.shape[0]).clone()
+
+
+def build_median_method(
+    method: str,
+    *,
+    n: int,
+    image_shape: tuple[int, int],
+    scale: float,
+    tau: float = 1.0,
+    num_samples: int = 5,
+) -> nn.Module:
+    """The median-regression method called ``method`` (one of :data:`MEDIAN_METHODS`)."""
+    if method in ("deterministic", "stochastic"):
+        return NeuralSortMedian(
+            image_shape,
+            scale=scale,
+            tau=tau,
+            stochastic=method == "stochastic",
+            num_samples=num_samples,
+        )
+    if method in ("sinkhorn", "gumbel-sinkhorn"):
+        return SinkhornMedian(
+            image_shape,
+            n,
+            scale=scale,
+            tau=tau,
+            gumbel=method == "gumbel-sinkhorn",
+            num_samples=num_samples,
+        )
+    if method == "vanilla":
+        return VanillaMedian(image_shape, n, scale=scale)
+    if method == "constant":
+        return ConstantMedian(scale=scale)
+    raise ValueError(f"method must be one of {', '.join(MEDIAN_METHODS)}, got {method!r}")

@@ -1,0 +1,316 @@
+"""The training loop shared by ``neuralsort sort`` and ``neuralsort quantile``.
+
+Both experiments train a method from :mod:`neuralsort.experiments.multidigit_models` on batches of
+multi-digit MNIST sequences drawn from an infinite, seeded source, evaluate it on a fixed validation
+set after every epoch, keep the best-validation checkpoint and report its test metrics. The
+experiment modules only supply a :class:`Task`: how to build the method, how to score predictions
+and which validation metric selects the checkpoint.
+
+Outputs (in the run folder, see :class:`neuralsort.experiments.run.Run`): ``config.yaml``,
+``log.jsonl`` (one line per epoch), ``last.pt`` / ``best.pt``, ``metrics.json`` and ``history.png``.
+``--resume`` continues from ``last.pt`` (model, optimizer, scheduler, data and noise generators) and
+ends with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import load_raw_dataset
+from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
+from .run import (
+    Run,
+    UserError,
+    add_common_args,
+    add_flag,
+    progress,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "BASE_DEFAULTS",
+    "Task",
+    "add_multidigit_args",
+    "load_multidigit_splits",
+    "train_and_test",
+]
+
+# Settings shared by both experiments (each experiment module overrides some).
+BASE_DEFAULTS: dict[str, Any] = {
+    "n": 5,
+    "method": "deterministic",
+    "digits": 4,
+    "tau": 1.0,
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "weight_decay": 0.0,
+    "batch_size": 20,
+    "num_samples": 5,
+    "num_epochs": 200,
+    "steps_per_epoch": 625,
+    "val_sequences": 1000,
+    "test_sequences": 2500,
+    "eval_batch_size": 50,
+    "eval_seed": 12345,
+    "num_threads": None,
+}
+
+
+def add_multidigit_args(parser: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
+    """Add the flags of the multi-digit experiments (plus the common run flags)."""
+    g = parser.add_argument_group("experiment")
+    add_flag(g, "--n", type=int, metavar="N", help="numbers per sequence (paper: 3, 5, 7, 9, 15)")
+    add_flag(g, "--method", choices=list(methods), help="method (default deterministic)")
+    add_flag(g, "--tau", type=float, help="temperature of the relaxation (default 1)")
+    add_flag(g, "--lr", type=float, help="Adam learning rate (paper 1e-4)")
+    add_flag(
+        g,
+        "--lr_schedule",
+        choices=["constant", "cosine"],
+        help="learning-rate schedule over all steps (default constant, as the paper)",
+    )
+    add_flag(g, "--weight_decay", type=float, help="Adam weight decay (default 0)")
+    add_flag(g, "--batch_size", type=int, metavar="B", help="sequences per training step")
+    add_flag(
+        g, "--num_samples", type=int, metavar="S", help="Plackett-Luce / Gumbel samples (default 5)"
+    )
+    add_flag(g, "--digits", type=int, metavar="L", help="digits per number (default 4: 112x28)")
+    add_flag(g, "--val_sequences", type=int, metavar="N", help="size of the fixed validation set")
+    add_flag(g, "--test_sequences", type=int, metavar="N", help="size of the fixed test set")
+    add_flag(g, "--eval_batch_size", type=int, metavar="B", help="sequences per evaluation batch")
+    add_flag(g, "--eval_seed", type=int, help="seed of the fixed validation and test sets")
+    add_flag(g, "--num_threads", type=int, metavar="T", help="torch CPU threads (default: torch's)")
+    add_common_args(parser)
+
+
+@dataclass
+class Task:
+    """What distinguishes one multi-digit experiment from the other.
+
+    Attributes:
+        name: run-name prefix (``runs/<name>-<timestamp>``).
+        build: ``(cfg, image_shape) -> nn.Module`` with ``loss`` and ``predict`` (see the models).
+        evaluate: ``(model, eval_set, device, batch_size) -> {metric: value}`` without a prefix.
+        select: the metric that picks the best checkpoint, and ``mode`` ``"max"`` or ``"min"``.
+        plot_keys: per-epoch history keys drawn in ``history.png``.
+    """
+
+    name: str
+    build: Callable[[dict[str, Any], tuple[int, int]], nn.Module]
+    evaluate: Callable[[nn.Module, MultiDigitEvalSet, torch.device, int], dict[str, float]]
+    select: str
+    mode: str
+    plot_keys: list[str]
+
+
+def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise UserError(f"--{key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def validate_common(cfg: dict[str, Any]) -> None:
+    """Check the shared settings; :class:`UserError` naming the flag on a bad value."""
+    for key in ("batch_size", "num_samples", "steps_per_epoch", "eval_batch_size"):
+        _positive_int(cfg, key)
+    for key in ("val_sequences", "test_sequences"):
+        _positive_int(cfg, key)
+    _positive_int(cfg, "num_epochs", 0)
+    digits = cfg["digits"]
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
+        raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
+    for key in ("tau", "lr"):
+        v = cfg[key]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not v > 0 or math.isinf(v):
+            raise UserError(f"--{key} must be a positive number, got {v!r}")
+    if not isinstance(cfg["weight_decay"], int | float) or cfg["weight_decay"] < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {cfg['weight_decay']!r}")
+    if cfg["lr_schedule"] not in ("constant", "cosine"):
+        raise UserError(f"--lr_schedule must be constant or cosine, got {cfg['lr_schedule']!r}")
+    if cfg["num_threads"] is not None:
+        _positive_int(cfg, "num_threads")
+
+
+def load_multidigit_splits(cfg: dict[str, Any]) -> dict[str, MultiDigitNumbers]:
+    """MNIST from ``cfg["data_dir"]`` turned into train / val / test multi-digit number sources.
+
+    Training digits: the first 50,000 MNIST training images; validation: the last 10,000; test: the
+    MNIST test set (smaller stand-in files keep the same 5:1 train/validation proportion).
+    """
+    tr_x, tr_y, te_x, te_y, info = load_raw_dataset("mnist", cfg.get("data_dir"))
+    num_train = int(tr_x.shape[0])
+    num_val = 10_000 if num_train >= 20_000 else max(1, num_train // 6)
+    try:
+        return make_splits(
+            tr_x, tr_y, te_x, te_y, digits=cfg["digits"], seed=cfg["seed"], num_val=num_val
+        )
+    except ValueError as exc:
+        raise UserError(f"MNIST in {info.get('source')}: {exc}") from None
+
+
+def _lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return lambda step: 1.0
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def train_and_test(
+    cfg: dict[str, Any],
+    task: Task,
+    *,
+    splits: dict[str, MultiDigitNumbers] | None = None,
+) -> dict[str, Any]:
+    """Train ``task`` as ``cfg`` says, then test the best-validation model; returns the metrics.
+
+    Args:
+        cfg: resolved configuration (see :data:`BASE_DEFAULTS` and the common run settings).
+        task: the experiment.
+        splits: train / val / test number sources; loaded from ``cfg["data_dir"]`` when None.
+    """
+    validate_common(cfg)
+    if cfg["num_threads"] is not None:
+        torch.set_num_threads(cfg["num_threads"])
+    run = Run.start(cfg, name=task.name)
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    device = resolve_device(cfg["device"])
+    if splits is None:
+        splits = load_multidigit_splits(cfg)
+    train_src = splits["train"]
+    # Re-seed the training stream from cfg so a resumed run rebuilds the same starting state.
+    train_src.generator.manual_seed(seed)
+    image_shape = (cfg["digits"] * train_src.digit_shape[0], train_src.digit_shape[1])
+    n = int(cfg["n"])
+    val_set = splits["val"].eval_set(cfg["val_sequences"], n, seed=cfg["eval_seed"])
+    test_set = splits["test"].eval_set(cfg["test_sequences"], n, seed=cfg["eval_seed"] + 1)
+
+    model = task.build(cfg, image_shape).to(device)
+    trainable = getattr(model, "trainable", True)
+    steps_per_epoch = int(cfg["steps_per_epoch"])
+    total_steps = max(1, steps_per_epoch * int(cfg["num_epochs"]))
+    optimizer = scheduler = None
+    if trainable:
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(cfg["lr_schedule"], total_steps)
+        )
+    noise = torch.Generator(device=device)
+    noise.manual_seed(seed + 1)
+
+    epoch0, history, best, best_epoch, train_seconds = 0, [], None, None, 0.0
+    state = run.load_checkpoint("last") if cfg.get("resume") else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        train_src.load_state_dict(state["data"])
+        noise.set_state(state["noise"])
+        set_rng_state(state["rng"])
+        epoch0, history = int(state["epoch"]), list(state["history"])
+        best, best_epoch = state["best"], state["best_epoch"]
+        train_seconds = float(state["train_seconds"])
+
+    batch_size, eval_bs = int(cfg["batch_size"]), int(cfg["eval_batch_size"])
+    for epoch in range(epoch0 + 1, int(cfg["num_epochs"]) + 1):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step")
+        for _ in bar:
+            images, values = train_src.sample_batch(batch_size, n)
+            images, values = images.to(device), values.to(device)
+            if optimizer is None:
+                model.observe(values)
+                with torch.no_grad():
+                    loss = model.loss(images, values)
+            else:
+                loss = model.loss(images, values, generator=noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            loss_sum += float(loss.detach())
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        val = task.evaluate(model, val_set, device, eval_bs)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "train_loss": loss_sum / steps_per_epoch,
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr": optimizer.param_groups[0]["lr"] if optimizer is not None else None,
+            "epoch_seconds": seconds,
+            "steps_per_second": steps_per_epoch / max(seconds, 1e-9),
+        }
+        if not math.isfinite(record["train_loss"]):
+            run.log({"event": "error", "epoch": epoch, "message": "training loss is not finite"})
+            raise UserError(
+                f"training diverged in epoch {epoch} (loss {record['train_loss']}); "
+                "lower --lr or raise --tau"
+            )
+        history.append(record)
+        run.log(record)
+        is_best = _is_better(val[task.select], best, task.mode)
+        if is_best:
+            best, best_epoch = val[task.select], epoch
+        run.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else {},
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "data": train_src.state_dict(),
+                "noise": noise.get_state(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+                "train_seconds": train_seconds,
+            },
+            is_best=is_best,
+        )
+
+    best_state = run.load_checkpoint("best")
+    if best_state is not None:
+        model.load_state_dict(best_state["model"])
+    test = task.evaluate(model, test_set, device, eval_bs)
+    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
+    steps = len(history) * steps_per_epoch
+    metrics: dict[str, Any] = {
+        **{f"test_{k}": v for k, v in test.items()},
+        **{k: v for k, v in best_record.items() if k.startswith("val_")},
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "steps_per_second": steps / train_seconds if train_seconds > 0 else None,
+        "n": n,
+        "method": cfg["method"],
+        "test_sequences": len(test_set),
+        "val_sequences": len(val_set),
+    }
+    run.write_metrics(metrics)
+    run.log({"event": "test", **metrics})
+    run.plot_history(history, task.plot_keys, "history.png")
+    return metrics
