@@ -23,6 +23,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: list[str] = [
     "neuralsort.experiments.dknn",
     "neuralsort.experiments.baseline",
+    "neuralsort.experiments.sorting",
+    "neuralsort.experiments.quantile",
 ]
 
 
