@@ -67,13 +67,19 @@ BASE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def add_multidigit_args(parser: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
-    """Add the flags of the multi-digit experiments (plus the common run flags)."""
+def add_multidigit_args(
+    parser: argparse.ArgumentParser, methods: tuple[str, ...], defaults: dict[str, Any]
+) -> None:
+    """Add the flags of the multi-digit experiments (plus the common run flags).
+
+    ``defaults`` only feeds the help texts; flags default to None (see ``resolve_config``).
+    """
+    d = defaults
     g = parser.add_argument_group("experiment")
-    add_flag(g, "--n", type=int, metavar="N", help="numbers per sequence (paper: 3, 5, 7, 9, 15)")
-    add_flag(g, "--method", choices=list(methods), help="method (default deterministic)")
-    add_flag(g, "--tau", type=float, help="temperature of the relaxation (default 1)")
-    add_flag(g, "--lr", type=float, help="Adam learning rate (paper 1e-4)")
+    add_flag(g, "--n", type=int, metavar="N", help=f"numbers per sequence (default {d['n']})")
+    add_flag(g, "--method", choices=list(methods), help=f"method (default {d['method']})")
+    add_flag(g, "--tau", type=float, help=f"temperature of the relaxation (default {d['tau']})")
+    add_flag(g, "--lr", type=float, help=f"Adam learning rate (default {d['lr']}, the paper's)")
     add_flag(
         g,
         "--lr_schedule",
@@ -81,14 +87,48 @@ def add_multidigit_args(parser: argparse.ArgumentParser, methods: tuple[str, ...
         help="learning-rate schedule over all steps (default constant, as the paper)",
     )
     add_flag(g, "--weight_decay", type=float, help="Adam weight decay (default 0)")
-    add_flag(g, "--batch_size", type=int, metavar="B", help="sequences per training step")
     add_flag(
-        g, "--num_samples", type=int, metavar="S", help="Plackett-Luce / Gumbel samples (default 5)"
+        g,
+        "--batch_size",
+        type=int,
+        metavar="B",
+        help=f"sequences per training step (default {d['batch_size']})",
     )
-    add_flag(g, "--digits", type=int, metavar="L", help="digits per number (default 4: 112x28)")
-    add_flag(g, "--val_sequences", type=int, metavar="N", help="size of the fixed validation set")
-    add_flag(g, "--test_sequences", type=int, metavar="N", help="size of the fixed test set")
-    add_flag(g, "--eval_batch_size", type=int, metavar="B", help="sequences per evaluation batch")
+    add_flag(
+        g,
+        "--num_samples",
+        type=int,
+        metavar="S",
+        help=f"Plackett-Luce / Gumbel samples per sequence (default {d['num_samples']})",
+    )
+    add_flag(
+        g,
+        "--digits",
+        type=int,
+        metavar="L",
+        help=f"digits per number (default {d['digits']}: 112x28 images)",
+    )
+    add_flag(
+        g,
+        "--val_sequences",
+        type=int,
+        metavar="N",
+        help=f"size of the fixed validation set (default {d['val_sequences']})",
+    )
+    add_flag(
+        g,
+        "--test_sequences",
+        type=int,
+        metavar="N",
+        help=f"size of the fixed test set (default {d['test_sequences']})",
+    )
+    add_flag(
+        g,
+        "--eval_batch_size",
+        type=int,
+        metavar="B",
+        help=f"sequences per evaluation batch (default {d['eval_batch_size']})",
+    )
     add_flag(g, "--eval_seed", type=int, help="seed of the fixed validation and test sets")
     add_flag(g, "--num_threads", type=int, metavar="T", help="torch CPU threads (default: torch's)")
     add_common_args(parser)

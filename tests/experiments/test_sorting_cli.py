@@ -1,0 +1,144 @@
+"""End-to-end runs of `neuralsort sort` and `neuralsort quantile` on tiny synthetic MNIST."""
+
+import gzip
+import json
+import struct
+
+import pytest
+import torch
+import yaml
+
+from neuralsort.experiments.cli import main
+
+# tiny runs: 2-digit numbers of 8x8 "digits", a few steps, a few evaluation sequences
+TINY = [
+    "--digits", "2", "--num_epochs", "2", "--steps_per_epoch", "2", "--batch_size", "3",
+    "--val_sequences", "6", "--test_sequences", "8", "--eval_batch_size", "4",
+    "--num_samples", "2", "--lr", "1e-3", "--device", "cpu",
+]  # fmt: skip
+
+
+def write_idx(path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor as a gzipped IDX file (magic 2051 for images, 2049 for labels)."""
+    a = array.to(torch.uint8).contiguous()
+    header = struct.pack(">I", 0x0800 | a.dim()) + struct.pack(">" + "I" * a.dim(), *a.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + bytes(a.flatten().tolist()))
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """60 training and 30 test 8x8 'digit' images: digit d is a bar at row d plus noise."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "mnist"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for stem, num in (("train", 60), ("t10k", 30)):
+        labels = torch.arange(num) % 10
+        images = torch.randint(0, 60, (num, 8, 8), generator=g)
+        images[torch.arange(num), (labels * 8) // 10, :] = 255
+        write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def run_cli(command, mnist_dir, out, *extra) -> int:
+    return main([command, "--data_dir", str(mnist_dir), "--out", str(out), *TINY, *extra])
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["deterministic", "vanilla"])
+def test_sort_end_to_end(mnist_dir, tmp_path, method):
+    out = tmp_path / "run"
+    assert run_cli("sort", mnist_dir, out, "--n", "3", "--method", method) == 0
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_exact", "test_elementwise", "val_exact", "val_elementwise"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["test_exact"] <= metrics["test_elementwise"]
+    assert metrics["epochs"] == 2 and metrics["steps"] == 4 and metrics["test_sequences"] == 8
+    epochs = [r for r in read_log(out) if "epoch" in r and "event" not in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["n"] == 3 and cfg["method"] == method and cfg["digits"] == 2
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+@pytest.mark.parametrize("method", ["deterministic", "constant"])
+def test_quantile_end_to_end(mnist_dir, tmp_path, method):
+    out = tmp_path / "run"
+    assert run_cli("quantile", mnist_dir, out, "--n", "5", "--method", method) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_mse", "test_r2_corr", "test_r2", "val_mse"):
+        assert isinstance(metrics[key], float)
+    assert metrics["test_mse"] >= 0 and 0.0 <= metrics["test_r2_corr"] <= 1.0
+    if method == "constant":
+        assert metrics["test_r2_corr"] == 0.0
+
+
+@pytest.mark.parametrize(("command", "method"), [("sort", "stochastic"), ("quantile", "sinkhorn")])
+def test_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path, command, method):
+    full, split = tmp_path / "full", tmp_path / "split"
+    args = ("--n", "3", "--method", method)
+    assert run_cli(command, mnist_dir, full, *args) == 0
+    # the same run stopped after epoch 1, then continued with --resume
+    assert run_cli(command, mnist_dir, split, *args, "--num_epochs", "1") == 0
+    assert run_cli(command, mnist_dir, split, *args, "--resume") == 0
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    ma = json.loads((full / "metrics.json").read_text())
+    mb = json.loads((split / "metrics.json").read_text())
+    test_keys = [k for k in ma if k.startswith(("test_", "val_"))]
+    assert test_keys and all(ma[k] == mb[k] for k in test_keys)
+    assert any(r.get("event") == "resume" for r in read_log(split))
+
+
+def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
+    assert run_cli("sort", mnist_dir, tmp_path / "a", "--n", "1") == 2
+    assert "--n must be" in capsys.readouterr().err
+    assert run_cli("quantile", mnist_dir, tmp_path / "b", "--tau", "0") == 2
+    assert "--tau must be a positive number" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "mnist" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["quantile", "--method", "bogus"])
+    assert exc.value.code == 2
+
+
+def test_config_file_and_dashed_aliases(mnist_dir, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("n: 4\nmethod: sinkhorn\ntau: 0.5\n")
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "sort",
+                "--config",
+                str(cfg),
+                "--data-dir",
+                str(mnist_dir),
+                "--out",
+                str(out),
+                *TINY,
+                "--num-epochs",
+                "1",
+                "--tau",
+                "2",
+            ]
+        )
+        == 0
+    )
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["n"] == 4 and saved["method"] == "sinkhorn"  # from the file
+    assert saved["tau"] == 2.0 and saved["num_epochs"] == 1  # flags win over the file
