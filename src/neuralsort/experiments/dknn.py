@@ -212,6 +212,8 @@ def main(args: argparse.Namespace) -> int:
 def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """Run the experiment described by a resolved config; returns the metrics (None if stopped)."""
     _validate(cfg)
+    # a one-shot control (tests simulate a kill with it): never saved, never resumed
+    stop_after = cfg.pop("stop_after_steps", None)
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     name = (
@@ -225,7 +227,7 @@ def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
     except UserError:
         _cleanup_fresh(run)
         raise
-    return _train(run, cfg, train_x, train_y, test_x, test_y, info)
+    return _train(run, cfg, train_x, train_y, test_x, test_y, info, stop_after)
 
 
 def _train(
@@ -236,6 +238,7 @@ def _train(
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     info: dict[str, Any],
+    stop_after: int | None = None,
 ) -> dict[str, Any] | None:
     t_start = time.time()
     gen = seed_everything(int(cfg["seed"]))
@@ -371,7 +374,7 @@ def _train(
             global_step += 1
             if step % 20 == 0:
                 bar.set_postfix(topk_correct=f"{-loss_sum / (step + 1):.3f}", refresh=False)
-            stop = cfg["stop_after_steps"] is not None and global_step >= cfg["stop_after_steps"]
+            stop = stop_after is not None and global_step >= stop_after
             minutes = (time.time() - last_ckpt) / 60.0
             if (stop or minutes >= cfg["checkpoint_minutes"]) and step + 1 < steps:
                 run.save_checkpoint(snapshot(epoch, step + 1), is_best=False)
@@ -415,7 +418,7 @@ def _train(
             f"{' (best)' if is_best else ''}, {record['epoch_time_s']:.1f}s"
         )
         run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
-        if cfg["stop_after_steps"] is not None and global_step >= cfg["stop_after_steps"]:
+        if stop_after is not None and global_step >= stop_after:
             if epoch < num_epochs:
                 print(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
                 return None

@@ -1,0 +1,84 @@
+"""``neuralsort baseline`` on digits: each method runs; the CNN's head is trained; PCA is right."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neuralsort.experiments.baseline import pca_project
+from neuralsort.experiments.cli import main
+from neuralsort.experiments.models import Classifier, create_model
+
+
+@pytest.mark.parametrize("method", ["knn", "knn-pca", "knn-ae", "cnn"])
+def test_baseline_methods_on_digits(tmp_path, method, capsys):
+    out = tmp_path / method
+    args = [
+        "baseline",
+        "--dataset",
+        "digits",
+        "--method",
+        method,
+        "--k",
+        "3",
+        "--num_epochs",
+        "2",
+        "--steps_per_epoch",
+        "5",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == method and 0 <= m["val_acc"] <= 1
+    floor = {"knn": 0.95, "knn-pca": 0.95, "knn-ae": 0.3, "cnn": 0.3}[method]
+    assert m["test_acc"] > floor
+    assert "test accuracy" in capsys.readouterr().out
+    if method in ("cnn", "knn-ae"):
+        assert len(m["history"]) == 2 and (out / "best.pt").is_file()
+
+
+def test_cnn_head_is_trained(tmp_path):
+    out = tmp_path / "cnn"
+    base = [
+        "baseline",
+        "--dataset",
+        "digits",
+        "--method",
+        "cnn",
+        "--steps_per_epoch",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main([*base, "--num_epochs", "0"]) == 0
+    # zero epochs: nothing saved; one epoch: the head's weights move
+    assert not (out / "last.pt").exists()
+    assert main([*base, "--num_epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    state = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(0)  # the run's seed: same initial weights
+    fresh = Classifier(create_model("digits-net", 1, image_size=(8, 8)), 10).state_dict()
+    head0 = fresh["head.weight"]
+    assert not torch.allclose(state["head.weight"], head0)
+    opt_state = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["optimizer"]
+    n_params = len(
+        list(Classifier(create_model("digits-net", 1, image_size=(8, 8)), 10).parameters())
+    )
+    assert len(opt_state["param_groups"][0]["params"]) == n_params
+
+
+def test_pca_matches_svd():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 12, generator=g) @ torch.randn(12, 12, generator=g)
+    y = torch.randn(5, 12, generator=g)
+    px, (py,) = pca_project(x, [y], 4)
+    xc = x.double().numpy() - x.double().numpy().mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    ref = xc @ vt[:4].T
+    # components are defined up to sign
+    signs = np.sign((px.numpy() * ref).sum(0))
+    assert np.allclose(px.numpy(), ref * signs, atol=1e-4)
+    assert py.shape == (5, 4)

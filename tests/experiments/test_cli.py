@@ -1,0 +1,81 @@
+"""The ``neuralsort`` command line: the seed report's commands, --version, user errors."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from neuralsort.experiments import baseline, dknn
+from neuralsort.experiments.cli import build_parser, main
+from neuralsort.experiments.run import resolve_config
+
+# The report's commands (seed/000_0cf7df97f5b2e5de.txt) with the script names replaced.
+SEED_DKNN = [
+    "--k=9 --tau=80 --nloglr=3 --method=deterministic --dataset=cifar10 --num_epochs=30",
+    "--k=9 --tau=80 --nloglr=3 --method=deterministic --dataset=cifar100 --num_epochs=30",
+    "--k=9 --tau=80 --nloglr=3 --method=stochastic --dataset=cifar10 --num_epochs=30",
+    "--k=9 --tau=80 --nloglr=3 --method=stochastic --dataset=cifar100 --num_epochs=30",
+]
+SEED_BASELINE = ["--dataset=cifar10 --nloglr=3", "--dataset=cifar100 --nloglr=3"]
+
+
+@pytest.mark.parametrize("line", SEED_DKNN)
+def test_seed_dknn_lines_parse(line):
+    args = build_parser().parse_args(["dknn", *shlex.split(line)])
+    cfg = resolve_config(args, dknn.DEFAULTS)
+    assert cfg["k"] == 9 and cfg["tau"] == 80.0 and cfg["nloglr"] == 3.0
+    assert cfg["num_epochs"] == 30 and cfg["method"] in ("deterministic", "stochastic")
+    assert cfg["method"] in line and cfg["dataset"] in line
+    # the original's defaults for the flags the report leaves out
+    assert cfg["num_train_queries"] == 100 and cfg["num_train_neighbors"] == 100
+    assert cfg["num_samples"] == 5 and cfg["resume"] is False
+
+
+@pytest.mark.parametrize("line", SEED_BASELINE)
+def test_seed_baseline_lines_parse(line):
+    args = build_parser().parse_args(["baseline", *shlex.split(line)])
+    cfg = resolve_config(args, baseline.DEFAULTS)
+    assert cfg["method"] == "cnn" and cfg["nloglr"] == 3.0 and cfg["dataset"] in line
+
+
+def test_all_seed_flags_and_dashed_aliases():
+    line = (
+        "dknn --k 3 --tau 1 --nloglr 4 --method stochastic --dataset mnist --num_epochs 2 "
+        "--num_train_queries 50 --num-test-queries 20 --num-train-neighbors 60 "
+        "--num_samples 2 --resume --data-dir /d --out /o --seed 3 --device cpu "
+        "--steps-per-epoch 5 --optimizer adam --lr_schedule cosine"
+    )
+    args = build_parser().parse_args(shlex.split(line))
+    cfg = resolve_config(args, dknn.DEFAULTS)
+    assert (cfg["num_test_queries"], cfg["num_train_neighbors"], cfg["num_samples"]) == (20, 60, 2)
+    assert cfg["resume"] is True and cfg["data_dir"] == "/d" and cfg["steps_per_epoch"] == 5
+    assert cfg["optimizer"] == "adam" and cfg["lr_schedule"] == "cosine"
+
+
+def test_version_and_bad_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and "neuralsort" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["dknn", "--method", "random"])
+    assert e.value.code == 2
+    assert main([]) == 2
+
+
+def test_bad_value_is_a_one_line_user_error(tmp_path, capsys):
+    rc = main(
+        [
+            "dknn",
+            "--dataset",
+            "digits",
+            "--k",
+            "20",
+            "--num_train_neighbors",
+            "10",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "--num_train_neighbors" in err and "Traceback" not in err

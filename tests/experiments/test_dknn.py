@@ -1,0 +1,157 @@
+"""``neuralsort dknn`` end to end on tiny data: outputs, stochastic mode, resume equivalence."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neuralsort.experiments.cli import main
+
+TINY = [
+    "--dataset",
+    "digits",
+    "--num_epochs",
+    "2",
+    "--steps_per_epoch",
+    "4",
+    "--num_train_queries",
+    "20",
+    "--num_train_neighbors",
+    "30",
+    "--k",
+    "3",
+    "--eval_batch",
+    "500",
+    "--seed",
+    "1",
+]
+
+
+def _metrics(path):
+    m = json.loads((path / "metrics.json").read_text())
+    for rec in m["history"]:
+        rec.pop("epoch_time_s")
+    for key in ("wall_time_s", "test_eval_s"):
+        m.pop(key)
+    return m
+
+
+def test_tiny_run_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["dknn", *TINY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dKNN (deterministic, k=3)" in text and "plain kNN (raw pixels)" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.5 < m["test_acc"] <= 1 and 0 <= m["val_acc"] <= 1 and m["pixel_knn_test_acc"] > 0.9
+    assert [r["epoch"] for r in m["history"]] == [1, 2] and m["wall_time_s"] > 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["k"] == 3 and cfg["optimizer"] == "adam" and "git_commit" in cfg["_run"]
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "model" in ckpt
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "done"
+
+
+@pytest.mark.parametrize(
+    "method, stop_at",
+    [("deterministic", 2), ("deterministic", 4), ("stochastic", 6)],
+)
+def test_resume_equals_uninterrupted(tmp_path, method, stop_at):
+    common = [*TINY, "--method", method, "--num_samples", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["dknn", *common, "--out", str(a)]) == 0
+    # killed after `stop_at` steps (mid-epoch for 2 and 6, at an epoch boundary for 4)
+    assert main(["dknn", *common, "--out", str(b), "--stop_after_steps", str(stop_at)]) == 0
+    assert not (b / "metrics.json").exists()
+    assert main(["dknn", "--resume", "--out", str(b)]) == 0  # settings come from config.yaml
+    assert _metrics(a) == _metrics(b)
+    sa = torch.load(a / "last.pt", weights_only=True)["model"]
+    sb = torch.load(b / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(sa[key], sb[key]) for key in sa)
+
+
+def test_seed_stochastic_command_runs_on_tiny_cifar(tmp_path, capsys):
+    """The report's crashing command (stochastic, CIFAR) now trains; tiny data, one step."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(d / name, "wb") as f:
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                    b"labels": rng.integers(0, 10, 8).tolist(),
+                },
+                f,
+            )
+    line = "--k=9 --tau=80 --nloglr=3 --method=stochastic --dataset=cifar10 --num_epochs=1"
+    rc = main(
+        [
+            "dknn",
+            *line.split(),
+            "--data_dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--steps_per_epoch",
+            "1",
+            "--val_size",
+            "8",
+            "--num_train_queries",
+            "8",
+            "--num_train_neighbors",
+            "16",
+            "--no-pixel-knn",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["method"] == "stochastic" and m["model"] == "resnet18" and m["k"] == 9
+
+
+def test_mnist_format_run(tmp_path):
+    """An MNIST-format folder (tiny, written here) goes through the paper's convnet."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for split, n in (("train", 60), ("t10k", 20)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = np.arange(n, dtype=np.uint8) % 10
+        for stem, arr, magic in (
+            (f"{split}-images-idx3-ubyte", x, 2051),
+            (f"{split}-labels-idx1-ubyte", y, 2049),
+        ):
+            head = magic.to_bytes(4, "big") + b"".join(s.to_bytes(4, "big") for s in arr.shape)
+            with gzip.open(folder / f"{stem}.gz", "wb") as f:
+                f.write(head + arr.tobytes())
+    rc = main(
+        [
+            "dknn",
+            "--dataset",
+            "mnist",
+            "--data_dir",
+            str(tmp_path),
+            "--val_size",
+            "10",
+            "--num_train_queries",
+            "10",
+            "--num_train_neighbors",
+            "20",
+            "--num_epochs",
+            "1",
+            "--steps_per_epoch",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert rc == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == "mnist-convnet"
