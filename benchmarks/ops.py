@@ -1,0 +1,224 @@
+"""Operator benchmark: forward + backward time and memory, side by side in one run.
+
+Every operator is timed against, in the same process and interleaved round-robin (so that machine
+noise hits all of them alike):
+
+* the floor: one softmax over a ``B x n x n`` tensor plus its backward, the least work any
+  relaxation producing an ``n x n`` row-stochastic matrix can do;
+* the published formula: the paper's code computes ``A_s 1`` by multiplying ``A_s`` with an
+  ``n x n`` ones matrix (O(n^3)), re-implemented here on the device at hand;
+* torchsort's ``soft_sort``, when that package is installed.
+
+Memory is the bytes autograd keeps for the backward pass (saved tensors), counted with saved-tensor
+hooks, and on CUDA also the peak allocated memory.
+
+Usage::
+
+    python benchmarks/ops.py                     # all sizes, CSV + PNG into benchmarks/results/
+    python benchmarks/ops.py --sizes 64x100 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import neuralsort as ns
+
+DEFAULT_SIZES = ["256x16", "100x100", "64x100", "8x512", "2x2048"]
+
+
+def published_formula(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """The paper code's construction: ``A_s 1`` as a product with an n x n ones matrix (O(n^3))."""
+    n = scores.shape[-1]
+    s = scores.unsqueeze(-1)  # (B, n, 1)
+    a = (s - s.transpose(1, 2)).abs()  # (B, n, n)
+    ones = torch.ones(n, n, dtype=scores.dtype, device=scores.device)
+    b = torch.matmul(a, ones)  # every column holds the row sums: O(n^3)
+    scaling = (n + 1 - 2 * torch.arange(1, n + 1, device=scores.device)).to(scores.dtype)
+    c = torch.matmul(s, scaling.unsqueeze(0))  # (B, n, n): c[b, j, i] = (n+1-2i) s_j
+    p_max = (c - b).transpose(1, 2)
+    return torch.softmax(p_max / tau, dim=-1)
+
+
+def make_cases(b: int, n: int, device: torch.device) -> dict[str, tuple[Callable, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(b, n, generator=g).to(device)
+    logits = torch.randn(b, n, n, generator=g).to(device)
+    cases: dict[str, tuple[Callable, torch.Tensor]] = {
+        "floor: softmax(B,n,n)": (lambda x: torch.softmax(x, -1), logits),
+        "neural_sort": (lambda x: ns.neural_sort(x, 1.0, descending=True), scores),
+        "published O(n^3)": (lambda x: published_formula(x, 1.0), scores),
+        "soft_sort": (lambda x: ns.soft_sort(x, 1.0), scores),
+        "softsort": (lambda x: ns.softsort(x, 1.0), scores),
+    }
+    for k in (9, 16):
+        if k <= n:
+            cases[f"soft_topk k={k}"] = (lambda x, k=k: ns.soft_topk(x, k, 1.0), scores)
+    try:
+        import torchsort  # noqa: PLC0415
+
+        cases["torchsort.soft_sort"] = (lambda x: torchsort.soft_sort(x, 1.0), scores.cpu())
+    except ImportError:
+        pass
+    return cases
+
+
+def saved_bytes(fn: Callable, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return total
+
+
+_GRADS: dict[tuple, torch.Tensor] = {}
+
+
+def upstream_grad(shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """A fixed random upstream gradient (ones would make the softmax backward degenerate)."""
+    key = (tuple(shape), str(device))
+    if key not in _GRADS:
+        g = torch.Generator().manual_seed(1)
+        _GRADS[key] = torch.randn(tuple(shape), generator=g).to(device)
+    return _GRADS[key]
+
+
+def run_once(fn: Callable, x: torch.Tensor, device: torch.device) -> float:
+    x = x.detach().requires_grad_()
+    grad = upstream_grad(fn(x.detach()).shape, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn(x)
+    out.backward(grad)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_cuda_bytes(fn: Callable, x: torch.Tensor) -> int | None:
+    if x.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run_once(fn, x, x.device)
+    return torch.cuda.max_memory_allocated() - base
+
+
+def bench_size(b: int, n: int, device: torch.device, repeats: int, budget_s: float) -> list[dict]:
+    cases = make_cases(b, n, device)
+    for fn, x in cases.values():  # warm-up
+        run_once(fn, x, device)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    t_start = time.perf_counter()
+    for r in range(repeats):
+        for name, (fn, x) in cases.items():  # interleaved round-robin
+            times[name].append(run_once(fn, x, device))
+        if r >= 2 and time.perf_counter() - t_start > budget_s:
+            break
+    floor = statistics.median(times["floor: softmax(B,n,n)"])
+    full = statistics.median(times["neural_sort"])
+    rows = []
+    for name, (fn, x) in cases.items():
+        med = statistics.median(times[name])
+        rows.append(
+            {
+                "B": b,
+                "n": n,
+                "op": name,
+                "median_ms": med * 1e3,
+                "vs_floor": med / floor,
+                "speedup_vs_neural_sort": full / med,
+                "saved_MiB": saved_bytes(fn, x) / 2**20,
+                "peak_cuda_MiB": (p / 2**20) if (p := peak_cuda_bytes(fn, x)) is not None else "",
+                "repeats": len(times[name]),
+            }
+        )
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return
+    ops = [o for o in dict.fromkeys(r["op"] for r in rows)]
+    sizes = list(dict.fromkeys((r["B"], r["n"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(ops)
+    for i, op in enumerate(ops):
+        vals = [
+            next((r["vs_floor"] for r in rows if r["op"] == op and (r["B"], r["n"]) == s), 0.0)
+            for s in sizes
+        ]
+        ax.bar([j + i * width for j in range(len(sizes))], vals, width, label=op)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))])
+    ax.set_xticklabels([f"B={b}, n={n}" for b, n in sizes])
+    ax.set_ylabel("forward+backward time / floor (log)")
+    ax.set_title("neuralsort operators vs. one softmax over B x n x n (lower is better)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxN, e.g. 64x100")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--budget_s", type=float, default=20.0, help="time cap per size")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    for size in args.sizes:
+        b, n = (int(v) for v in size.lower().split("x"))
+        rows.extend(bench_size(b, n, device, args.repeats, args.budget_s))
+    env = f"{device.type}-{torch.get_num_threads()}threads"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"ops_{env}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / f"ops_{env}.png")
+    print(
+        f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print("| B | n | op | fwd+bwd ms | x floor | speed-up vs neural_sort | saved MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['B']} | {r['n']} | {r['op']} | {r['median_ms']:.3f} | {r['vs_floor']:.2f} | "
+            f"{r['speedup_vs_neural_sort']:.1f} | {r['saved_MiB']:.2f} |"
+        )
+    print(f"\nwrote {out / f'ops_{env}.csv'} and .png")
+
+
+if __name__ == "__main__":
+    main()
