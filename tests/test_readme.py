@@ -1,0 +1,32 @@
+"""The README's example prints what the README says, and CI runs the README's own commands."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_usage_example_prints_what_the_readme_says():
+    code = _blocks("python")[0]
+    expected = _blocks("text")[0]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(code, "README.md", "exec"), {})
+    assert buf.getvalue().strip() == expected.strip()
+
+
+def test_ci_runs_the_readme_commands():
+    setup, test = _blocks("bash")[:2]
+    ci = (ROOT / ".ci" / "run").read_text()
+    for line in setup.strip().splitlines()[1:] + test.strip().splitlines():
+        assert line.strip() in ci, f"README command missing from .ci/run: {line}"
+    assert "python3 -m venv" in ci
