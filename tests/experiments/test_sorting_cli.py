@@ -2,13 +2,20 @@
 
 import gzip
 import json
+import pathlib
 import struct
 
 import pytest
 import torch
 import yaml
 
-from neuralsort.experiments.cli import main
+from neuralsort.experiments import quantile, sorting
+from neuralsort.experiments.cli import build_parser, main
+from neuralsort.experiments.multidigit_train import validate_common
+from neuralsort.experiments.run import resolve_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+COMMANDS = {"sort": sorting, "quantile": quantile}
 
 # tiny runs: 2-digit numbers of 8x8 "digits", a few steps, a few evaluation sequences
 TINY = [
@@ -142,3 +149,14 @@ def test_config_file_and_dashed_aliases(mnist_dir, tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["n"] == 4 and saved["method"] == "sinkhorn"  # from the file
     assert saved["tau"] == 2.0 and saved["num_epochs"] == 1  # flags win over the file
+
+
+@pytest.mark.parametrize(
+    "path", sorted(str(p) for p in CONFIGS.glob("*/*.yaml") if p.parent.name in COMMANDS)
+)
+def test_shipped_configs_are_valid(path):
+    command = pathlib.Path(path).parent.name
+    args = build_parser().parse_args([command, "--config", path])
+    cfg = resolve_config(args, COMMANDS[command].DEFAULTS)
+    validate_common(cfg)  # raises UserError on a bad value
+    assert cfg["digits"] == 4 and cfg["steps_per_epoch"] * cfg["num_epochs"] >= 1000

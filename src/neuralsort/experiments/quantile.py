@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     )
     metrics = train_and_test(cfg, task)
     print(
-        f"test mse {metrics['test_mse']:.2f} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "
+        f"test mse {metrics['test_mse']:.4g} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "
         f"r2 {metrics['test_r2']:.3f}  (best epoch {metrics['best_epoch']}; {cfg['out']})"
     )
     return 0
