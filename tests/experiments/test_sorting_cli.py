@@ -118,6 +118,7 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "mnist" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()  # no empty run folder left behind
     with pytest.raises(SystemExit) as exc:
         main(["quantile", "--method", "bogus"])
     assert exc.value.code == 2

@@ -183,13 +183,18 @@ def validate_common(cfg: dict[str, Any]) -> None:
         _positive_int(cfg, "num_threads")
 
 
-def load_multidigit_splits(cfg: dict[str, Any]) -> dict[str, MultiDigitNumbers]:
+def load_multidigit_splits(
+    cfg: dict[str, Any], raw: tuple[Any, ...] | None = None
+) -> dict[str, MultiDigitNumbers]:
     """MNIST from ``cfg["data_dir"]`` turned into train / val / test multi-digit number sources.
 
     Training digits: the first 50,000 MNIST training images; validation: the last 10,000; test: the
     MNIST test set (smaller stand-in files keep the same 5:1 train/validation proportion).
+    ``raw``: the output of ``load_raw_dataset("mnist", ...)`` when already loaded.
     """
-    tr_x, tr_y, te_x, te_y, info = load_raw_dataset("mnist", cfg.get("data_dir"))
+    if raw is None:
+        raw = load_raw_dataset("mnist", cfg.get("data_dir"))
+    tr_x, tr_y, te_x, te_y, info = raw
     num_train = int(tr_x.shape[0])
     num_val = 10_000 if num_train >= 20_000 else max(1, num_train // 6)
     try:
@@ -228,12 +233,14 @@ def train_and_test(
     validate_common(cfg)
     if cfg["num_threads"] is not None:
         torch.set_num_threads(cfg["num_threads"])
-    run = Run.start(cfg, name=task.name)
+    device = resolve_device(cfg["device"])
+    # Read MNIST before opening the run folder, so that missing data leaves no empty run behind.
+    raw = load_raw_dataset("mnist", cfg.get("data_dir")) if splits is None else None
+    run = Run.start(cfg, name=task.name)  # on --resume this restores the saved settings into cfg
     seed = int(cfg["seed"])
     seed_everything(seed)
-    device = resolve_device(cfg["device"])
     if splits is None:
-        splits = load_multidigit_splits(cfg)
+        splits = load_multidigit_splits(cfg, raw)
     train_src = splits["train"]
     # Re-seed the training stream from cfg so a resumed run rebuilds the same starting state.
     train_src.generator.manual_seed(seed)
