@@ -338,7 +338,7 @@ def train_and_test(
             is_best=is_best,
         )
 
-    best_state = run.load_checkpoint("best")
+    best_state = run.load_checkpoint("best") if best_epoch is not None else None
     if best_state is not None:
         model.load_state_dict(best_state["model"])
     test = task.evaluate(model, test_set, device, eval_bs)
