@@ -79,23 +79,36 @@ def _ascending_order(x: Tensor) -> Tensor:
 
 
 def _abs_dev_rowsum(x: Tensor, order: Tensor) -> Tensor:
-    r"""``(A_s 1)_j = sum_k |x_j - x_k|`` along the last axis in O(n log n).
+    r"""``(A_s 1)_j = sum_k |x_j - x_k|`` along the last axis in O(n log n), without autograd.
 
     ``order`` is the ascending sorting permutation of ``x``. With the values sorted ascending,
     ``v_0 <= ... <= v_{n-1}``, exclusive prefix sums ``S_r = sum_{t<r} v_t`` and total ``T``,
     the element of ascending rank ``r`` has ``sum_k |v_r - v_k| = (2r - n) v_r + T - 2 S_r``.
-    Autograd through this formula gives exactly the subgradient ``sum_j sign(x_k - x_j)``.
     """
     n = x.shape[-1]
-    acc = x.to(_accumulation_dtype(x))
-    v = acc.gather(-1, order)
+    v = x.to(_accumulation_dtype(x)).gather(-1, order)
     inclusive = torch.cumsum(v, dim=-1)
-    exclusive = inclusive - v
-    total = inclusive[..., -1:]
-    rank = torch.arange(n, device=x.device, dtype=acc.dtype)
-    rowsum_sorted = (2 * rank - n) * v + total - 2 * exclusive
-    rowsum = torch.empty_like(rowsum_sorted).scatter_(-1, order, rowsum_sorted)
-    return rowsum.to(x.dtype)
+    rank = torch.arange(n, device=x.device, dtype=v.dtype)
+    # (2r - n) v + T - 2 (inclusive - v) = (2r - n + 2) v + T - 2 inclusive
+    rowsum_sorted = torch.addcmul(inclusive[..., -1:] - 2 * inclusive, 2 * rank - (n - 2), v)
+    return torch.empty_like(x).scatter_(-1, order, rowsum_sorted.to(x.dtype))
+
+
+def _abs_dev_rowsum_backward(grad_a: Tensor, order: Tensor) -> Tensor:
+    r"""Vector-Jacobian product of :func:`_abs_dev_rowsum`: ``g_k = sum_j ga_j d a_j / d x_k``.
+
+    ``d a_j / d x_k = -sign(x_j - x_k)`` for ``j != k`` and ``sum_t sign(x_k - x_t)`` for
+    ``j = k``. In ascending order, with ``G`` the exclusive prefix sums of ``ga``, this is
+    ``2 G_r - (sum ga - ga_r) + ga_r (2r - n + 1)`` for the element of rank ``r`` (ties follow
+    ``order``, as the forward's prefix sums do).
+    """
+    n = grad_a.shape[-1]
+    gs = grad_a.gather(-1, order)
+    inclusive = torch.cumsum(gs, dim=-1)
+    rank = torch.arange(n, device=grad_a.device, dtype=gs.dtype)
+    # 2 (inclusive - gs) - total + gs + gs (2r - n + 1) = 2 inclusive - total + gs (2r - n)
+    sorted_grad = torch.addcmul(2 * inclusive - inclusive[..., -1:], 2 * rank - n, gs)
+    return torch.empty_like(grad_a).scatter_(-1, order, sorted_grad)
 
 
 # exp(-range) stays a normal number with room to spare for the products of the backward pass:
@@ -104,49 +117,58 @@ _LOGIT_RANGE = {torch.float32: 64.0, torch.float64: 600.0}
 
 
 class _RelaxedRows(torch.autograd.Function):
-    """``softmax((coef_i * x_j - a_j) / tau)`` over ``j`` for the rows ``i`` in ``coef``.
+    """``softmax((coef_i * x_j - (A_x 1)_j) / tau)`` over ``j`` for the rows ``i`` in ``coef``.
 
-    Forward: one fused broadcast multiply-add builds the ``(..., m, n)`` logits, one softmax
-    (in place on the CPU).
-    Backward: one fused softmax backward, then a single ``(2, m) @ (..., m, n)`` product gives the
-    gradients for ``x`` and ``a`` (and, from those, for a tensor ``tau``).
+    One autograd node for the whole operator (small inputs are dominated by per-op overhead):
 
-    ``argmax`` holds each row's maximising column, known in advance: by the unimodality theorem it
-    is the element at that row's sorted position. Logits further than ``_LOGIT_RANGE`` below their
-    row's maximum are raised to that bound, so that the softmax never produces subnormal numbers
-    (which slow CPU arithmetic several-fold); the mass this adds is below ``n * 1e-35``.
+    * forward: centre ``x`` (``P`` is shift-invariant), sort it once (the order gives both
+      ``A_x 1`` by prefix sums and each row's argmax), build the ``(..., m, n)`` logits with one
+      fused multiply-add, floor them, and take one softmax (in place on the CPU);
+    * backward: one fused softmax backward, one ``(2, m) @ (..., m, n)`` product for the two
+      reductions over rows, and O(n) prefix sums for the path through ``A_x 1``.
+
+    ``rank_of_row`` holds, for each row, the ascending rank of the element it peaks at (the
+    unimodality theorem). Logits further than ``_LOGIT_RANGE`` below their row's maximum are
+    raised to that bound, so the softmax never produces subnormal numbers (which slow CPU
+    arithmetic several-fold); the mass this adds is below ``n * 1e-27``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor, coef: Tensor, tau: Tensor, argmax: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, coef: Tensor, tau: Tensor, rank_of_row: Tensor) -> Tensor:  # type: ignore[override]
+        xc = (x - x.mean(dim=-1, keepdim=True)).contiguous()
+        order = _ascending_order(xc)
+        a = _abs_dev_rowsum(xc, order)
         inv_tau = tau.reciprocal()
         scaled_coef = coef * inv_tau
         scaled_a = a * -inv_tau
-        logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), x.unsqueeze(-2))
-        row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, x.gather(-1, argmax))
+        logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
+        argmax = order[..., rank_of_row]
+        row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
         torch.maximum(logits, (row_max - _LOGIT_RANGE[x.dtype]).unsqueeze(-1), out=logits)
-        if logits.device.type == "cpu":
-            # in place: saves one (..., m, n) allocation (and its page faults) per call
+        if logits.device.type == "cpu" and logits.is_contiguous():
+            # in place (only safe on contiguous memory): saves one (..., m, n) allocation
+            # and its page faults per call
             p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
         else:
             p = torch.softmax(logits, dim=-1)
         del logits
-        ctx.save_for_backward(p, x, a, coef, tau)
+        ctx.save_for_backward(p, xc, a, coef, tau, order)
         return p
 
     @staticmethod
     def backward(ctx, grad_p: Tensor):  # type: ignore[override]
-        p, x, a, coef, tau = ctx.saved_tensors
+        p, xc, a, coef, tau, order = ctx.saved_tensors
         grad_logits = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
         weights = torch.stack((coef, -torch.ones_like(coef)))
         u, v = torch.matmul(weights, grad_logits).unbind(-2)
         inv_tau = tau.reciprocal()
-        grad_x = u * inv_tau if ctx.needs_input_grad[0] else None
-        grad_a = v * inv_tau if ctx.needs_input_grad[1] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (u + _abs_dev_rowsum_backward(v, order)) * inv_tau
         grad_tau = None
-        if ctx.needs_input_grad[3]:
-            grad_tau = -((x * u).sum() + (a * v).sum()) * inv_tau * inv_tau
-        return grad_x, grad_a, None, grad_tau, None
+        if ctx.needs_input_grad[2]:
+            grad_tau = -((xc * u).sum() + (a * v).sum()) * inv_tau * inv_tau
+        return grad_x, None, grad_tau, None
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -174,17 +196,12 @@ def _relaxed_rows(x: Tensor, positions: Tensor, tau: TauLike, descending: bool) 
     """
     n = x.shape[-1]
     xc = x.to(compute_dtype(x.dtype))
-    # P is invariant to shifting all scores (row i gains the constant coef_i * c), so centring is
-    # exact, gradient included; it keeps the logits small when scores share a large offset.
-    xc = xc - xc.detach().mean(dim=-1, keepdim=True)
-    order = _ascending_order(xc)
-    a = _abs_dev_rowsum(xc, order)
     sign = 1.0 if descending else -1.0
     coef = (n + 1 - 2 * positions).to(xc.dtype) * sign
     # the row for sorted position p peaks at the element of ascending rank n - p (descending)
     # or p - 1 (ascending)
-    argmax = order[..., (n - positions) if descending else (positions - 1)]
-    return _RelaxedRows.apply(xc, a, coef, _as_tau_tensor(tau, xc), argmax)
+    rank_of_row = (n - positions) if descending else (positions - 1)
+    return _RelaxedRows.apply(xc, coef, _as_tau_tensor(tau, xc), rank_of_row)
 
 
 def _sort_order(x: Tensor, descending: bool) -> Tensor:
