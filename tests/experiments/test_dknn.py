@@ -36,7 +36,8 @@ TINY = [
 def _metrics(path):
     m = json.loads((path / "metrics.json").read_text())
     for rec in m["history"]:
-        rec.pop("epoch_time_s")
+        for key in ("epoch_time_s", "train_s", "val_s"):
+            rec.pop(key, None)
     for key in ("wall_time_s", "test_eval_s"):
         m.pop(key)
     return m

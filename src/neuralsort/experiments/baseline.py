@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "val_size": None,
     "eval_batch": 1000,
     "num_test_queries": 1000,
+    "channels_last": True,
     "threads": None,
 }
 
@@ -105,6 +106,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(t, "--val_size", type=int)
     add_flag(t, "--eval_batch", type=int)
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
+    add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)
     add_flag(t, "--threads", type=int)
     return p
 
@@ -274,7 +276,8 @@ def _train_net(
         name = "autoencoder"
         model = AutoEncoder(tr_x[0].numel(), cfg["code_dim"])
         augment = "none"
-    model.to(device)
+    fmt = torch.channels_last if cfg["channels_last"] and method == "cnn" else None
+    model.to(device=device, memory_format=fmt or torch.contiguous_format)
     # every parameter (head included) goes to the optimiser
     opt_cfg = dict(cfg)
     if method == "knn-ae" and "optimizer" not in getattr(cfg, "explicit", set()):
@@ -310,10 +313,10 @@ def _train_net(
 
     def evaluate() -> tuple[float, Tensor | None]:
         if method == "cnn":
-            logits = embed(model, va_x, batch_size=cfg["eval_batch"])
+            logits = embed(model, va_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
             return (logits.argmax(1).cpu() == va_y).double().mean().item(), None
-        codes_tr = embed(model, tr_x, batch_size=cfg["eval_batch"])
-        codes_va = embed(model, va_x, batch_size=cfg["eval_batch"])
+        codes_tr = embed(model, tr_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
+        codes_va = embed(model, va_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
         acc = knn_accuracy(
             codes_va,
             va_y,
@@ -335,6 +338,8 @@ def _train_net(
         for step in progress(range(steps), desc=f"epoch {epoch + 1}/{num_epochs}", unit="step"):
             idx = order[step * bs : (step + 1) * bs].to(device)
             x = augment_batch(tr_x[idx], augment, gen)
+            if fmt is not None:
+                x = x.contiguous(memory_format=fmt)
             if method == "cnn":
                 logits = model(x)
                 loss = F.cross_entropy(logits, tr_y[idx])
@@ -379,12 +384,12 @@ def _train_net(
     if best is not None:
         model.load_state_dict(best["model"])
     if method == "cnn":
-        logits = embed(model, te_x, batch_size=cfg["eval_batch"])
+        logits = embed(model, te_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
         test_acc = (logits.argmax(1).cpu() == te_y).double().mean().item()
         val_acc = best_val if best_val >= 0 else evaluate()[0]
     else:
         val_acc, codes_tr = evaluate()
-        codes_te = embed(model, te_x, batch_size=cfg["eval_batch"])
+        codes_te = embed(model, te_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
         test_acc = knn_accuracy(
             codes_te,
             te_y,

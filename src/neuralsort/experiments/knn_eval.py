@@ -109,14 +109,25 @@ def knn_accuracy(
 
 @torch.no_grad()
 def embed(
-    model: nn.Module, x: Tensor, *, batch_size: int = 1000, device: torch.device | None = None
+    model: nn.Module,
+    x: Tensor,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | None = None,
+    channels_last: bool = False,
 ) -> Tensor:
-    """Embed ``x`` in eval mode, in batches; returns ``(N, D)`` float32 on ``device``."""
+    """Embed ``x`` in eval mode, in batches; returns ``(N, D)`` float32 on ``device``.
+
+    ``channels_last`` feeds 4-d batches in that memory format (faster convolutions on CPUs).
+    """
     was_training = model.training
     model.eval()
     dev = device if device is not None else next(model.parameters()).device
+    fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
     outs = [
-        model(x[i : i + batch_size].to(dev, non_blocking=True)).float()
+        model(x[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt))
+        .float()
+        .contiguous()
         for i in range(0, x.shape[0], batch_size)
     ]
     model.train(was_training)
