@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import shlex
 
 import pytest
@@ -79,3 +80,24 @@ def test_bad_value_is_a_one_line_user_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert rc == 2 and "--num_train_neighbors" in err and "Traceback" not in err
+
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs" / "dknn").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_dknn_configs_resolve(path):
+    args = build_parser().parse_args(["dknn", "--config", str(path), "--num_epochs", "1"])
+    cfg = resolve_config(args, dknn.DEFAULTS)  # unknown keys would raise UserError
+    assert cfg["num_epochs"] == 1 and cfg["dataset"] in (
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+    )
+    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net")
+
+
+def test_configs_exist():
+    assert {"paper-mnist", "mnist-fast", "digits"} <= {p.stem for p in CONFIGS}

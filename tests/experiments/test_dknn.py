@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pathlib
 import pickle
 
 import numpy as np
@@ -156,3 +157,41 @@ def test_mnist_format_run(tmp_path):
     )
     assert rc == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == "mnist-convnet"
+
+
+SHARED_MNIST = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "mnist" / "train-images-idx3-ubyte.gz").is_file(),
+    reason="CI smoke run: needs ../shared/data/mnist",
+)
+def test_mnist_smoke_on_shared_data(tmp_path):
+    """Real MNIST, a few steps on a training subset: the pipeline learns something."""
+    rc = main(
+        [
+            "dknn",
+            "--dataset",
+            "mnist",
+            "--data_dir",
+            str(SHARED_MNIST),
+            "--num_epochs",
+            "1",
+            "--steps_per_epoch",
+            "15",
+            "--train_subset",
+            "2000",
+            "--val_size",
+            "500",
+            "--optimizer",
+            "adam",
+            "--tau",
+            "1",
+            "--no-pixel-knn",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert rc == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["test_acc"] > 0.8 and m["val_acc"] > 0.8

@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 0.0,
     "augment": "auto",
     "val_size": None,
+    "train_subset": None,
     "eval_every": 1,
     "eval_batch": 1000,
     "checkpoint_minutes": 10.0,
@@ -138,6 +139,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="training augmentation (default auto: flipcrop for colour images, none otherwise)",
     )
     add_flag(t, "--val_size", type=int, help="validation images held out (default 5000)")
+    add_flag(
+        t,
+        "--train_subset",
+        type=int,
+        help="use only the first N images of the training part (smoke tests, debugging)",
+    )
     add_flag(t, "--eval_every", type=int, help="validate every N epochs (default 1)")
     add_flag(t, "--eval_batch", type=int, help="images per forward pass when embedding")
     add_flag(
@@ -253,16 +260,21 @@ def _train(
     noise_gen = torch.Generator(device=device)
     noise_gen.manual_seed(int(cfg["seed"]) + 1)
 
+    k = cfg["k"]
     val_size = int(cfg["val_size"] or info["val_size"])
     if not 0 < val_size < train_x.shape[0] - cfg["k"]:
         raise UserError(f"--val_size must be in 1..{train_x.shape[0] - cfg['k'] - 1}")
     tr_idx, va_idx = train_val_split(train_x.shape[0], val_size)
+    if cfg["train_subset"]:
+        if int(cfg["train_subset"]) < k:
+            raise UserError(f"--train_subset must be at least --k ({k})")
+        tr_idx = tr_idx[: int(cfg["train_subset"])]
     tr_x, tr_y = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
     va_x, va_y = train_x[va_idx].to(device), train_y[va_idx]
     te_x = test_x.to(device)
     del train_x
     n_tr = tr_x.shape[0]
-    q, m, k = cfg["num_train_queries"], cfg["num_train_neighbors"], cfg["k"]
+    q, m = cfg["num_train_queries"], cfg["num_train_neighbors"]
     if m > n_tr or q > n_tr:
         raise UserError(
             f"--num_train_queries/--num_train_neighbors must not exceed the {n_tr} training images"
@@ -487,10 +499,11 @@ def _train(
     run.write_metrics(metrics)
     run.log({"event": "done", "test_acc": test_acc, "pixel_knn_test_acc": pixel_acc})
     run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
-    pix = f"plain kNN (raw pixels) {100 * pixel_acc:.2f}%" if pixel_acc is not None else ""
-    val = f"val {100 * best_val:.2f}% @ epoch {best_epoch}" if best_val >= 0 else "no val"
-    print(
-        f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%  |  "
-        f"{pix}  |  {val}  |  {wall / 60:.1f} min  |  {run.path}"
-    )
+    parts = [f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%"]
+    if pixel_acc is not None:
+        parts.append(f"plain kNN (raw pixels) {100 * pixel_acc:.2f}%")
+    if best_val >= 0:
+        parts.append(f"val {100 * best_val:.2f}% @ epoch {best_epoch}")
+    parts += [f"{wall / 60:.1f} min", str(run.path)]
+    print("  |  ".join(parts))
     return metrics
