@@ -29,22 +29,32 @@ def default_cache_dir() -> pathlib.Path:
     )
 
 
-def _list_split(split_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
-    classes: dict[str, list[pathlib.Path]] = {}
-    for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+def _list_split(split_dir: pathlib.Path) -> dict[str, list[tuple[str, int, int]]]:
+    """``{class: [(file path, size, mtime_ns), ...]}``, classes and files sorted by name."""
+    classes: dict[str, list[tuple[str, int, int]]] = {}
+    with os.scandir(split_dir) as it:
+        class_dirs = sorted((e.name, e.path) for e in it if e.is_dir())
+    for name, path in class_dirs:
+        files = []
+        with os.scandir(path) as it:
+            for e in it:
+                if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                    st = e.stat()
+                    files.append((e.path, st.st_size, st.st_mtime_ns))
         if files:
-            classes[d.name] = files
+            files.sort()
+            classes[name] = files
     return classes
 
 
-def _fingerprint(root: pathlib.Path, listing: dict[str, dict[str, list[pathlib.Path]]]) -> str:
+def _fingerprint(
+    root: pathlib.Path, listing: dict[str, dict[str, list[tuple[str, int, int]]]]
+) -> str:
     h = hashlib.sha1(str(root.resolve()).encode())
     for split, classes in listing.items():
         for name, files in classes.items():
-            for f in files:
-                st = f.stat()
-                h.update(f"{split}/{name}/{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(f"{split}/{name}:".encode())
+            h.update(repr(files).encode())
     return h.hexdigest()[:16]
 
 
@@ -90,7 +100,7 @@ def load_image_folder(
     from PIL import Image
 
     root = pathlib.Path(root)
-    listing: dict[str, dict[str, list[pathlib.Path]]] = {}
+    listing: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
     for split in ("train", "test"):
         d = root / split
         if not d.is_dir():
@@ -114,16 +124,16 @@ def load_image_folder(
             except Exception:  # noqa: BLE001 - a broken cache is simply rebuilt
                 pass
 
-    first = listing["train"][class_names[0]][0]
+    first = listing["train"][class_names[0]][0][0]
     with Image.open(first) as im:
         mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
         size = im.size
     tensors: list[torch.Tensor] = []
     for split in ("train", "test"):
-        files: list[pathlib.Path] = []
+        files: list[str] = []
         labels: list[int] = []
         for name, fs in listing[split].items():
-            files.extend(fs)
+            files.extend(f[0] for f in fs)
             labels.extend([class_names.index(name)] * len(fs))
         tensors.append(_decode(files, mode, size, desc=f"decoding {split} images"))
         tensors.append(torch.tensor(labels, dtype=torch.int64))
