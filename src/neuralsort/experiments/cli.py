@@ -25,6 +25,8 @@ COMMANDS: list[str] = [
     "neuralsort.experiments.baseline",
     "neuralsort.experiments.sorting",
     "neuralsort.experiments.quantile",
+    "neuralsort.experiments.reproduce",
+    "neuralsort.experiments.report",
 ]
 
 

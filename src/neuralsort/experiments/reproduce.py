@@ -1,0 +1,527 @@
+"""``neuralsort reproduce``: run every cell of one of the paper's tables from committed configs.
+
+Each cell of a table has one YAML file per budget, ``configs/table{N}/{budget}/{cell}.yaml``: a
+``command`` (``dknn``, ``baseline``, ``sort`` or ``quantile``) and that command's settings, which
+become its command-line flags. Every cell runs in-process through ``neuralsort``'s own command
+line (the same code path as a user typing the command) into
+``RESULTS/table{N}/{budget}/{cell}/``. A cell whose ``metrics.json`` holds the final test metric
+is skipped; one with a ``last.pt`` checkpoint but no final metrics is resumed with ``--resume``;
+so the command can simply be run again until every cell is done. ``reproduce.json`` in each
+folder records every attempt: the exact command, the hardware, the outcome.
+
+Budgets: ``smoke`` (minutes on a laptop CPU, checks the pipeline, numbers mean nothing), ``cpu``
+(a few hours per table on two CPU cores, shortened recipes), ``paper`` (the paper's recipe; GPU
+hours). Data: ``--data_dir DIR`` is passed to every cell; without it the commands look in
+``$NEURALSORT_DATA`` and ``./data``. Then ``neuralsort report RESULTS`` rebuilds the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import functools
+import hashlib
+import io
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from .report import BUDGETS, TABLES, TableSpec, cell_status
+from .run import UserError, add_flag
+
+__all__ = [
+    "RUNNABLE_COMMANDS",
+    "CellConfig",
+    "add_parser",
+    "build_argv",
+    "default_config_root",
+    "hardware_info",
+    "list_cells",
+    "load_cell_config",
+    "main",
+]
+
+# Sub-commands a cell may name.
+RUNNABLE_COMMANDS = ("dknn", "baseline", "sort", "quantile")
+# Keys of a cell file that belong to reproduce, not to the command.
+_META_KEYS = {"command", "sweep"}
+# Settings a cell file may not fix: reproduce decides them (or the user, at run time).
+_RESERVED = {"out", "resume", "config", "data_dir"}
+
+
+@dataclass
+class CellConfig:
+    """One cell's committed config file, parsed."""
+
+    name: str
+    path: pathlib.Path
+    command: str
+    settings: dict[str, Any]
+    sweep: bool
+    sha256: str
+
+
+def default_config_root() -> pathlib.Path:
+    """``configs/`` of the source tree this module lives in, else ``./configs``."""
+    tree = pathlib.Path(__file__).resolve().parents[3] / "configs"
+    if (tree / "table1").is_dir() or (tree / "table3").is_dir():
+        return tree
+    return pathlib.Path("configs")
+
+
+def load_cell_config(path: pathlib.Path) -> CellConfig:
+    """Read and check one cell file (``command`` plus settings)."""
+    import yaml
+
+    try:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of setting: value")
+    command = data.get("command")
+    if command not in RUNNABLE_COMMANDS:
+        raise UserError(
+            f"config {path}: 'command' must be one of {', '.join(RUNNABLE_COMMANDS)}, "
+            f"got {command!r}"
+        )
+    settings = {
+        str(k): v for k, v in data.items() if k not in _META_KEYS and not str(k).startswith("_")
+    }
+    bad = sorted(_RESERVED & set(settings))
+    if bad:
+        raise UserError(
+            f"config {path}: {', '.join(bad)} must not be set in a cell file "
+            "(reproduce passes --out/--resume; pass --data_dir to reproduce or set NEURALSORT_DATA)"
+        )
+    return CellConfig(
+        name=path.stem,
+        path=path,
+        command=str(command),
+        settings=settings,
+        sweep=bool(data.get("sweep", False)),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def list_cells(spec: TableSpec, folder: pathlib.Path) -> list[CellConfig]:
+    """The cell files of one table and budget, in the table's order (then variants by name)."""
+    if not folder.is_dir():
+        raise UserError(
+            f"no configs for table {spec.number} in {folder}; pass --configs DIR (the repository's "
+            "configs/ folder)"
+        )
+    files = {p.stem: p for p in folder.glob("*.yaml")}
+    unknown = sorted(name for name in files if spec.parse(name) is None)
+    if unknown:
+        raise UserError(
+            f"{folder}: file(s) {', '.join(unknown)} name no cell of table {spec.number} "
+            f"(cells look like {spec.cells()[0]})"
+        )
+    main = [name for name in spec.cells() if name in files]
+    extra = sorted(name for name in files if name not in spec.cells())
+    return [load_cell_config(files[name]) for name in main + extra]
+
+
+@functools.cache
+def _subparser(command: str) -> argparse.ArgumentParser:
+    from .cli import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps sub-parsers here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            if command in action.choices:
+                return action.choices[command]
+    raise UserError(f"`neuralsort {command}` is not a registered command")
+
+
+def build_argv(
+    command: str,
+    settings: dict[str, Any],
+    *,
+    out: pathlib.Path | str,
+    resume: bool = False,
+    data_dir: str | None = None,
+    device: str | None = None,
+) -> list[str]:
+    """The ``neuralsort`` argument list that runs ``command`` with ``settings``.
+
+    Each setting becomes its flag (``k: 9`` -> ``--k 9``; ``True``/``False`` switch an on/off
+    flag); a setting the command does not know raises :class:`UserError` naming it.
+    """
+    sub = _subparser(command)
+    by_dest = {
+        a.dest: a
+        for a in sub._actions
+        if a.option_strings and a.dest != "help"  # noqa: SLF001
+    }
+    argv = [command]
+    for key, value in settings.items():
+        action = by_dest.get(key)
+        if action is None:
+            known = ", ".join(sorted(d for d in by_dest if d not in _RESERVED))
+            raise UserError(f"`neuralsort {command}` has no setting {key!r}; known: {known}")
+        flag = action.option_strings[0]
+        if value is None:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise UserError(f"setting {key!r} must be true or false, got {value!r}")
+            neg = next(s for s in action.option_strings if s.startswith("--no-"))
+            argv.append(flag if value else neg)
+        elif action.nargs == 0:  # store_true switch
+            if not isinstance(value, bool):
+                raise UserError(f"setting {key!r} must be true or false, got {value!r}")
+            if value:
+                argv.append(flag)
+        elif isinstance(value, bool | list | dict):
+            raise UserError(f"setting {key!r} needs a single value, got {value!r}")
+        else:
+            argv += [flag, str(value)]
+    argv += ["--out", str(out)]
+    if data_dir:
+        argv += ["--data_dir", str(data_dir)]
+    if device:
+        argv += ["--device", device]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_info(device: str | None = None) -> dict[str, Any]:
+    """What a run on ``device`` (``auto`` like the commands) runs on, with a one-line summary."""
+    import torch
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+    name = (device or "auto").lower()
+    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    use_mps = name == "mps" or (
+        name == "auto" and not use_cuda and mps is not None and mps.is_available()
+    )
+    if use_cuda and torch.cuda.is_available():
+        info["device"] = "cuda"
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["summary"] = f"GPU {info['gpu']}"
+    elif use_mps:
+        info["device"] = "mps"
+        info["summary"] = f"Apple GPU (mps), {info['cpu']}"
+    else:
+        info["device"] = "cpu"
+        t = info["torch_threads"]
+        info["summary"] = f"CPU {info['cpu']}, {t} thread{'s' if t != 1 else ''}"
+    return info
+
+
+class _Tail(io.TextIOBase):
+    """Passes writes through to ``stream`` and keeps the last ``limit`` characters."""
+
+    def __init__(self, stream: Any, limit: int = 4000) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.stream.write(s)
+        self.text = (self.text + s)[-self.limit :]
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def error_line(self) -> str | None:
+        """The last ``... error: ...`` line written (a command's one-line user error)."""
+        lines = [ln.strip() for ln in self.text.replace("\r", "\n").splitlines()]
+        hits = [ln for ln in lines if "error:" in ln]
+        return hits[-1] if hits else None
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".reproduce.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. --set threads=2), got {item!r}")
+        if key in _RESERVED | _META_KEYS:
+            raise UserError(f"--set {key} is not allowed; use reproduce's own flags")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key] = value
+    return out
+
+
+def run_cell(
+    spec: TableSpec,
+    budget: str,
+    cell: CellConfig,
+    out: pathlib.Path,
+    *,
+    overrides: dict[str, Any],
+    data_dir: str | None,
+    device: str | None,
+) -> tuple[str, int]:
+    """Run (or resume) one cell; returns ``(outcome, exit status)``."""
+    from .cli import main as cli_main
+
+    status = cell_status(out, spec.final_metric)
+    resume = status == "partial"
+    settings = {**cell.settings, **overrides}
+    argv = build_argv(
+        cell.command, settings, out=out, resume=resume, data_dir=data_dir, device=device
+    )
+    record_path = out / "reproduce.json"
+    old = _read_record(record_path)
+    record: dict[str, Any] = {
+        "table": spec.number,
+        "budget": budget,
+        "cell": cell.name,
+        "config_file": _display(cell.path),
+        "config_sha256": cell.sha256,
+        "overrides": overrides,
+        "attempts": old.get("attempts", []) if old else [],
+    }
+    attempt: dict[str, Any] = {
+        "started": _now(),
+        "status": "running",
+        "resumed": resume,
+        "command": "neuralsort " + shlex.join(argv),
+        "hardware": hardware_info(device or str(settings.get("device") or "auto")),
+    }
+    record["attempts"].append(attempt)
+    _write_json(record_path, record)
+    print(f"\n=== table {spec.number} / {budget} / {cell.name}: {attempt['command']}", flush=True)
+    t0 = time.time()
+    tail = _Tail(sys.stderr)
+    rc: int
+    error = None
+    try:
+        with contextlib.redirect_stderr(tail):
+            rc = cli_main(argv)
+    except SystemExit as exc:  # argparse rejected a flag of the config
+        rc = exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:  # noqa: BLE001 - record it and carry on with the next cell
+        traceback.print_exc()
+        rc = 1
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    attempt["finished"] = _now()
+    attempt["wall_s"] = round(time.time() - t0, 1)
+    attempt["rc"] = rc
+    final = cell_status(out, spec.final_metric)
+    if rc == 130:
+        outcome = "interrupted"
+    elif rc == 0 and final == "done":
+        outcome = "done"
+    else:
+        outcome = "failed"
+        error = error or tail.error_line() or f"exit status {rc}"
+        if rc == 0:
+            error = f"finished without {spec.final_metric} in metrics.json"
+            rc = 1
+        attempt["error"] = error
+    attempt["status"] = outcome
+    if out.is_dir():
+        _write_json(record_path, record)
+    return outcome, rc
+
+
+def _read_record(path: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _display(path: pathlib.Path) -> str:
+    try:
+        return path.resolve().relative_to(pathlib.Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``neuralsort reproduce``."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="run every cell of a paper table from configs/table{N}/{budget}/ (resumable)",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: neuralsort reproduce --table 1 --budget smoke --data_dir ../shared/data "
+        "&& neuralsort report results",
+    )
+    add_flag(p, "--table", type=int, choices=sorted(TABLES), required=True, help="paper table")
+    add_flag(p, "--budget", choices=list(BUDGETS), required=True, help="smoke, cpu or paper")
+    add_flag(
+        p,
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="CELL",
+        help="run only these cells (e.g. mnist-dknn-deterministic, n5-sinkhorn)",
+    )
+    add_flag(p, "--results", metavar="DIR", help="results folder (default results)")
+    add_flag(
+        p,
+        "--data_dir",
+        metavar="DIR",
+        help="data folder passed to every cell (default: $NEURALSORT_DATA, then ./data)",
+    )
+    add_flag(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="passed to every cell")
+    add_flag(p, "--threads", type=int, metavar="N", help="torch CPU threads for all cells")
+    add_flag(
+        p,
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="set",
+        help="override a setting in every selected cell (recorded in reproduce.json and shown "
+        "in the report), e.g. --set dataset=imagefolder:/data/cifar10",
+    )
+    add_flag(
+        p,
+        "--sweep",
+        action="store_true",
+        help="also run the cells marked sweep (Table 3 rows at other k, for the k plot)",
+    )
+    add_flag(p, "--configs", metavar="DIR", help="configs folder (default: the repository's)")
+    add_flag(p, "--dry_run", action="store_true", help="list cells, their state and commands")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``neuralsort reproduce``."""
+    spec = TABLES[args.table]
+    budget = args.budget
+    root = pathlib.Path(args.configs) if args.configs else default_config_root()
+    cells = list_cells(spec, root / f"table{spec.number}" / budget)
+    if args.only:
+        names = {c.name: c for c in cells}
+        missing = [n for n in args.only if n not in names]
+        if missing:
+            raise UserError(
+                f"--only: no config for {', '.join(missing)} in table {spec.number} / {budget}; "
+                f"cells: {', '.join(names)}"
+            )
+        cells = [names[n] for n in dict.fromkeys(args.only)]
+    elif not args.sweep:
+        cells = [c for c in cells if not c.sweep]
+    if not cells:
+        raise UserError(f"no cells to run for table {spec.number} / {budget}")
+    overrides = _parse_overrides(args.set)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = pathlib.Path(args.results or "results")
+    base = results / f"table{spec.number}" / budget
+
+    plan = []
+    for cell in cells:
+        out = base / cell.name
+        status = cell_status(out, spec.final_metric)
+        argv = build_argv(
+            cell.command,
+            {**cell.settings, **overrides},
+            out=out,
+            resume=status == "partial",
+            data_dir=args.data_dir,
+            device=args.device,
+        )
+        plan.append((cell, out, status, argv))
+    action = {"done": "skip", "partial": "resume", "started": "rerun", "missing": "run"}
+    if args.dry_run:
+        for cell, _, status, argv in plan:
+            cmd = "neuralsort " + shlex.join(argv)
+            print(f"{cell.name:32s} {status:8s} -> {action[status]:6s} {cmd}")
+        return 0
+
+    outcomes: list[tuple[str, str]] = []
+    rc_total = 0
+    for cell, out, status, _ in plan:
+        if status == "done":
+            rec = _read_record(out / "reproduce.json") or {}
+            changed = rec.get("config_sha256") not in (None, cell.sha256)
+            note = " (its config file changed since; delete the folder to rerun)" if changed else ""
+            print(f"skip {cell.name}: finished in {out}{note}")
+            outcomes.append((cell.name, "skipped (done)"))
+            continue
+        outcome, rc = run_cell(
+            spec,
+            budget,
+            cell,
+            out,
+            overrides=overrides,
+            data_dir=args.data_dir,
+            device=args.device,
+        )
+        outcomes.append((cell.name, outcome))
+        if outcome == "interrupted":
+            rc_total = 130
+            break
+        if outcome == "failed":
+            rc_total = 1
+    print(f"\ntable {spec.number} / {budget} in {base}:")
+    for name, outcome in outcomes:
+        print(f"  {name:32s} {outcome}")
+    if rc_total == 130:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+    elif rc_total:
+        print("some cells failed (see above); fix and run the same command again", file=sys.stderr)
+    print(f"tables: neuralsort report {results}")
+    return rc_total

@@ -1,0 +1,205 @@
+"""``neuralsort report`` on small fake run folders: values, paper numbers, states, links, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import re
+
+import pytest
+import yaml
+
+from neuralsort.experiments.cli import main
+from neuralsort.experiments.report import TABLES, cell_status, write_report
+
+PAPER_MD = pathlib.Path(__file__).resolve().parents[3] / "shared" / "PAPER.md"
+HW = {"summary": "CPU Test Xeon, 2 threads", "device": "cpu"}
+
+
+def fake_run(
+    root: pathlib.Path,
+    table: int,
+    budget: str,
+    cell: str,
+    *,
+    metrics: dict | None = None,
+    epochs_done: int = 0,
+    num_epochs: int = 10,
+    checkpoint: bool = False,
+    hardware: dict | None = HW,
+    failed: str | None = None,
+    versions: bool = True,
+) -> pathlib.Path:
+    """A run folder as the commands and `reproduce` leave it (no real training)."""
+    path = root / f"table{table}" / budget / cell
+    path.mkdir(parents=True)
+    cfg = {"num_epochs": num_epochs, "device": "auto"}
+    if versions:
+        cfg["_run"] = {"versions": {"torch": "2.13.0"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    log = [{"event": "start"}] + [{"epoch": e, "val_acc": 0.5} for e in range(1, epochs_done + 1)]
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    if checkpoint:
+        (path / "last.pt").write_bytes(b"not read by the report")
+    if hardware is not None:
+        attempt = {"status": "failed" if failed else "done", "hardware": hardware, "wall_s": 12.5}
+        if failed:
+            attempt.update(error=failed, rc=2)
+        (path / "reproduce.json").write_text(json.dumps({"overrides": {}, "attempts": [attempt]}))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results"
+    fake_run(root, 3, "cpu", "mnist-dknn-deterministic", metrics={"test_acc": 0.9876, "k": 9})
+    fake_run(root, 3, "smoke", "mnist-dknn-deterministic", metrics={"test_acc": 0.5, "k": 9})
+    fake_run(root, 3, "cpu", "mnist-knn-ae", epochs_done=3, checkpoint=True)  # half-finished
+    fake_run(root, 3, "cpu", "mnist-cnn", failed="neuralsort baseline: error: data set missing")
+    for k, acc in ((1, 0.97), (3, 0.975)):
+        fake_run(
+            root, 3, "cpu", f"mnist-dknn-deterministic-k{k}", metrics={"test_acc": acc, "k": k}
+        )
+    for n, exact in ((3, 0.91), (5, 0.8)):
+        fake_run(
+            root,
+            1,
+            "cpu",
+            f"n{n}-deterministic",
+            metrics={"test_exact": exact, "test_elementwise": 0.95},
+        )
+    # no reproduce.json and a config without versions: hardware unknown
+    fake_run(
+        root,
+        2,
+        "cpu",
+        "n5-constant",
+        metrics={"test_mse": 355.0, "test_r2_corr": 0.0, "test_r2": -0.01},
+        hardware=None,
+        versions=False,
+    )
+    return root
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "ops_cpu-1threads.csv").write_text(
+        "B,n,op,median_ms,vs_floor\n4,8,floor: softmax,1.0,1.0\n4,8,neural_sort,2.0,2.0\n"
+        "4,16,floor: softmax,1.0,1.0\n4,16,neural_sort,3.0,3.0\n"
+    )
+    assert main(["report", str(results), "--bench_dir", str(bench)]) == 0
+    md3 = (results / "table3.md").read_text()
+    # the finished cpu run wins over the smoke run in the grid, with the paper's value beside it
+    assert "| kNN + deterministic NeuralSort | **98.76%** (cpu) / 99.5% |" in md3
+    assert "[table3/cpu/mnist-dknn-deterministic/](table3/cpu/mnist-dknn-deterministic/)" in md3
+    assert "CPU Test Xeon, 2 threads" in md3
+    assert "half-finished (cpu, epoch 3 of 10)" in md3
+    assert "half-finished (epoch 3 of 10; resumable)" in md3
+    assert "failed (neuralsort baseline: error: data set missing)" in md3
+    assert "| kNN | not run / 97.2% |" in md3
+    assert "not run / 85.8%" in md3  # Fashion-MNIST column, nothing run
+    assert "![table3_accuracy_vs_k](table3_accuracy_vs_k.png)" in md3
+    # every link points at a folder that exists
+    for link in re.findall(r"\]\((table\d/[^)]*)\)", md3):
+        assert (results / link).is_dir(), link
+
+    rows = {(r["cell"], r["budget"]): r for r in read_csv(results / "table3.csv")}
+    det = rows[("mnist-dknn-deterministic", "cpu")]
+    assert float(det["ours_test_acc"]) == pytest.approx(0.9876)
+    assert float(det["paper_test_acc"]) == pytest.approx(0.995)
+    assert det["status"] == "done" and det["run_dir"] == "table3/cpu/mnist-dknn-deterministic"
+    assert float(det["wall_time_s"]) == 12.5
+    assert rows[("mnist-knn", "")]["status"] == "not run"
+    assert rows[("mnist-knn", "")]["ours_test_acc"] == ""
+    assert rows[("mnist-knn-ae", "cpu")]["ours_test_acc"] == ""  # never a half-finished value
+    assert rows[("cifar100-cnn", "")]["paper_test_acc"] == ""
+
+    md1 = (results / "table1.md").read_text()
+    assert "**0.910 (0.950)** (cpu) / 0.930 (0.951)" in md1
+    assert "not run / 0.467 (0.801)" in md1
+    md2 = (results / "table2.md").read_text()
+    assert "**355.00 (0.000)** (cpu) / 356.79 (0.000)" in md2
+    row2 = next(r for r in read_csv(results / "table2.csv") if r["cell"] == "n5-constant")
+    assert row2["hardware"] == "unknown"
+
+    for png in ("table3_accuracy_vs_k.png", "table1_exact_vs_n.png", "ops_benchmark.png"):
+        assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "ops_cpu-1threads.csv" in (results / "ops_benchmark.md").read_text()
+
+
+def test_plots_are_skipped_with_a_note_when_there_is_nothing_to_plot(tmp_path):
+    root = tmp_path / "results"
+    fake_run(root, 3, "cpu", "mnist-knn", metrics={"test_acc": 0.97, "k": 9})  # a single k
+    write_report(root, bench_dir=tmp_path / "no-bench")
+    md3 = (root / "table3.md").read_text()
+    assert "Plot `table3_accuracy_vs_k.png` skipped: no row of Table 3" in md3
+    assert not (root / "table3_accuracy_vs_k.png").exists()
+    assert "skipped: no finished run of Table 1" in (root / "table1.md").read_text()
+    assert "Plot skipped" in (root / "ops_benchmark.md").read_text()
+    # nothing run at all: every cell of every table says so
+    for n, spec in TABLES.items():
+        rows = read_csv(root / f"table{n}.csv")
+        assert {r["cell"] for r in rows} >= set(spec.cells())
+        if n != 3:
+            assert all(r["status"] == "not run" for r in rows)
+
+
+def test_cell_status(tmp_path):
+    p = tmp_path / "cell"
+    assert cell_status(p, "test_acc") == "missing"
+    p.mkdir()
+    assert cell_status(p, "test_acc") == "missing"
+    (p / "log.jsonl").write_text("{}\n")
+    assert cell_status(p, "test_acc") == "started"
+    (p / "last.pt").write_bytes(b"x")
+    assert cell_status(p, "test_acc") == "partial"
+    (p / "metrics.json").write_text(json.dumps({"val_acc": 0.5, "test_acc": None}))
+    assert cell_status(p, "test_acc") == "partial"
+    (p / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))
+    assert cell_status(p, "test_acc") == "done"
+
+
+def test_missing_results_folder_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _paper_tables() -> list[list[list[str]]]:
+    tables, current = [], []
+    for line in PAPER_MD.read_text().splitlines():
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _num(text: str) -> float:
+    return float(text.rstrip("%").rstrip(".")) / (100 if text.endswith("%") else 1)
+
+
+@pytest.mark.skipif(not PAPER_MD.is_file(), reason="needs the project's ../shared/PAPER.md")
+def test_paper_constants_match_paper_md():
+    t3, t1, t2 = _paper_tables()
+    for label_row in t3[2:]:
+        label, *vals = label_row
+        row = next(r for r, lab in TABLES[3].rows if lab == label)
+        for (col, _), v in zip(TABLES[3].columns, vals, strict=False):
+            assert TABLES[3].paper[(row, col)][0] == pytest.approx(_num(v)), (row, col)
+    for spec, md in ((TABLES[1], t1), (TABLES[2], t2)):
+        for label_row in md[2:]:
+            label, *vals = label_row
+            row = next(r for r, lab in spec.rows if lab == label)
+            for (col, _), v in zip(spec.columns, vals, strict=True):
+                a, b = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", v).groups()
+                assert spec.paper[(row, col)][:2] == pytest.approx((_num(a), _num(b))), (row, col)
