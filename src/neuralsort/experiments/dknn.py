@@ -104,7 +104,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "dknn",
         help="differentiable kNN: NeuralSort kNN loss + hard-kNN classification (Table 3)",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("experiment (the seed's flags)")
     add_flag(
@@ -115,7 +114,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(g, "--k", type=int, help="number of neighbours (default 9)")
     add_flag(g, "--tau", type=float, help="NeuralSort temperature (default 16)")
     add_flag(g, "--nloglr", type=float, help="learning rate = 10^-nloglr (default 3)")
-    add_flag(g, "--method", choices=["deterministic", "stochastic"], help="NeuralSort variant")
+    add_flag(
+        g,
+        "--method",
+        choices=["deterministic", "stochastic"],
+        help="NeuralSort variant (default deterministic)",
+    )
     add_flag(g, "--num_train_queries", type=int, help="queries per training step (default 100)")
     add_flag(
         g, "--num_train_neighbors", type=int, help="candidate neighbours per step (default 100)"

@@ -179,7 +179,9 @@ def load_raw_dataset(
                 except (FileNotFoundError, ValueError):
                     loaded = None
         if loaded is None:
-            where = ", ".join(str(p) for p in candidate_dirs(data_dir))
+            where = ", ".join(
+                str(p) if p.is_absolute() else f"./{p}" for p in candidate_dirs(data_dir)
+            )
             msg = (
                 f"data set '{key}' not found (searched {where} and their sub-folders "
                 f"{', '.join(s + '/' for s in _SUBDIRS[key] if s)}): expected the files "
