@@ -66,3 +66,21 @@ def plackett_luce_log_prob_ref(logits: np.ndarray, perm: tuple[int, ...]) -> flo
 
 def all_permutations(n: int) -> list[tuple[int, ...]]:
     return list(itertools.permutations(range(n)))
+
+
+def neural_sort_published_ref(s: np.ndarray, tau: float) -> np.ndarray:
+    """The paper's matrix form, descending: ``softmax(((n+1-2i) s^T - A_s 1 1^T) / tau)``.
+
+    Built exactly as published (the row sums by a product with a matrix of ones), to pin the
+    library to the formula in the paper, not just to our reading of it.
+    """
+    s = np.asarray(s, dtype=np.float64).reshape(-1, 1)
+    n = s.shape[0]
+    a = np.abs(s - s.T)
+    b = a @ np.ones((n, n))  # every column holds the row sums
+    scaling = (n + 1 - 2 * (np.arange(n) + 1)).astype(np.float64)
+    c = s @ scaling[None, :]  # c[j, i] = (n + 1 - 2i) s_j
+    logits = ((c - b).T) / tau
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)

@@ -8,7 +8,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import neuralsort as ns
-from reference import neural_sort_ref
+from reference import neural_sort_published_ref, neural_sort_ref
 
 TAUS = [0.1, 1.0, 7.0]
 
@@ -30,6 +30,15 @@ def test_neural_sort_matches_reference(n, tau, descending, device):
     for b in range(3):
         ref = neural_sort_ref(s[b].cpu().numpy(), tau, descending)
         np.testing.assert_allclose(out[b].cpu().numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tau", [0.5, 16.0])
+def test_matches_the_published_matrix_form(tau):
+    s = rand(4, 9) * 5
+    out = ns.neural_sort(s, tau, descending=True)
+    for b in range(4):
+        ref = neural_sort_published_ref(s[b].numpy(), tau)
+        np.testing.assert_allclose(out[b].numpy(), ref, rtol=1e-9, atol=1e-12)
 
 
 def test_paper_example_descending():
