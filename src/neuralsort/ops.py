@@ -29,6 +29,7 @@ Implementation notes:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,6 +79,12 @@ def _ascending_order(x: Tensor) -> Tensor:
     return torch.sort(x.detach(), dim=-1).indices
 
 
+@functools.lru_cache(maxsize=256)
+def _ramp(n: int, offset: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``2 r - offset`` for ``r = 0..n-1`` (cached: small constants cost a kernel launch each)."""
+    return torch.arange(n, device=device, dtype=dtype).mul_(2).sub_(offset)
+
+
 def _abs_dev_rowsum(x: Tensor, order: Tensor) -> Tensor:
     r"""``(A_s 1)_j = sum_k |x_j - x_k|`` along the last axis in O(n log n), without autograd.
 
@@ -88,9 +95,9 @@ def _abs_dev_rowsum(x: Tensor, order: Tensor) -> Tensor:
     n = x.shape[-1]
     v = x.to(_accumulation_dtype(x)).gather(-1, order)
     inclusive = torch.cumsum(v, dim=-1)
-    rank = torch.arange(n, device=x.device, dtype=v.dtype)
     # (2r - n) v + T - 2 (inclusive - v) = (2r - n + 2) v + T - 2 inclusive
-    rowsum_sorted = torch.addcmul(inclusive[..., -1:] - 2 * inclusive, 2 * rank - (n - 2), v)
+    ramp = _ramp(n, n - 2, x.device, v.dtype)
+    rowsum_sorted = torch.addcmul(inclusive[..., -1:] - 2 * inclusive, ramp, v)
     return torch.empty_like(x).scatter_(-1, order, rowsum_sorted.to(x.dtype))
 
 
@@ -105,9 +112,9 @@ def _abs_dev_rowsum_backward(grad_a: Tensor, order: Tensor) -> Tensor:
     n = grad_a.shape[-1]
     gs = grad_a.gather(-1, order)
     inclusive = torch.cumsum(gs, dim=-1)
-    rank = torch.arange(n, device=grad_a.device, dtype=gs.dtype)
     # 2 (inclusive - gs) - total + gs + gs (2r - n + 1) = 2 inclusive - total + gs (2r - n)
-    sorted_grad = torch.addcmul(2 * inclusive - inclusive[..., -1:], 2 * rank - n, gs)
+    ramp = _ramp(n, n, grad_a.device, gs.dtype)
+    sorted_grad = torch.addcmul(2 * inclusive - inclusive[..., -1:], ramp, gs)
     return torch.empty_like(grad_a).scatter_(-1, order, sorted_grad)
 
 
@@ -183,24 +190,51 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+@functools.lru_cache(maxsize=256)
+def _scalar(value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(value, device=device, dtype=dtype)
+
+
 def _as_tau_tensor(tau: TauLike, like: Tensor) -> Tensor:
     if isinstance(tau, Tensor):
         return tau.to(device=like.device, dtype=like.dtype)
-    return torch.tensor(tau, device=like.device, dtype=like.dtype)
+    return _scalar(tau, like.device, like.dtype)
 
 
-def _relaxed_rows(x: Tensor, positions: Tensor, tau: TauLike, descending: bool) -> Tensor:
-    """Rows ``positions`` (1-based sorted positions) of the relaxed permutation of ``x``.
+@functools.lru_cache(maxsize=256)
+def _leading_rows(
+    n: int, k: int, descending: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``(coef, rank_of_row)`` for the first ``k`` sorted positions (cached constants)."""
+    return _row_constants(torch.arange(1, k + 1, device=device), n, descending, dtype)
 
-    Returns a ``(..., m, n)`` tensor in the compute dtype (float32 for half inputs).
+
+def _row_constants(
+    positions: Tensor, n: int, descending: bool, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Row ``p``'s coefficient ``+-(n + 1 - 2p)`` and the ascending rank of its argmax.
+
+    The row for sorted position ``p`` (1-based) peaks at the element of ascending rank ``n - p``
+    when descending, ``p - 1`` when ascending (the unimodality theorem).
+    """
+    sign = 1.0 if descending else -1.0
+    coef = (n + 1 - 2 * positions).to(dtype) * sign
+    rank_of_row = (n - positions) if descending else (positions - 1)
+    return coef, rank_of_row
+
+
+def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool) -> Tensor:
+    """Rows of the relaxed permutation of ``x`` along its last axis.
+
+    ``rows`` is either an int ``k`` (the first ``k`` sorted positions) or a tensor of 1-based
+    sorted positions. Returns ``(..., m, n)`` in the compute dtype (float32 for half inputs).
     """
     n = x.shape[-1]
     xc = x.to(compute_dtype(x.dtype))
-    sign = 1.0 if descending else -1.0
-    coef = (n + 1 - 2 * positions).to(xc.dtype) * sign
-    # the row for sorted position p peaks at the element of ascending rank n - p (descending)
-    # or p - 1 (ascending)
-    rank_of_row = (n - positions) if descending else (positions - 1)
+    if isinstance(rows, int):
+        coef, rank_of_row = _leading_rows(n, rows, descending, xc.device, xc.dtype)
+    else:
+        coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
     return _RelaxedRows.apply(xc, coef, _as_tau_tensor(tau, xc), rank_of_row)
 
 
@@ -260,8 +294,7 @@ def neural_sort(
     tau = check_tau(tau, fn)
     xm = x.movedim(d, -1)
     n = xm.shape[-1]
-    positions = torch.arange(1, n + 1, device=x.device)
-    p = _relaxed_rows(xm, positions, tau, descending)
+    p = _relaxed_rows(xm, n, tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(xm, descending))
     return p.to(x.dtype)
@@ -280,8 +313,7 @@ def soft_sort(
     d = canonical_dim(x, dim, "values", fn)
     tau = check_tau(tau, fn)
     xm = x.movedim(d, -1)
-    positions = torch.arange(1, xm.shape[-1] + 1, device=x.device)
-    p = _relaxed_rows(xm, positions, tau, descending)
+    p = _relaxed_rows(xm, xm.shape[-1], tau, descending)
     out = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)
     return out.to(x.dtype).movedim(-1, d)
 
@@ -309,9 +341,9 @@ def soft_rank(
     tau = check_tau(tau, fn)
     xm = x.movedim(d, -1)
     n = xm.shape[-1]
-    positions = torch.arange(1, n + 1, device=x.device)
-    p = _relaxed_rows(xm, positions, tau, descending)
-    weights = torch.stack((positions.to(p.dtype), torch.ones(n, dtype=p.dtype, device=p.device)))
+    p = _relaxed_rows(xm, n, tau, descending)
+    positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
+    weights = torch.stack((positions, torch.ones_like(positions)))
     weighted, mass = torch.matmul(weights, p).unbind(-2)
     ranks = weighted / mass
     return ranks.to(x.dtype).movedim(-1, d)
@@ -347,8 +379,7 @@ def soft_topk(
             f"shape {tuple(x.shape)}), got {k!r}"
         )
     xm = x.movedim(d, -1)
-    positions = torch.arange(1, k + 1, device=x.device)
-    p = _relaxed_rows(xm, positions, tau, largest)
+    p = _relaxed_rows(xm, k, tau, largest)
     if hard:
         p = _straight_through(p, _sort_order(xm, largest)[..., :k])
     return p.to(x.dtype)
@@ -439,8 +470,7 @@ def stochastic_neural_sort(
     cdt = compute_dtype(x.dtype)
     noise = sample_gumbel((n_samples, *xm.shape), dtype=cdt, device=x.device, generator=generator)
     perturbed = xm.to(cdt).unsqueeze(0) + noise
-    positions = torch.arange(1, xm.shape[-1] + 1, device=x.device)
-    p = _relaxed_rows(perturbed, positions, tau, descending)
+    p = _relaxed_rows(perturbed, xm.shape[-1], tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(perturbed, descending))
     return p.to(x.dtype)

@@ -113,8 +113,7 @@ class PlackettLuce(Distribution):
     ) -> Tensor:
         """Relaxed samples ``(*sample_shape, *batch, n, n)``: NeuralSort of the perturbed logits."""
         perturbed = self._perturbed(torch.Size(sample_shape), generator)
-        positions = torch.arange(1, self.n + 1, device=perturbed.device)
-        p = _relaxed_rows(perturbed, positions, self.tau, descending=True)
+        p = _relaxed_rows(perturbed, self.n, self.tau, descending=True)
         return p.to(self.logits.dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:
