@@ -30,13 +30,15 @@ def fake_run(
     hardware: dict | None = HW,
     failed: str | None = None,
     versions: bool = True,
+    torch_version: str = "2.13.0",
+    threads: int | None = None,
 ) -> pathlib.Path:
     """A run folder as the commands and `reproduce` leave it (no real training)."""
     path = root / f"table{table}" / budget / cell
     path.mkdir(parents=True)
-    cfg = {"num_epochs": num_epochs, "device": "auto"}
+    cfg = {"num_epochs": num_epochs, "device": "auto", "threads": threads}
     if versions:
-        cfg["_run"] = {"versions": {"torch": "2.13.0"}}
+        cfg["_run"] = {"versions": {"torch": torch_version}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = [{"event": "start"}] + [{"epoch": e, "val_acc": 0.5} for e in range(1, epochs_done + 1)]
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -80,6 +82,17 @@ def results(tmp_path):
         metrics={"test_mse": 355.0, "test_r2_corr": 0.0, "test_r2": -0.01},
         hardware=None,
         versions=False,
+    )
+    # made outside reproduce with a CPU-only torch build: the device is known, the CPU is not
+    fake_run(
+        root,
+        2,
+        "cpu",
+        "n9-constant",
+        metrics={"test_mse": 220.0, "test_r2_corr": 0.0, "test_r2": 0.0},
+        hardware=None,
+        torch_version="2.13.0+cpu",
+        threads=1,
     )
     return root
 
@@ -128,8 +141,9 @@ def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
     assert "not run / 0.467 (0.801)" in md1
     md2 = (results / "table2.md").read_text()
     assert "**355.00 (0.000)** (cpu) / 356.79 (0.000)" in md2
-    row2 = next(r for r in read_csv(results / "table2.csv") if r["cell"] == "n5-constant")
-    assert row2["hardware"] == "unknown"
+    rows2 = {r["cell"]: r for r in read_csv(results / "table2.csv")}
+    assert rows2["n5-constant"]["hardware"] == "unknown"
+    assert rows2["n9-constant"]["hardware"] == "cpu, 1 thread (torch 2.13.0+cpu)"
 
     for png in ("table3_accuracy_vs_k.png", "table1_exact_vs_n.png", "ops_benchmark.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

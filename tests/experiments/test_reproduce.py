@@ -137,17 +137,21 @@ def test_smoke_cell_end_to_end_skips_when_done_and_resumes_when_interrupted(
     assert second["status"] == "done"
 
 
-def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys):  # noqa: F811
+def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys, restore_threads):  # noqa: F811
     results = tmp_path / "results"
     base = ["reproduce", "--table", "3", "--budget", "smoke", "--results", str(results)]
-    # a kNN cell on the tiny data, which needs a smaller validation split than MNIST's 5,000
+    # a kNN cell on the tiny data, which needs a smaller validation split than MNIST's 5,000;
+    # the cell sets torch's threads, which must not leak into what runs after it
+    torch.set_num_threads(2)
     ok = [*base, "--only", "mnist-knn", "--data_dir", str(mnist_dir), "--set", "val_size=10"]
-    assert main(ok) == 0
+    assert main([*ok, "--set", "threads=1"]) == 0
+    assert torch.get_num_threads() == 2
     cell = results / "table3" / "smoke" / "mnist-knn"
     assert 0.0 <= json.loads((cell / "metrics.json").read_text())["test_acc"] <= 1.0
     record = json.loads((cell / "reproduce.json").read_text())
-    assert record["overrides"] == {"val_size": 10}
+    assert record["overrides"] == {"val_size": 10, "threads": 1}
     assert "--val_size 10" in record["attempts"][0]["command"]
+    assert record["attempts"][0]["hardware"]["torch_threads"] == 1
 
     # a cell whose data is missing fails with the command's message; reproduce exits 1
     empty = tmp_path / "empty"
@@ -160,7 +164,7 @@ def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys):  # no
 
     assert main(["report", str(results), "--bench_dir", str(empty)]) == 0
     md = (results / "table3.md").read_text()
-    assert "(smoke (overrides: val_size=10))" in md
+    assert "(smoke (overrides: threads=1, val_size=10))" in md
     assert "failed (smoke)" in md
 
     assert main([*base, "--only", "no-such-cell"]) == 2

@@ -287,15 +287,23 @@ def _hardware(path: pathlib.Path, metrics: dict[str, Any], cfg: dict[str, Any]) 
                 seen.append(summary)
     if seen:
         return " + ".join(seen)
-    device = metrics.get("device")
-    if not device and isinstance(cfg, dict) and cfg.get("device") not in (None, "auto"):
-        device = cfg.get("device")
     run_info = cfg.get("_run", {}) if isinstance(cfg, dict) else {}
     versions = run_info.get("versions", {}) if isinstance(run_info, dict) else {}
-    torch_v = versions.get("torch") if isinstance(versions, dict) else None
+    torch_v = str(versions.get("torch") or "") if isinstance(versions, dict) else ""
+    device = metrics.get("device")
+    if not device and cfg.get("device") not in (None, "auto"):
+        device = cfg.get("device")
+    if not device and torch_v.endswith("+cpu"):
+        device = "cpu"  # a CPU-only torch build cannot have used a GPU
     if not device:
         return "unknown"
-    return f"{device}" + (f" (torch {torch_v})" if torch_v else "")
+    text = f"{device}"
+    threads = cfg.get("threads") or cfg.get("num_threads")
+    if str(device).startswith("cpu") and isinstance(threads, int):
+        text += f", {threads} thread{'s' if threads != 1 else ''}"
+    if torch_v:
+        text += f" (torch {torch_v})"
+    return text
 
 
 def _progress(path: pathlib.Path, cfg: dict[str, Any], status: str) -> str:

@@ -315,7 +315,13 @@ def run_cell(
     data_dir: str | None,
     device: str | None,
 ) -> tuple[str, int]:
-    """Run (or resume) one cell; returns ``(outcome, exit status)``."""
+    """Run (or resume) one cell; returns ``(outcome, exit status)``.
+
+    The cell runs in this process; torch's thread count, which a cell may set (``threads``), is
+    recorded as the cell left it and then restored, so that it does not leak into the next cell.
+    """
+    import torch
+
     from .cli import main as cli_main
 
     status = cell_status(out, spec.final_metric)
@@ -335,12 +341,13 @@ def run_cell(
         "overrides": overrides,
         "attempts": old.get("attempts", []) if old else [],
     }
+    device_name = device or str(settings.get("device") or "auto")
     attempt: dict[str, Any] = {
         "started": _now(),
         "status": "running",
         "resumed": resume,
         "command": "neuralsort " + shlex.join(argv),
-        "hardware": hardware_info(device or str(settings.get("device") or "auto")),
+        "hardware": hardware_info(device_name),
     }
     record["attempts"].append(attempt)
     _write_json(record_path, record)
@@ -349,6 +356,7 @@ def run_cell(
     tail = _Tail(sys.stderr)
     rc: int
     error = None
+    threads_before = torch.get_num_threads()
     try:
         with contextlib.redirect_stderr(tail):
             rc = cli_main(argv)
@@ -358,6 +366,9 @@ def run_cell(
         traceback.print_exc()
         rc = 1
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    finally:
+        attempt["hardware"] = hardware_info(device_name)  # with the threads the cell used
+        torch.set_num_threads(threads_before)
     attempt["finished"] = _now()
     attempt["wall_s"] = round(time.time() - t0, 1)
     attempt["rc"] = rc
