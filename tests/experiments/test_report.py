@@ -117,7 +117,7 @@ def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
     assert "CPU Test Xeon, 2 threads" in md3
     assert "half-finished (cpu, epoch 3 of 10)" in md3
     assert "half-finished (epoch 3 of 10; resumable)" in md3
-    assert "failed (neuralsort baseline: error: data set missing)" in md3
+    assert "failed (neuralsort baseline: error: data set missing; details in" in md3
     assert "| kNN | not run / 97.2% |" in md3
     assert "not run / 85.8%" in md3  # Fashion-MNIST column, nothing run
     assert "![table3_accuracy_vs_k](table3_accuracy_vs_k.png)" in md3

@@ -164,7 +164,8 @@ def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys, restor
 
     assert main(["report", str(results), "--bench_dir", str(empty)]) == 0
     md = (results / "table3.md").read_text()
-    assert "(smoke (overrides: threads=1, val_size=10))" in md
+    assert "(smoke (overrides: threads=1, val_size=10))" in md  # the grid
+    assert "| smoke (overrides: threads=1, val_size=10) | done |" in md  # the runs list
     assert "failed (smoke)" in md
 
     assert main([*base, "--only", "no-such-cell"]) == 2

@@ -423,7 +423,8 @@ def _status_text(run: CellRun) -> str:
     if run.status == "done":
         return "done"
     if run.failure:
-        return f"failed ({run.failure})"
+        why = run.failure if len(run.failure) <= 200 else run.failure[:197] + "..."
+        return f"failed ({why}; details in reproduce.json)"
     if run.status == "partial":
         return f"half-finished ({run.progress}; resumable)"
     return f"half-finished ({run.progress}; no checkpoint)"
@@ -565,7 +566,8 @@ def _markdown(
         link = f"[{run_dir}/]({run_dir}/)" if run_dir else "-"
         budget = rec["budget"] or "-"
         if rec["overrides"]:
-            budget += f" (overrides: {rec['overrides']})"
+            pairs = json.loads(rec["overrides"]).items()
+            budget += " (overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(pairs)) + ")"
         cells = [rec["cell"], budget, rec["status"], *ours, paper_txt, rec["hardware"] or "-", link]
         lines.append("| " + " | ".join(_md_escape(str(c)) for c in cells) + " |")
 
