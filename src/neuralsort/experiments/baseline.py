@@ -7,7 +7,9 @@
 * ``knn-ae``: kNN on the ``--code_dim``-d code of a small fully-connected autoencoder trained
   with mean squared error (Adam, ``--num_epochs`` epochs).
 
-Same data, splits, run folder and resume behaviour as ``neuralsort dknn``.
+Same data, splits, run folder and resume behaviour as ``neuralsort dknn``; under ``torchrun`` the
+networks train with DistributedDataParallel, each rank on its own slice of every global batch
+(``--batch_size`` per process), and evaluation runs on rank 0.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import Classifier, create_model, default_model_for
 from .run import (
+    AMP_MODES,
     Run,
     UserError,
     add_common_args,
     add_flag,
     progress,
     resolve_config,
-    resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -39,6 +42,7 @@ from .training import (
     AUGMENTS,
     OPTIMIZERS,
     SCHEDULES,
+    Amp,
     augment_batch,
     count_parameters,
     index_stream,
@@ -71,7 +75,6 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch": 1000,
     "num_test_queries": 1000,
     "channels_last": True,
-    "threads": None,
 }
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -107,7 +110,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(t, "--eval_batch", type=int)
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
     add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)
-    add_flag(t, "--threads", type=int)
     return p
 
 
@@ -169,30 +171,39 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise UserError(f"--{key} must be a positive int, got {v!r}")
     if not isinstance(cfg["num_epochs"], int) or cfg["num_epochs"] < 0:
         raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
+    if cfg["amp"] not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
+    t = cfg["threads"]
+    if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t <= 0):
+        raise UserError(f"--threads must be a positive int, got {t!r}")
 
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one baseline from a resolved config; returns the metrics."""
     _validate(cfg)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
+    Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
     ds = str(cfg["dataset"]).lower().replace(":", "-").replace("/", "_")
     run = Run.start(cfg, name=f"baseline-{cfg['method']}-{ds}")
-    _validate(cfg)
     t0 = time.time()
     try:
+        _validate(cfg)
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        amp = Amp(cfg["amp"], ctx.device)
         train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
     except UserError:
-        if not run.resumed and {p.name for p in run.path.iterdir()} <= {
-            "config.yaml",
-            "log.jsonl",
-        }:
+        if (
+            run.is_main
+            and not run.resumed
+            and {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}
+        ):
             import shutil
 
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     gen = seed_everything(int(cfg["seed"]))
-    device = resolve_device(cfg["device"])
+    device = ctx.device
     val_size = int(cfg["val_size"] or info["val_size"])
     tr_idx, va_idx = train_val_split(train_x.shape[0], val_size)
     tr_x, tr_y = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
@@ -210,17 +221,22 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
 
     method = cfg["method"]
     extra: dict[str, Any] = {}
-    if method == "knn":
-        val_acc, test_acc = knn_pair(tr_x.flatten(1), va_x.flatten(1), te_x.flatten(1))
-    elif method == "knn-pca":
-        ptr, (pva, pte) = pca_project(
-            tr_x.flatten(1), [va_x.flatten(1), te_x.flatten(1)], cfg["code_dim"]
-        )
-        val_acc, test_acc = knn_pair(ptr, pva, pte)
+    if method in ("knn", "knn-pca"):  # nothing to train: rank 0 computes, the others wait
+        val_acc = test_acc = 0.0
+        if ctx.is_main and method == "knn":
+            val_acc, test_acc = knn_pair(tr_x.flatten(1), va_x.flatten(1), te_x.flatten(1))
+        elif ctx.is_main:
+            ptr, (pva, pte) = pca_project(
+                tr_x.flatten(1), [va_x.flatten(1), te_x.flatten(1)], cfg["code_dim"]
+            )
+            val_acc, test_acc = knn_pair(ptr, pva, pte)
     else:
         val_acc, test_acc, history, extra = _train_net(
-            run, cfg, gen, device, tr_x, tr_y, va_x, va_y, te_x, test_y, info
+            run, cfg, ctx, amp, gen, tr_x, tr_y, va_x, va_y, te_x, test_y, info
         )
+    if not ctx.is_main:
+        distributed.barrier()
+        return distributed.broadcast_object(None)
     wall = time.time() - t0 + extra.pop("elapsed_before", 0.0)
     metrics = {
         "dataset": info["name"],
@@ -230,6 +246,8 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         "test_acc": test_acc,
         "wall_time_s": wall,
         "device": str(device),
+        "world_size": ctx.world_size,
+        "amp": cfg["amp"] if method in ("cnn", "knn-ae") else None,
         "history": history,
         **extra,
     }
@@ -244,14 +262,27 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         f"{info['name']} test accuracy: {what} {100 * test_acc:.2f}%  |  val {100 * val_acc:.2f}%"
         f"  |  {wall / 60:.1f} min  |  {run.path}"
     )
-    return metrics
+    distributed.barrier()
+    return distributed.broadcast_object(metrics)
+
+
+class _Reconstruct(nn.Module):
+    """The autoencoder's training forward (code, then reconstruction) for DDP to wrap."""
+
+    def __init__(self, ae: AutoEncoder) -> None:
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ae.decoder(self.ae.encoder(x.flatten(1)))
 
 
 def _train_net(
     run: Run,
     cfg: dict[str, Any],
+    ctx: distributed.Context,
+    amp: Amp,
     gen: torch.Generator,
-    device: torch.device,
     tr_x: Tensor,
     tr_y: Tensor,
     va_x: Tensor,
@@ -260,8 +291,19 @@ def _train_net(
     te_y: Tensor,
     info: dict[str, Any],
 ) -> tuple[float, float, list[dict[str, Any]], dict[str, Any]]:
-    """Train the CNN classifier or the autoencoder; checkpoint each epoch; resume-safe."""
+    """Train the CNN classifier or the autoencoder; checkpoint each epoch; resume-safe.
+
+    Returns the validation and test accuracy (on rank 0; zeros elsewhere), history and extras.
+    """
     t_start = time.time()
+    device, world, rank = ctx.device, ctx.world_size, ctx.rank
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    # `gen` (shared by all ranks) shuffles; augmentation draws from a private stream per rank
+    aug_gen = (
+        gen
+        if world == 1
+        else torch.Generator().manual_seed(distributed.rank_seed(int(cfg["seed"])))
+    )
     method = cfg["method"]
     c = info["num_classes"]
     if method == "cnn":
@@ -278,21 +320,24 @@ def _train_net(
         augment = "none"
     fmt = torch.channels_last if cfg["channels_last"] and method == "cnn" else None
     model.to(device=device, memory_format=fmt or torch.contiguous_format)
+    net = distributed.wrap_ddp(model if method == "cnn" else _Reconstruct(model), device)
     # every parameter (head included) goes to the optimiser
     opt_cfg = dict(cfg)
     if method == "knn-ae" and "optimizer" not in getattr(cfg, "explicit", set()):
         opt_cfg.update(optimizer="adam", weight_decay=0.0)
     opt = make_optimizer(model.parameters(), opt_cfg)
     n = tr_x.shape[0]
-    bs = min(cfg["batch_size"], n)
-    steps = max(1, n // bs)
+    bs = min(cfg["batch_size"], n // world)
+    if bs < 1:
+        raise UserError(f"{world} processes need at least {world} training images")
+    steps = max(1, n // (bs * world))
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
     num_epochs = int(cfg["num_epochs"])
     sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)
 
     epoch, history, best_val, elapsed_before = 0, [], -1.0, 0.0
-    state = run.load_checkpoint("last") if run.resumed else None
+    state = run.load_checkpoint("last", shared=True) if run.resumed else None
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -303,12 +348,22 @@ def _train_net(
                 f"checkpoint {run.path / 'last.pt'} does not fit this config "
                 f"({str(exc).splitlines()[0]}); use a new --out"
             ) from None
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world:
+            raise UserError(
+                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
+                f"resume it with the same number (this start has {world})"
+            )
+        amp.load_state_dict(state.get("amp"))
         set_rng_state(state["rng"], gen)
+        if world > 1:
+            aug_gen.set_state(state["ranks"][rank]["aug"])
         epoch, history = state["epoch"], list(state["history"])
         best_val, elapsed_before = state["best_val"], state["elapsed"]
-    print(
+    procs = f" x {world} processes (global batch {bs * world})" if world > 1 else ""
+    say(
         f"baseline {method} on {info['name']}: {name} ({count_parameters(model):,} parameters) "
-        f"on {device}, {steps} steps x {num_epochs} epochs; output {run.path}"
+        f"on {device}{procs}, {steps} steps x {num_epochs} epochs; output {run.path}"
     )
 
     def evaluate() -> tuple[float, Tensor | None]:
@@ -330,56 +385,69 @@ def _train_net(
 
     from tqdm.auto import tqdm
 
+    write = tqdm.write if ctx.is_main else say
     while epoch < num_epochs:
         t_ep = time.time()
         model.train()
-        order = index_stream(n, steps * bs, gen)
+        order = index_stream(n, steps * bs * world, gen)
+        if device.type == "cuda":
+            order = order.pin_memory()  # asynchronous per-step index copies
         loss_sum, correct = 0.0, 0
         for step in progress(range(steps), desc=f"epoch {epoch + 1}/{num_epochs}", unit="step"):
-            idx = order[step * bs : (step + 1) * bs].to(device)
-            x = augment_batch(tr_x[idx], augment, gen)
+            lo = (step * world + rank) * bs  # this rank's slice of the global batch
+            idx = order[lo : lo + bs].to(device, non_blocking=True)
+            x = augment_batch(tr_x[idx], augment, aug_gen)
             if fmt is not None:
                 x = x.contiguous(memory_format=fmt)
+            with amp.autocast():
+                out = net(x)
             if method == "cnn":
-                logits = model(x)
+                logits = out.float()
                 loss = F.cross_entropy(logits, tr_y[idx])
                 correct += int((logits.argmax(1) == tr_y[idx]).sum())
             else:
-                ae = model
-                recon = ae.decoder(ae.encoder(x.flatten(1)))  # type: ignore[operator]
-                loss = F.mse_loss(recon, x.flatten(1))
+                loss = F.mse_loss(out.float(), x.flatten(1))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.backward_step(loss, opt)
             sched.step()
             loss_sum += float(loss.detach())
-        val_acc, _ = evaluate()
+        # means over ranks (each rank's loss is the mean over its equal share)
+        loss_sum, correct = distributed.reduce_sum([loss_sum / world, correct])
+        val_acc = 0.0
+        if ctx.is_main:  # the other ranks wait at the barrier below
+            val_acc, _ = evaluate()
+        distributed.barrier()
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / steps}
         if method == "cnn":
-            rec["train_acc"] = correct / (steps * bs)
+            rec["train_acc"] = correct / (steps * bs * world)
         rec.update(val_acc=val_acc, epoch_time_s=time.time() - t_ep)
         history.append(rec)
         run.log(rec)
         is_best = val_acc >= best_val
         best_val = max(best_val, val_acc)
         epoch += 1
-        run.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": rng_state(gen),
-                "epoch": epoch,
-                "history": history,
-                "best_val": best_val,
-                "elapsed": elapsed_before + time.time() - t_start,
-            },
-            is_best=is_best,
-        )
-        tqdm.write(
+        ranks = distributed.all_gather_objects({"aug": aug_gen.get_state()} if world > 1 else None)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": rng_state(gen),
+            "epoch": epoch,
+            "history": history,
+            "best_val": best_val,
+            "elapsed": elapsed_before + time.time() - t_start,
+            "world_size": world,
+            "amp": amp.state_dict(),
+        }
+        if world > 1:
+            state["ranks"] = ranks
+        run.save_checkpoint(state, is_best=is_best)
+        write(
             f"epoch {epoch}/{num_epochs}: train loss {rec['train_loss']:.4f}, val acc "
             f"{val_acc:.4f}{' (best)' if is_best else ''}, {rec['epoch_time_s']:.1f}s"
         )
+    if not ctx.is_main:
+        return 0.0, 0.0, history, {"model": name, "elapsed_before": elapsed_before}
     best = run.load_checkpoint("best")
     if best is not None:
         model.load_state_dict(best["model"])

@@ -9,6 +9,13 @@ kNN (majority vote of the ``k`` nearest) over the embedded training part; the be
 checkpoint is finally evaluated the same way on the test split, beside plain kNN on raw pixels.
 
 The seed report's command lines work with ``python run_dknn.py`` replaced by ``neuralsort dknn``.
+
+Several processes (``torchrun --nproc_per_node N -m neuralsort.experiments.cli dknn ...``): each
+rank embeds its own ``num_train_queries`` queries and ``num_train_neighbors`` neighbours, disjoint
+slices of the same two shuffles; the neighbour embeddings of all ranks are gathered, so every query
+is ranked against ``N x num_train_neighbors`` candidates. The global batch is the per-process batch
+times ``N`` and one step computes exactly the loss of one process with that batch; an epoch keeps
+its number of images (``N`` times fewer steps). Validation and test run on rank 0.
 """
 
 from __future__ import annotations
@@ -24,17 +31,18 @@ import torch
 
 from neuralsort.knn import dknn_loss
 
+from . import distributed
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import create_model, default_model_for
 from .run import (
+    AMP_MODES,
     Run,
     UserError,
     add_common_args,
     add_flag,
     progress,
     resolve_config,
-    resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -43,12 +51,14 @@ from .training import (
     AUGMENTS,
     OPTIMIZERS,
     SCHEDULES,
+    Amp,
     augment_batch,
     count_parameters,
     index_stream,
     make_optimizer,
     make_scheduler,
     resolve_augment,
+    restore_generator,
 )
 
 __all__ = ["DEFAULTS", "DATASET_DEFAULTS", "add_parser", "main", "run_dknn"]
@@ -79,7 +89,6 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_minutes": 10.0,
     "pixel_knn": True,
     "channels_last": True,
-    "threads": None,
     "stop_after_steps": None,
 }
 
@@ -177,7 +186,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="channels-last memory format: faster convolutions on CPUs (default on)",
     )
-    add_flag(t, "--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_flag(t, "--stop_after_steps", type=int, help=argparse.SUPPRESS)  # tests: simulate a kill
     return p
 
@@ -188,7 +196,7 @@ def _slug(dataset: str) -> str:
     return dataset.lower()
 
 
-def _validate(cfg: dict[str, Any]) -> None:
+def _validate(cfg: dict[str, Any], world: int = 1) -> None:
     def positive(key: str, kind: type = int) -> None:
         v = cfg[key]
         if not isinstance(v, kind) or isinstance(v, bool) or v <= 0:
@@ -206,20 +214,25 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
     if cfg["steps_per_epoch"] is not None:
         positive("steps_per_epoch")
-    if cfg["k"] > cfg["num_train_neighbors"]:
+    if cfg["k"] > cfg["num_train_neighbors"] * world:
+        per = f" x {world} processes" if world > 1 else ""
         raise UserError(
-            f"--k {cfg['k']} exceeds --num_train_neighbors {cfg['num_train_neighbors']}: "
+            f"--k {cfg['k']} exceeds --num_train_neighbors {cfg['num_train_neighbors']}{per}: "
             "a query needs at least k candidate neighbours"
         )
     if cfg["method"] not in ("deterministic", "stochastic"):
         raise UserError(f"--method must be deterministic or stochastic, got {cfg['method']!r}")
     if not math.isfinite(float(cfg["nloglr"])):
         raise UserError(f"--nloglr must be a finite number, got {cfg['nloglr']!r}")
+    if cfg["amp"] not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
+    if cfg["threads"] is not None:
+        positive("threads")
 
 
 def _cleanup_fresh(run: Run) -> None:
     """Remove a just-created run folder that holds nothing but its config and log."""
-    if run.resumed or not run.path.is_dir():
+    if run.resumed or not run.is_main or not run.path.is_dir():
         return
     if {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}:
         shutil.rmtree(run.path, ignore_errors=True)
@@ -237,28 +250,65 @@ def main(args: argparse.Namespace) -> int:
 
 def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """Run the experiment described by a resolved config; returns the metrics (None if stopped)."""
-    _validate(cfg)
     # a one-shot control (tests simulate a kill with it): never saved, never resumed
     stop_after = cfg.pop("stop_after_steps", None)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    _validate(cfg, max(1, distributed.world_size()))
+    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
+    Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
     name = (
         f"dknn-{_slug(cfg['dataset'])}-{cfg['method']}-k{cfg['k']}"
         f"-t{cfg['tau']:g}-lr{float(cfg['nloglr']):g}"
     )
     run = Run.start(cfg, name=name)
-    _validate(cfg)  # a resumed run may have brought back its saved settings
     try:
+        _validate(cfg, ctx.world_size)  # a resumed run may have brought back its saved settings
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        amp = Amp(cfg["amp"], ctx.device)
         train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
     except UserError:
         _cleanup_fresh(run)
         raise
-    return _train(run, cfg, train_x, train_y, test_x, test_y, info, stop_after)
+    return _train(run, cfg, ctx, amp, train_x, train_y, test_x, test_y, info, stop_after)
+
+
+def _step_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    q: int,
+    query_labels: torch.Tensor,
+    neighbor_labels: torch.Tensor,
+    cfg: dict[str, Any],
+    amp: Amp,
+    noise: torch.Generator,
+) -> torch.Tensor:
+    """The kNN loss of one step: ``x`` holds this rank's ``q`` queries then its neighbours.
+
+    The embedding runs under ``amp``; the loss runs in float32 over the neighbours of every rank
+    (gathered in rank order), ``neighbor_labels`` being the labels of all of them.
+    """
+    with amp.autocast():
+        e = model(x)
+    e = e.float()
+    neighbors = distributed.all_gather_with_grad(e[q:])
+    return dknn_loss(
+        e[:q],
+        neighbors,
+        query_labels,
+        neighbor_labels,
+        cfg["k"],
+        tau=cfg["tau"],
+        method=cfg["method"],
+        n_samples=cfg["num_samples"],
+        generator=noise,
+    )
 
 
 def _train(
     run: Run,
     cfg: dict[str, Any],
+    ctx: distributed.Context,
+    amp: Amp,
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     test_x: torch.Tensor,
@@ -267,10 +317,16 @@ def _train(
     stop_after: int | None = None,
 ) -> dict[str, Any] | None:
     t_start = time.time()
-    gen = seed_everything(int(cfg["seed"]))
-    device = resolve_device(cfg["device"])
+    say = print if ctx.is_main else _quiet
+    world, rank = ctx.world_size, ctx.rank
+    seed = int(cfg["seed"])
+    # `gen` draws the shuffles: the same on every rank, each rank then takes its own slice
+    gen = seed_everything(seed)
+    device = ctx.device
+    # private streams: augmentation (shares `gen` in one process, as it always did) and noise
+    aug_gen = gen if world == 1 else torch.Generator().manual_seed(distributed.rank_seed(seed))
     noise_gen = torch.Generator(device=device)
-    noise_gen.manual_seed(int(cfg["seed"]) + 1)
+    noise_gen.manual_seed(distributed.rank_seed(seed + 1))
 
     k = cfg["k"]
     val_size = int(cfg["val_size"] or info["val_size"])
@@ -287,11 +343,14 @@ def _train(
     del train_x
     n_tr = tr_x.shape[0]
     q, m = cfg["num_train_queries"], cfg["num_train_neighbors"]
-    if m > n_tr or q > n_tr:
+    big_q, big_m = q * world, m * world  # the global batch
+    if big_m > n_tr or big_q > n_tr:
+        per = f" times {world} processes" if world > 1 else ""
         raise UserError(
-            f"--num_train_queries/--num_train_neighbors must not exceed the {n_tr} training images"
+            f"--num_train_queries/--num_train_neighbors{per} must not exceed the {n_tr} "
+            "training images"
         )
-    steps = max(1, n_tr // q)
+    steps = max(1, n_tr // big_q)
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
     num_epochs = int(cfg["num_epochs"])
@@ -304,6 +363,7 @@ def _train(
         raise UserError(str(exc)) from None
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
+    net = distributed.wrap_ddp(model, device)  # `model` itself in one process
     opt = make_optimizer(model.parameters(), cfg)
     sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)
 
@@ -311,7 +371,8 @@ def _train(
     perm_q = perm_n = None
     history: list[dict[str, Any]] = []
     best_val, best_epoch, elapsed_before = -1.0, 0, 0.0
-    state = run.load_checkpoint("last") if run.resumed else None
+    # rank 0 reads the checkpoint, every rank gets it
+    state = run.load_checkpoint("last", shared=True) if run.resumed else None
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -322,18 +383,31 @@ def _train(
                 f"checkpoint {run.path / 'last.pt'} does not fit this model/config "
                 f"({str(exc).splitlines()[0]}); use a new --out"
             ) from None
+        _check_world(state, world, run)
+        amp.load_state_dict(state.get("amp"))
         set_rng_state(state["rng"], gen)
-        noise_gen.set_state(state["noise_rng"])
+        mine = state["ranks"][rank] if world > 1 else {"noise": state["noise_rng"]}
+        restore_generator(
+            noise_gen, mine["noise"], fallback_seed=distributed.rank_seed(seed + 2), what="noise"
+        )
+        if world > 1:
+            aug_gen.set_state(mine["aug"])
         epoch, step0, loss_sum = state["epoch"], state["step"], state["loss_sum"]
         perm_q, perm_n = state.get("perm_q"), state.get("perm_n")
         history = list(state["history"])
         best_val, best_epoch = state["best_val"], state["best_epoch"]
         elapsed_before = state["elapsed"]
-        print(f"resuming {run.path} at epoch {epoch + 1}, step {step0}")
+        say(f"resuming {run.path} at epoch {epoch + 1}, step {step0}")
     global_step = epoch * steps + step0
 
-    def snapshot(ep: int, st: int) -> dict[str, Any]:
-        return {
+    def snapshot(ep: int, st: int) -> dict[str, Any] | None:
+        """The checkpoint (on rank 0; None elsewhere); a collective with several processes."""
+        ranks = distributed.all_gather_objects(
+            {"noise": noise_gen.get_state(), "aug": aug_gen.get_state()} if world > 1 else None
+        )
+        if not ctx.is_main:
+            return None
+        state = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -349,24 +423,46 @@ def _train(
             "best_epoch": best_epoch,
             "elapsed": elapsed_before + time.time() - t_start,
             "model_name": model_name,
+            "world_size": world,
+            "amp": amp.state_dict(),
         }
+        if world > 1:
+            state["ranks"] = ranks
+        return state
 
-    print(
+    procs = f" x {world} processes (global batch {big_q}+{big_m})" if world > 1 else ""
+    precision = f", amp {amp.mode}" if amp.enabled else ""
+    say(
         f"dknn on {info['name']}: {n_tr} train / {val_size} val / {te_x.shape[0]} test images, "
-        f"{model_name} ({count_parameters(model):,} parameters) on {device}, {cfg['method']} "
-        f"k={k} tau={cfg['tau']:g} lr=1e-{float(cfg['nloglr']):g}, {steps} steps x "
-        f"{num_epochs} epochs; output {run.path}"
+        f"{model_name} ({count_parameters(model):,} parameters) on {device}{procs}{precision}, "
+        f"{cfg['method']} k={k} tau={cfg['tau']:g} lr=1e-{float(cfg['nloglr']):g}, {steps} steps "
+        f"x {num_epochs} epochs; output {run.path}"
     )
-    run.log({"event": "setup", "model": model_name, "steps_per_epoch": steps, "n_train": n_tr})
+    run.log(
+        {
+            "event": "setup",
+            "model": model_name,
+            "steps_per_epoch": steps,
+            "n_train": n_tr,
+            "world_size": world,
+            "amp": amp.mode,
+        }
+    )
     from tqdm.auto import tqdm
+
+    write = tqdm.write if ctx.is_main else _quiet
+    pin = device.type == "cuda"
 
     last_ckpt = time.time()
     while epoch < num_epochs:
         t_epoch = time.time()
         if step0 == 0 or perm_q is None:
-            perm_q = index_stream(n_tr, steps * q, gen)
-            perm_n = index_stream(n_tr, steps * m, gen)
+            perm_q = index_stream(n_tr, steps * big_q, gen)
+            perm_n = index_stream(n_tr, steps * big_m, gen)
             step0, loss_sum = 0, 0.0
+        # pinned host memory lets the per-step index copies to the GPU run asynchronously
+        src_q = perm_q.pin_memory() if pin else perm_q
+        src_n = perm_n.pin_memory() if pin else perm_n
         model.train()
         bar = progress(
             range(step0, steps),
@@ -376,27 +472,23 @@ def _train(
             unit="step",
         )
         for step in bar:
-            qi = perm_q[step * q : (step + 1) * q].to(device)
-            ni = perm_n[step * m : (step + 1) * m].to(device)
+            # this rank's slices of the step's global batch (everything in one process)
+            qs = (step * world + rank) * q
+            qi = src_q[qs : qs + q].to(device, non_blocking=True)
+            ni_all = src_n[step * big_m : (step + 1) * big_m].to(device, non_blocking=True)
+            ni = ni_all[rank * m : (rank + 1) * m]
             x = torch.cat([tr_x[qi], tr_x[ni]])
-            x = augment_batch(x, augment, gen).contiguous(memory_format=fmt)
-            e = model(x)
-            loss = dknn_loss(
-                e[:q],
-                e[q:],
-                tr_y[qi],
-                tr_y[ni],
-                k,
-                tau=cfg["tau"],
-                method=cfg["method"],
-                n_samples=cfg["num_samples"],
-                generator=noise_gen,
-            )
+            x = augment_batch(x, augment, aug_gen).contiguous(memory_format=fmt)
+            loss = _step_loss(net, x, q, tr_y[qi], tr_y[ni_all], cfg, amp, noise_gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.backward_step(loss, opt)
             sched.step()
             lv = float(loss.detach())
+            minutes = (time.time() - last_ckpt) / 60.0
+            want_ckpt = minutes >= cfg["checkpoint_minutes"]
+            if world > 1:  # the mean loss, and one decision for all ranks
+                total, votes = distributed.reduce_sum([lv, float(want_ckpt)])
+                lv, want_ckpt = total / world, votes > 0
             if not math.isfinite(lv):
                 raise UserError(
                     f"the loss became {lv} at epoch {epoch + 1} step {step + 1}; lower the "
@@ -407,14 +499,13 @@ def _train(
             if step % 20 == 0:
                 bar.set_postfix(topk_correct=f"{-loss_sum / (step + 1):.3f}", refresh=False)
             stop = stop_after is not None and global_step >= stop_after
-            minutes = (time.time() - last_ckpt) / 60.0
-            if (stop or minutes >= cfg["checkpoint_minutes"]) and step + 1 < steps:
+            if (stop or want_ckpt) and step + 1 < steps:
                 run.save_checkpoint(snapshot(epoch, step + 1), is_best=False)
                 last_ckpt = time.time()
             if stop and step + 1 < steps:
-                print(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
+                say(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
                 return None
-        train_correct = -loss_sum / steps
+        train_correct = -loss_sum / steps  # loss_sum already holds the mean over ranks
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_topk_correct": train_correct,
@@ -423,26 +514,28 @@ def _train(
         is_best = False
         record["train_s"] = time.time() - t_epoch
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == num_epochs:
-            t_val = time.time()
-            emb_tr = embed(
-                model, tr_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
-            )
-            emb_va = embed(
-                model, va_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
-            )
-            val_acc = knn_accuracy(
-                emb_va,
-                va_y,
-                emb_tr,
-                tr_y,
-                k,
-                num_classes=info["num_classes"],
-                query_chunk=cfg["num_test_queries"],
-            )
-            record["val_acc"] = val_acc
-            record["val_s"] = time.time() - t_val
-            if val_acc >= best_val:
-                best_val, best_epoch, is_best = val_acc, epoch + 1, True
+            if ctx.is_main:  # the other ranks wait at the barrier below
+                t_val = time.time()
+                emb_tr = embed(
+                    model, tr_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
+                )
+                emb_va = embed(
+                    model, va_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
+                )
+                val_acc = knn_accuracy(
+                    emb_va,
+                    va_y,
+                    emb_tr,
+                    tr_y,
+                    k,
+                    num_classes=info["num_classes"],
+                    query_chunk=cfg["num_test_queries"],
+                )
+                record["val_acc"] = val_acc
+                record["val_s"] = time.time() - t_val
+                if val_acc >= best_val:
+                    best_val, best_epoch, is_best = val_acc, epoch + 1, True
+            distributed.barrier()
         record["epoch_time_s"] = time.time() - t_epoch
         history.append(record)
         run.log(record)
@@ -452,17 +545,63 @@ def _train(
         run.save_checkpoint(snapshot(epoch, 0), is_best=is_best)
         last_ckpt = time.time()
         val_txt = f"val acc {record['val_acc']:.4f}" if "val_acc" in record else "no val"
-        tqdm.write(
+        write(
             f"epoch {epoch}/{num_epochs}: train top-k correctness {train_correct:.4f}, {val_txt}"
             f"{' (best)' if is_best else ''}, {record['epoch_time_s']:.1f}s"
         )
         run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
         if stop_after is not None and global_step >= stop_after:
             if epoch < num_epochs:
-                print(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
+                say(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
                 return None
 
-    # final evaluation: best-validation weights, hard kNN over the embedded training part
+    metrics = None
+    if ctx.is_main:
+        metrics = _final_eval(
+            run, cfg, model, (tr_x, tr_y, te_x, test_y), info,
+            model_name=model_name, history=history, best_val=best_val, best_epoch=best_epoch,
+            steps=steps, device=device, world=world, elapsed_before=elapsed_before,
+            t_start=t_start,
+        )  # fmt: skip
+    distributed.barrier()
+    return distributed.broadcast_object(metrics)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Print nothing (ranks other than 0)."""
+
+
+def _check_world(state: dict[str, Any], world: int, run: Run) -> None:
+    saved = int(state.get("world_size", 1))
+    if saved != world:
+        raise UserError(
+            f"checkpoint {run.path / 'last.pt'} was written by a run with {saved} process(es); "
+            f"resume it with the same number (this start has {world}), as the global batch and "
+            "each rank's random stream depend on it"
+        )
+
+
+def _final_eval(
+    run: Run,
+    cfg: dict[str, Any],
+    model: torch.nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    info: dict[str, Any],
+    *,
+    model_name: str,
+    history: list[dict[str, Any]],
+    best_val: float,
+    best_epoch: int,
+    steps: int,
+    device: torch.device,
+    world: int,
+    elapsed_before: float,
+    t_start: float,
+) -> dict[str, Any]:
+    """Rank 0: best-validation weights, hard kNN over the embedded training part, on test."""
+    tr_x, tr_y, te_x, test_y = data
+    k = cfg["k"]
+    num_epochs = int(cfg["num_epochs"])
     best = run.load_checkpoint("best")
     if best is not None:
         model.load_state_dict(best["model"])
@@ -506,6 +645,8 @@ def _train(
         "steps_per_epoch": steps,
         "wall_time_s": wall,
         "device": str(device),
+        "world_size": world,
+        "amp": cfg["amp"],
         "history": history,
     }
     run.write_metrics(metrics)

@@ -10,11 +10,17 @@ Outputs (in the run folder, see :class:`neuralsort.experiments.run.Run`): ``conf
 ``log.jsonl`` (one line per epoch), ``last.pt`` / ``best.pt``, ``metrics.json`` and ``history.png``.
 ``--resume`` continues from ``last.pt`` (model, optimizer, scheduler, data and noise generators) and
 ends with the same result as an uninterrupted run.
+
+Under ``torchrun`` every rank draws the same global batch of ``batch_size x world_size`` sequences
+from the shared, seeded source and renders only its own ``batch_size`` of them; the methods train
+with DistributedDataParallel (the mean loss over the global batch, exactly), each rank has its own
+Gumbel/Plackett-Luce noise stream, and validation and test run on rank 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -24,19 +30,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
+from .multidigit_models import DigitCNN
 from .run import (
+    AMP_MODES,
     Run,
     UserError,
     add_common_args,
     add_flag,
     progress,
-    resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
 )
+from .training import Amp, restore_generator
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -63,7 +72,6 @@ BASE_DEFAULTS: dict[str, Any] = {
     "test_sequences": 2500,
     "eval_batch_size": 50,
     "eval_seed": 12345,
-    "num_threads": None,
 }
 
 
@@ -130,8 +138,7 @@ def add_multidigit_args(
         help=f"sequences per evaluation batch (default {d['eval_batch_size']})",
     )
     add_flag(g, "--eval_seed", type=int, help="seed of the fixed validation and test sets")
-    add_flag(g, "--num_threads", type=int, metavar="T", help="torch CPU threads (default: torch's)")
-    add_common_args(parser)
+    add_common_args(parser)  # also --threads (alias --num_threads) and --amp
 
 
 @dataclass
@@ -179,8 +186,10 @@ def validate_common(cfg: dict[str, Any]) -> None:
         raise UserError(f"--weight_decay must be >= 0, got {cfg['weight_decay']!r}")
     if cfg["lr_schedule"] not in ("constant", "cosine"):
         raise UserError(f"--lr_schedule must be constant or cosine, got {cfg['lr_schedule']!r}")
-    if cfg["num_threads"] is not None:
-        _positive_int(cfg, "num_threads")
+    if cfg["threads"] is not None:
+        _positive_int(cfg, "threads")
+    if cfg["amp"] not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
 
 
 def load_multidigit_splits(
@@ -211,6 +220,49 @@ def _lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
+class _TrainLoss(nn.Module):
+    """A method's training loss as ``forward`` (DistributedDataParallel hooks into ``forward``)."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(
+        self, images: torch.Tensor, values: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.method.loss(images, values, generator=generator)
+
+
+def _float_outputs(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
+
+
+def loss_module(model: nn.Module, amp: Amp, device: torch.device) -> nn.Module:
+    """What a training step calls: ``(images, values, generator) -> loss``, under ``amp``.
+
+    Wrapped in DistributedDataParallel with several processes. With AMP the per-image nets
+    (:class:`DigitCNN`) run in half precision but hand float32 scores to the relaxations and losses
+    (a forward hook casts their outputs), so the sort, its logarithm and the loss stay float32.
+    """
+    if amp.enabled:
+        for sub in model.modules():
+            if isinstance(sub, DigitCNN):
+                sub.register_forward_hook(_float_outputs)
+    return distributed.wrap_ddp(_TrainLoss(model), device)
+
+
+def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigitNumbers:
+    """``source`` with its digit pool on ``device`` (renders there: no per-step image copies).
+
+    The generator stays the original's (a CPU generator), so the drawn numbers do not change.
+    """
+    if device.type == "cpu":
+        return source
+    moved = copy.copy(source)
+    moved.images = source.images.to(device)
+    return moved
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
@@ -231,19 +283,25 @@ def train_and_test(
         splits: train / val / test number sources; loaded from ``cfg["data_dir"]`` when None.
     """
     validate_common(cfg)
-    if cfg["num_threads"] is not None:
-        torch.set_num_threads(cfg["num_threads"])
-    device = resolve_device(cfg["device"])
+    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
+    device, world, rank = ctx.device, ctx.world_size, ctx.rank
+    Amp(cfg["amp"], device)  # fail on an unsupported --amp before opening a run folder
     # Read MNIST before opening the run folder, so that missing data leaves no empty run behind.
     raw = load_raw_dataset("mnist", cfg.get("data_dir")) if splits is None else None
     run = Run.start(cfg, name=task.name)  # on --resume this restores the saved settings into cfg
+    validate_common(cfg)
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    amp = Amp(cfg["amp"], device)
     seed = int(cfg["seed"])
     seed_everything(seed)
     if splits is None:
         splits = load_multidigit_splits(cfg, raw)
     train_src = splits["train"]
-    # Re-seed the training stream from cfg so a resumed run rebuilds the same starting state.
+    # Re-seed the training stream from cfg so a resumed run rebuilds the same starting state
+    # (the same on every rank: each renders its own slice of the global batch).
     train_src.generator.manual_seed(seed)
+    render_src = _device_source(train_src, device)
     image_shape = (cfg["digits"] * train_src.digit_shape[0], train_src.digit_shape[1])
     n = int(cfg["n"])
     val_set = splits["val"].eval_set(cfg["val_sequences"], n, seed=cfg["eval_seed"])
@@ -251,6 +309,7 @@ def train_and_test(
 
     model = task.build(cfg, image_shape).to(device)
     trainable = getattr(model, "trainable", True)
+    step_loss = loss_module(model, amp, device) if trainable else None
     steps_per_epoch = int(cfg["steps_per_epoch"])
     total_steps = max(1, steps_per_epoch * int(cfg["num_epochs"]))
     optimizer = scheduler = None
@@ -262,45 +321,71 @@ def train_and_test(
             optimizer, _lr_lambda(cfg["lr_schedule"], total_steps)
         )
     noise = torch.Generator(device=device)
-    noise.manual_seed(seed + 1)
+    noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
 
     epoch0, history, best, best_epoch, train_seconds = 0, [], None, None, 0.0
-    state = run.load_checkpoint("last") if cfg.get("resume") else None
+    # rank 0 reads the checkpoint, every rank gets it
+    state = run.load_checkpoint("last", shared=True) if cfg.get("resume") else None
     if state is not None:
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world:
+            raise UserError(
+                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
+                f"resume it with the same number (this start has {world}), as the global batch "
+                "and each rank's noise stream depend on it"
+            )
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+        amp.load_state_dict(state.get("amp"))
         train_src.load_state_dict(state["data"])
-        noise.set_state(state["noise"])
+        restore_generator(
+            noise,
+            state["ranks"][rank]["noise"] if world > 1 else state["noise"],
+            fallback_seed=distributed.rank_seed(seed + 2),
+            what="noise",
+        )
         set_rng_state(state["rng"])
         epoch0, history = int(state["epoch"]), list(state["history"])
         best, best_epoch = state["best"], state["best_epoch"]
         train_seconds = float(state["train_seconds"])
 
     batch_size, eval_bs = int(cfg["batch_size"]), int(cfg["eval_batch_size"])
+    if ctx.is_main and world > 1:
+        print(
+            f"{task.name}: {world} processes x {batch_size} sequences = global batch "
+            f"{world * batch_size}; output {run.path}"
+        )
     for epoch in range(epoch0 + 1, int(cfg["num_epochs"]) + 1):
         model.train()
         t0 = time.perf_counter()
         loss_sum = 0.0
         bar = progress(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step")
         for _ in bar:
-            images, values = train_src.sample_batch(batch_size, n)
-            images, values = images.to(device), values.to(device)
-            if optimizer is None:
-                model.observe(values)
+            # the global batch from the shared source; this rank renders its own slice
+            index, all_values = train_src.sample_indices(batch_size * world, n)
+            mine = slice(rank * batch_size, (rank + 1) * batch_size)
+            images = render_src.render(index[mine].to(device, non_blocking=True))
+            values = all_values[mine].to(device)
+            if step_loss is None:
+                model.observe(all_values.to(device))  # every rank sees the whole global batch
                 with torch.no_grad():
                     loss = model.loss(images, values)
             else:
-                loss = model.loss(images, values, generator=noise)
+                with amp.autocast():
+                    loss = step_loss(images, values, generator=noise)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                amp.backward_step(loss, optimizer)
                 scheduler.step()
             loss_sum += float(loss.detach())
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        val = task.evaluate(model, val_set, device, eval_bs)
+        (loss_sum,) = distributed.reduce_mean([loss_sum])
+        val: dict[str, float] = {task.select: 0.0}
+        if ctx.is_main:  # the other ranks wait at the barrier below
+            val = task.evaluate(model, val_set, device, eval_bs)
+        distributed.barrier()
         record: dict[str, Any] = {
             "epoch": epoch,
             "step": epoch * steps_per_epoch,
@@ -310,7 +395,7 @@ def train_and_test(
             "epoch_seconds": seconds,
             "steps_per_second": steps_per_epoch / max(seconds, 1e-9),
         }
-        if not math.isfinite(record["train_loss"]):
+        if not math.isfinite(record["train_loss"]):  # the same mean loss on every rank
             run.log({"event": "error", "epoch": epoch, "message": "training loss is not finite"})
             raise UserError(
                 f"training diverged in epoch {epoch} (loss {record['train_loss']}); "
@@ -321,23 +406,29 @@ def train_and_test(
         is_best = _is_better(val[task.select], best, task.mode)
         if is_best:
             best, best_epoch = val[task.select], epoch
-        run.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict() if optimizer is not None else {},
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "data": train_src.state_dict(),
-                "noise": noise.get_state(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "history": history,
-                "best": best,
-                "best_epoch": best_epoch,
-                "train_seconds": train_seconds,
-            },
-            is_best=is_best,
-        )
+        ranks = distributed.all_gather_objects({"noise": noise.get_state()} if world > 1 else None)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "data": train_src.state_dict(),
+            "noise": noise.get_state(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+            "best_epoch": best_epoch,
+            "train_seconds": train_seconds,
+            "world_size": world,
+            "amp": amp.state_dict(),
+        }
+        if world > 1:
+            state["ranks"] = ranks
+        run.save_checkpoint(state, is_best=is_best)
 
+    if not ctx.is_main:  # rank 0 tests and writes the metrics
+        distributed.barrier()
+        return distributed.broadcast_object(None)
     best_state = run.load_checkpoint("best") if best_epoch is not None else None
     if best_state is not None:
         model.load_state_dict(best_state["model"])
@@ -356,8 +447,11 @@ def train_and_test(
         "method": cfg["method"],
         "test_sequences": len(test_set),
         "val_sequences": len(val_set),
+        "world_size": world,
+        "amp": cfg["amp"],
     }
     run.write_metrics(metrics)
     run.log({"event": "test", **metrics})
     run.plot_history(history, task.plot_keys, "history.png")
-    return metrics
+    distributed.barrier()
+    return distributed.broadcast_object(metrics)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .data.multidigit import MultiDigitEvalSet
 from .multidigit_models import MEDIAN_METHODS, build_median_method, true_median
 from .multidigit_train import BASE_DEFAULTS, Task, add_multidigit_args, train_and_test
@@ -114,8 +115,9 @@ def main(args: argparse.Namespace) -> int:
         plot_keys=["val_mse"],
     )
     metrics = train_and_test(cfg, task)
-    print(
-        f"test mse {metrics['test_mse']:.4g} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "
-        f"r2 {metrics['test_r2']:.3f}  (best epoch {metrics['best_epoch']}; {cfg['out']})"
-    )
+    if distributed.is_main():
+        print(
+            f"test mse {metrics['test_mse']:.4g} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "
+            f"r2 {metrics['test_r2']:.3f}  (best epoch {metrics['best_epoch']}; {cfg['out']})"
+        )
     return 0

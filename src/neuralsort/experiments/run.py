@@ -75,10 +75,17 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "num_epochs": 1,
     "steps_per_epoch": None,
     "resume": False,
+    "threads": None,
+    "amp": "off",
 }
 
 # Keys that always come from the current command line when resuming a run.
 _ALWAYS_CURRENT = {"resume", "out", "device", "config", "data_dir"}
+
+# Older spellings of settings, accepted in YAML files and saved config.yaml files.
+_KEY_ALIASES = {"num_threads": "threads"}
+
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 class Config(dict):
@@ -133,6 +140,22 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--steps_per_epoch", type=int, metavar="N", help="cap on steps per epoch")
     add_flag(
         g,
+        "--threads",
+        "--num_threads",
+        "--num-threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads per process (default: torch's choice; torchrun sets 1)",
+    )
+    add_flag(
+        g,
+        "--amp",
+        choices=list(AMP_MODES),
+        help="mixed precision for training steps: off (default), bf16 or fp16 (fp16 adds a "
+        "gradient scaler); evaluation stays float32",
+    )
+    add_flag(
+        g,
         "--resume",
         action="store_true",
         help="continue the run in --out (or the latest runs/<name>-*) from its last checkpoint",
@@ -166,7 +189,7 @@ def resolve_config(args: argparse.Namespace, defaults: dict[str, Any]) -> Config
     explicit: set[str] = set()
     config_path = getattr(args, "config", None)
     if config_path:
-        data = _load_yaml(config_path)
+        data = {_KEY_ALIASES.get(k, k): v for k, v in _load_yaml(config_path).items()}
         unknown = sorted(k for k in data if not str(k).startswith("_") and k not in cfg)
         if unknown:
             raise UserError(
@@ -263,7 +286,9 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         )
     )
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a checkpoint from a machine with another number of GPUs restores what fits
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
 
@@ -285,7 +310,38 @@ def progress(iterable: Iterable[T], **kwargs: Any) -> Any:
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    # before the process group exists: torchrun's variables, when they describe several processes
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return int(os.environ.get("RANK", "0") or 0)
+    return 0
+
+
+def _group_active() -> bool:
+    """True inside an initialised process group with more than one process."""
+    d = torch.distributed
+    return d.is_available() and d.is_initialized() and d.get_world_size() > 1
+
+
+def _from_rank0(compute: Any) -> Any:
+    """Run ``compute()`` on rank 0 only and hand its result (or its UserError) to every rank."""
+    if not _group_active():
+        return compute()
+    d = torch.distributed
+    if d.get_rank() == 0:
+        try:
+            box: list[Any] = [("ok", compute())]
+        except UserError as exc:
+            box = [("error", str(exc))]
+        except Exception as exc:  # noqa: BLE001 - tell the other ranks, then re-raise here
+            d.broadcast_object_list([("error", f"rank 0 failed: {exc!r}")], src=0)
+            raise
+    else:
+        box = [None]
+    d.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def _git_commit() -> str | None:
@@ -383,7 +439,43 @@ class Run:
         With ``cfg["resume"]`` and no ``out``, the newest ``runs/<name>-*`` folder holding a
         ``last.pt`` is reopened. When resuming, settings the user did not give explicitly (see
         :class:`Config`) are taken from the saved config.yaml, updating ``cfg`` in place.
+
+        With several processes (torchrun), rank 0 chooses the folder and reads the saved settings,
+        and every rank gets the same folder, settings and ``resumed`` flag; only rank 0 writes.
         """
+        import yaml
+
+        def choose() -> tuple[str, dict[str, Any], bool]:
+            path, resumed = cls._choose_folder(cfg, name)
+            return str(path), dict(cfg), resumed
+
+        path_text, settings, resumed = _from_rank0(choose)
+        if _rank() != 0:
+            cfg.update(settings)
+        path = pathlib.Path(path_text)
+
+        run = cls(path, cfg, resumed=resumed)
+        if run.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            doc = _plain(dict(cfg))
+            doc["_run"] = {
+                "name": name,
+                "git_commit": _git_commit(),
+                "command": " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "cwd": os.getcwd(),
+                "started": _dt.datetime.now().isoformat(timespec="seconds"),
+                "host": platform.node(),
+                "world_size": (torch.distributed.get_world_size() if _group_active() else 1),
+                "versions": _versions(),
+            }
+            text = yaml.safe_dump(doc, sort_keys=False)
+            _atomic_write_bytes(path / "config.yaml", lambda f: f.write(text.encode()))
+            run.log({"event": "resume" if resumed else "start", "name": name})
+        return run
+
+    @staticmethod
+    def _choose_folder(cfg: dict[str, Any], name: str) -> tuple[pathlib.Path, bool]:
+        """The run folder and whether it resumes; restores saved settings into ``cfg``."""
         import yaml
 
         resume = bool(cfg.get("resume"))
@@ -415,6 +507,7 @@ class Run:
         saved_file = path / "config.yaml"
         if resume and saved_file.is_file():
             saved = yaml.safe_load(saved_file.read_text()) or {}
+            saved = {_KEY_ALIASES.get(k, k): v for k, v in saved.items()}
             explicit = getattr(cfg, "explicit", set())
             changed = []
             for k, v in saved.items():
@@ -430,24 +523,7 @@ class Run:
                 )
             resumed = (path / "last.pt").is_file()
         cfg["out"] = str(path)
-
-        run = cls(path, cfg, resumed=resumed)
-        if run.is_main:
-            path.mkdir(parents=True, exist_ok=True)
-            doc = _plain(dict(cfg))
-            doc["_run"] = {
-                "name": name,
-                "git_commit": _git_commit(),
-                "command": " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
-                "cwd": os.getcwd(),
-                "started": _dt.datetime.now().isoformat(timespec="seconds"),
-                "host": platform.node(),
-                "versions": _versions(),
-            }
-            text = yaml.safe_dump(doc, sort_keys=False)
-            _atomic_write_bytes(path / "config.yaml", lambda f: f.write(text.encode()))
-            run.log({"event": "resume" if resumed else "start", "name": name})
-        return run
+        return path, resumed
 
     def log(self, record: dict[str, Any]) -> None:
         """Append ``record`` (plus a ``time`` stamp) as one JSON line to log.jsonl."""
@@ -467,15 +543,27 @@ class Run:
         if is_best:
             _atomic_write_bytes(self.path / "best.pt", lambda f: torch.save(state, f))
 
-    def load_checkpoint(self, which: str = "last") -> dict[str, Any] | None:
-        """Load ``<which>.pt`` (``last`` or ``best``) on the CPU, or return None if absent."""
+    def load_checkpoint(
+        self, which: str = "last", *, shared: bool = False
+    ) -> dict[str, Any] | None:
+        """Load ``<which>.pt`` (``last`` or ``best``) on the CPU, or return None if absent.
+
+        Tensors land on the CPU whatever device wrote them (checkpoints move between machines).
+        ``shared=True`` is for every rank at once (a collective with several processes): rank 0
+        reads the file and all ranks get its contents, so other nodes need no shared disk.
+        """
         p = self.path / f"{which}.pt"
-        if not p.is_file():
-            return None
-        try:
-            return torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-            raise UserError(f"cannot read checkpoint {p}: {exc}".replace("\n", " ")) from None
+
+        def read() -> dict[str, Any] | None:
+            if not p.is_file():
+                return None
+            try:
+                return torch.load(p, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+                msg = f"cannot read checkpoint {p}: {exc}".replace("\n", " ")
+                raise UserError(msg) from None
+
+        return _from_rank0(read) if shared else read()
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Write ``metrics`` to metrics.json atomically."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .data.multidigit import MultiDigitEvalSet
 from .multidigit_models import SORT_METHODS, build_sort_method
 from .multidigit_train import BASE_DEFAULTS, Task, add_multidigit_args, train_and_test
@@ -110,8 +111,10 @@ def main(args: argparse.Namespace) -> int:
         plot_keys=["val_exact", "val_elementwise"],
     )
     metrics = train_and_test(cfg, task)
-    print(
-        f"test exact {metrics['test_exact']:.4f}  elementwise {metrics['test_elementwise']:.4f}  "
-        f"(best epoch {metrics['best_epoch']}; {cfg['out']})"
-    )
+    if distributed.is_main():
+        print(
+            f"test exact {metrics['test_exact']:.4f}  "
+            f"elementwise {metrics['test_elementwise']:.4f}  "
+            f"(best epoch {metrics['best_epoch']}; {cfg['out']})"
+        )
     return 0

@@ -1,15 +1,17 @@
-"""Small training pieces shared by the kNN experiments: optimizers, schedules, augmentation."""
+"""Small training pieces shared by the experiments: optimizers, schedules, augmentation, AMP."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .run import UserError
+from .run import AMP_MODES, UserError
 
 __all__ = [
     "OPTIMIZERS",
@@ -20,6 +22,8 @@ __all__ = [
     "augment_batch",
     "resolve_augment",
     "index_stream",
+    "Amp",
+    "restore_generator",
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -112,3 +116,82 @@ def index_stream(n: int, total: int, generator: torch.Generator) -> Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Amp:
+    """Mixed precision for the training steps: ``off``, ``bf16`` or ``fp16``.
+
+    ``autocast()`` wraps the forward pass in :func:`torch.autocast` with that dtype (convolutions
+    and matrix products then run in half precision, losses and softmaxes in float32); ``fp16``
+    also scales the loss with a :class:`torch.amp.GradScaler`, which skips a step whose gradients
+    overflowed. ``off`` is exactly the plain float32 step. Evaluation is not affected.
+
+    Args:
+        mode: one of ``off``, ``bf16``, ``fp16``.
+        device: the training device (``cpu`` autocast supports both half types).
+    """
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.device = torch.device(device)
+        self.enabled = mode != "off"
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
+        if mode == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("--amp bf16 needs a GPU with bfloat16 support; use --amp fp16")
+        try:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=mode == "fp16")
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise UserError(
+                f"--amp fp16 is not supported on {self.device.type} ({exc}); use --amp bf16 or off"
+            ) from None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the forward pass (a no-op when ``off``)."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward()`` then ``optimizer.step()``, through the gradient scaler for fp16."""
+        if not self.scaler.is_enabled():
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The gradient scaler's state (empty unless fp16)."""
+        return self.scaler.state_dict() if self.scaler.is_enabled() else {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (ignored when empty or when this run does not scale)."""
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def restore_generator(
+    generator: torch.Generator, state: Tensor | None, *, fallback_seed: int, what: str
+) -> bool:
+    """Load a saved generator state; if it does not fit (saved on another device type), reseed.
+
+    A CPU generator state cannot be loaded into a CUDA generator and the other way round, so a
+    run resumed on another kind of device continues with ``fallback_seed`` for that stream and a
+    note on stderr (its results then differ from an uninterrupted run). Returns True if restored.
+    """
+    if state is not None:
+        try:
+            generator.set_state(state)
+            return True
+        except (RuntimeError, ValueError, TypeError):
+            pass
+    generator.manual_seed(int(fallback_seed))
+    print(
+        f"note: the saved {what} random stream does not fit this device; it restarts from a "
+        "derived seed (results will differ from an uninterrupted run)",
+        file=sys.stderr,
+    )
+    return False
