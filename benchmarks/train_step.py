@@ -1,0 +1,274 @@
+"""Training-step throughput: images per second of each experiment's step, 1 vs N processes, AMP.
+
+Each configuration starts ``P`` fresh processes (``torch.multiprocessing`` spawn; backend gloo on
+the CPU, nccl on CUDA with one GPU per process), joins them the way ``torchrun`` would (the same
+environment variables, :func:`neuralsort.experiments.distributed.setup`) and times the step the
+training commands run, on synthetic data already on the device:
+
+* ``dknn``: ``mnist-convnet`` embedding of ``q`` queries + ``m`` neighbours (28x28) per process,
+  neighbour embeddings gathered across processes, NeuralSort kNN loss (deterministic, k=9);
+* ``sort``: ``n=5`` sequences of 4-digit numbers (112x28 images) drawn and rendered on the device,
+  deterministic NeuralSort, row-wise cross-entropy;
+* ``quantile``: the same data, NeuralSort median regression (two nets).
+
+Every process keeps its per-process batch (weak scaling: ``P`` processes handle ``P`` times the
+images per step); images/s counts all processes. ``--amp`` lists the precisions to try (``fp16``
+is skipped on the CPU, where it is emulated and slow, unless asked for explicitly).
+
+Usage::
+
+    python benchmarks/train_step.py                  # 1 and 2 processes, AMP off and bf16
+    python benchmarks/train_step.py --device cuda --procs 1 2 4 8 --amp off bf16 fp16
+    python benchmarks/train_step.py --procs 1 2 --threads 1 --steps 5 --warmup 2   # quick, CPU
+
+Writes ``benchmarks/results/train_step_<device>-<threads>threads.csv`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+EXPERIMENTS = ("dknn", "sort", "quantile")
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
+    """The ``neuralsort dknn`` step on MNIST-sized random images held on the device."""
+    from neuralsort.experiments import distributed
+    from neuralsort.experiments.dknn import _step_loss
+    from neuralsort.experiments.models import create_model
+
+    device, world, rank = ctx.device, ctx.world_size, ctx.rank
+    q, m = args.dknn_batch
+    g = torch.Generator().manual_seed(0)
+    n_tr = 4096
+    tr_x = torch.rand(n_tr, 1, 28, 28, generator=g).to(device)
+    tr_y = torch.randint(0, 10, (n_tr,), generator=g).to(device)
+    model = create_model("mnist-convnet", 1, image_size=(28, 28))
+    model.to(device=device, memory_format=torch.channels_last)
+    net = distributed.wrap_ddp(model, device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    cfg = {"k": 9, "tau": 16.0, "method": "deterministic", "num_samples": 5}
+    noise = torch.Generator(device=device).manual_seed(1)
+    perm_gen = torch.Generator().manual_seed(2)
+
+    def step() -> float:
+        qi = torch.randint(0, n_tr, (q * world,), generator=perm_gen)[rank * q : (rank + 1) * q]
+        ni_all = torch.randint(0, n_tr, (m * world,), generator=perm_gen)
+        qi, ni_all = qi.to(device), ni_all.to(device)
+        ni = ni_all[rank * m : (rank + 1) * m]
+        x = torch.cat([tr_x[qi], tr_x[ni]]).contiguous(memory_format=torch.channels_last)
+        loss = _step_loss(net, x, q, tr_y[qi], tr_y[ni_all], cfg, amp, noise)
+        opt.zero_grad(set_to_none=True)
+        amp.backward_step(loss, opt)
+        value = float(loss.detach())
+        if world > 1:  # the training loop also averages the loss over ranks at every step
+            value = distributed.reduce_sum([value, 0.0])[0] / world
+        return value
+
+    return step, q + m
+
+
+def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) -> tuple[Any, int]:
+    """The ``neuralsort sort`` / ``quantile`` step on a random digit pool held on the device."""
+    from neuralsort.experiments.data.multidigit import MultiDigitNumbers
+    from neuralsort.experiments.multidigit_models import build_median_method, build_sort_method
+    from neuralsort.experiments.multidigit_train import _device_source, loss_module
+
+    device, world, rank = ctx.device, ctx.world_size, ctx.rank
+    n, digits = 5, 4
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (2000, 28, 28), dtype=torch.uint8, generator=g)
+    src = MultiDigitNumbers(pool, torch.arange(2000) % 10, digits=digits, seed=0)
+    dev_src = _device_source(src, device)
+    shape = (28 * digits, 28)
+    if kind == "sort":
+        model = build_sort_method("deterministic", n=n, image_shape=shape, tau=1.0)
+        batch = args.sort_batch
+    else:
+        model = build_median_method(
+            "deterministic", n=n, image_shape=shape, scale=float(10**digits), tau=1.0
+        )
+        batch = args.quantile_batch
+    model.to(device)
+    step_loss = loss_module(model, amp, device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    noise = torch.Generator(device=device).manual_seed(1)
+
+    def step() -> float:
+        index, values = src.sample_indices(batch * world, n)
+        mine = slice(rank * batch, (rank + 1) * batch)
+        images = dev_src.render(index[mine].to(device))
+        with amp.autocast():
+            loss = step_loss(images, values[mine].to(device), generator=noise)
+        opt.zero_grad(set_to_none=True)
+        amp.backward_step(loss, opt)
+        return float(loss.detach())
+
+    return step, batch * n
+
+
+def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file: str) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(spec["threads"])
+    from neuralsort.experiments import distributed
+    from neuralsort.experiments.training import Amp
+
+    args = argparse.Namespace(**spec["args"])
+    ctx = distributed.setup(spec["device"])
+    amp = Amp(spec["amp"], ctx.device)
+    torch.manual_seed(0)
+    if spec["experiment"] == "dknn":
+        step, images = _dknn_step(args, ctx, amp)
+    else:
+        step, images = _multidigit_step(args, ctx, amp, spec["experiment"])
+    for _ in range(spec["warmup"]):
+        step()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    distributed.barrier()
+    t0 = time.perf_counter()
+    for _ in range(spec["steps"]):
+        step()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    slowest = max(distributed.all_gather_objects(time.perf_counter() - t0))
+    if ctx.is_main:
+        Path(result_file).write_text(f"{images} {slowest}\n")
+
+
+def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> tuple[int, float]:
+    """Spawn ``procs`` workers for ``spec``; returns (images per step per process, seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.txt")
+        ctx = mp.spawn(_worker, args=(procs, _free_port(), spec, out), nprocs=procs, join=False)
+        deadline = time.monotonic() + timeout_s
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.terminate()
+                raise TimeoutError(f"{spec['experiment']} with {procs} processes took too long")
+        images, seconds = Path(out).read_text().split()
+        return int(images), float(seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts")
+    parser.add_argument("--amp", nargs="+", default=None, choices=["off", "bf16", "fp16"])
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument(
+        "--dknn_batch", type=int, nargs=2, default=[100, 100], metavar=("Q", "M"),
+        help="queries and neighbours per process (the paper's 100 and 100)",
+    )  # fmt: skip
+    parser.add_argument("--sort_batch", type=int, default=20, help="sequences per process")
+    parser.add_argument("--quantile_batch", type=int, default=5, help="sequences per process")
+    parser.add_argument("--timeout_s", type=float, default=600.0, help="per configuration")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda":
+        have = torch.cuda.device_count()
+        too_many = [p for p in args.procs if p > have]
+        if too_many:
+            parser.error(f"--procs {too_many}: this machine has {have} GPU(s), one per process")
+    amps = args.amp or (["off", "bf16", "fp16"] if args.device == "cuda" else ["off", "bf16"])
+    if args.device == "cuda" and "bf16" in amps and not torch.cuda.is_bf16_supported():
+        amps = [a for a in amps if a != "bf16"]
+    kept = {k: getattr(args, k) for k in ("dknn_batch", "sort_batch", "quantile_batch")}
+
+    rows: list[dict[str, Any]] = []
+    for exp in args.experiments:
+        for amp in amps:
+            base = None
+            for procs in args.procs:
+                spec = {
+                    "experiment": exp,
+                    "device": args.device,
+                    "amp": amp,
+                    "threads": args.threads,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "args": kept,
+                }
+                images, seconds = run_config(spec, procs, args.timeout_s)
+                rate = images * procs * args.steps / seconds
+                if procs == args.procs[0]:
+                    base = rate / procs
+                rows.append(
+                    {
+                        "experiment": exp,
+                        "device": args.device,
+                        "amp": amp,
+                        "procs": procs,
+                        "threads_per_proc": args.threads,
+                        "images_per_step_per_proc": images,
+                        "steps": args.steps,
+                        "seconds": round(seconds, 4),
+                        "images_per_s": round(rate, 1),
+                        "scaling_efficiency": round(rate / (base * procs), 3) if base else None,
+                    }
+                )
+                print(
+                    f"{exp:9s} amp={amp:4s} procs={procs}: {rate:9.1f} images/s "
+                    f"({seconds / args.steps * 1000:.0f} ms/step)",
+                    flush=True,
+                )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"train_step_{args.device}-{args.threads}threads.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    where = f"cuda ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else "cpu"
+    print(
+        f"\n# torch {torch.__version__}, {where}, {args.threads} thread(s) per "
+        f"process, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up"
+    )
+    print("| experiment | amp | processes | images/step/process | images/s | scaling efficiency |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['experiment']} | {r['amp']} | {r['procs']} | {r['images_per_step_per_proc']} "
+            f"| {r['images_per_s']:.1f} | {r['scaling_efficiency']} |"
+        )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
