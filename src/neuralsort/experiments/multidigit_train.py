@@ -449,6 +449,7 @@ def train_and_test(
         "val_sequences": len(val_set),
         "world_size": world,
         "amp": cfg["amp"],
+        "device": str(device),
     }
     run.write_metrics(metrics)
     run.log({"event": "test", **metrics})
