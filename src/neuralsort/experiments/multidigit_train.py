@@ -23,7 +23,7 @@ import argparse
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "add_multidigit_args",
     "load_multidigit_splits",
     "train_and_test",
+    "validate_task",
 ]
 
 # Settings shared by both experiments (each experiment module overrides some).
@@ -166,6 +167,16 @@ def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise UserError(f"--{key} must be an integer >= {minimum}, got {v!r}")
     return v
+
+
+def validate_task(cfg: dict[str, Any], methods: Sequence[str], paper_ns: str) -> int:
+    """Check ``--n`` (an integer >= 2) and ``--method`` (one of ``methods``); return ``n``."""
+    n = cfg["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise UserError(f"--n must be an integer >= 2 (the paper uses {paper_ns}), got {n!r}")
+    if cfg["method"] not in methods:
+        raise UserError(f"--method must be one of {', '.join(methods)}, got {cfg['method']!r}")
+    return n
 
 
 def validate_common(cfg: dict[str, Any]) -> None:

@@ -23,8 +23,14 @@ from torch import nn
 from . import distributed
 from .data.multidigit import MultiDigitEvalSet
 from .multidigit_models import MEDIAN_METHODS, build_median_method, true_median
-from .multidigit_train import BASE_DEFAULTS, Task, add_multidigit_args, train_and_test
-from .run import UserError, resolve_config
+from .multidigit_train import (
+    BASE_DEFAULTS,
+    Task,
+    add_multidigit_args,
+    train_and_test,
+    validate_task,
+)
+from .run import resolve_config
 
 __all__ = ["DEFAULTS", "MSE_SCALE", "add_parser", "main", "median_metrics", "evaluate_median"]
 
@@ -99,13 +105,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort quantile`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
-    n = cfg["n"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise UserError(f"--n must be an integer >= 2 (the paper uses 5, 9, 15), got {n!r}")
-    if cfg["method"] not in MEDIAN_METHODS:
-        raise UserError(
-            f"--method must be one of {', '.join(MEDIAN_METHODS)}, got {cfg['method']!r}"
-        )
+    n = validate_task(cfg, MEDIAN_METHODS, "5, 9, 15")
     task = Task(
         name=f"quantile-{cfg['method']}-n{n}",
         build=_build,

@@ -22,8 +22,14 @@ from torch import nn
 from . import distributed
 from .data.multidigit import MultiDigitEvalSet
 from .multidigit_models import SORT_METHODS, build_sort_method
-from .multidigit_train import BASE_DEFAULTS, Task, add_multidigit_args, train_and_test
-from .run import UserError, resolve_config
+from .multidigit_train import (
+    BASE_DEFAULTS,
+    Task,
+    add_multidigit_args,
+    train_and_test,
+    validate_task,
+)
+from .run import resolve_config
 
 __all__ = ["DEFAULTS", "add_parser", "main", "sort_correct", "sort_metrics", "evaluate_sort"]
 
@@ -97,11 +103,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort sort`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
-    n = cfg["n"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise UserError(f"--n must be an integer >= 2 (the paper uses 3, 5, 7, 9, 15), got {n!r}")
-    if cfg["method"] not in SORT_METHODS:
-        raise UserError(f"--method must be one of {', '.join(SORT_METHODS)}, got {cfg['method']!r}")
+    n = validate_task(cfg, SORT_METHODS, "3, 5, 7, 9, 15")
     task = Task(
         name=f"sort-{cfg['method']}-n{n}",
         build=_build,
