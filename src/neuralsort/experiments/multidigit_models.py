@@ -135,7 +135,21 @@ def _row_cross_entropy(log_p: Tensor, perm: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-class NeuralSortSorter(nn.Module):
+class _RelaxedPermutationSorter(nn.Module):
+    """Shared loss of the sorters whose ``relaxed(images)`` is a (sampled) relaxed permutation."""
+
+    def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Row-wise cross-entropy between the relaxed matrix (or its samples) and the true one."""
+        p = self.relaxed(images, generator)
+        return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
+
+
+class NeuralSortSorter(_RelaxedPermutationSorter):
     """NeuralSort on scalar scores from :class:`DigitCNN` (deterministic or Plackett-Luce)."""
 
     def __init__(
@@ -165,20 +179,13 @@ class NeuralSortSorter(nn.Module):
             )
         return neuralsort.neural_sort(s, self.tau, descending=True)
 
-    def loss(
-        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Row-wise cross-entropy between the relaxed and the true permutation matrix."""
-        p = self.relaxed(images, generator)
-        return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
-
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Row argmax of the relaxed matrix, i.e. the descending (stable) sort of the scores."""
         return sorting_permutation(self.scores(images))
 
 
-class SinkhornSorter(nn.Module):
+class SinkhornSorter(_RelaxedPermutationSorter):
     """Sinkhorn baseline: each image gives ``n`` position logits; 20 Sinkhorn iterations.
 
     ``gumbel=True`` trains on Gumbel-Sinkhorn samples; prediction uses the noise-free matrix.
@@ -213,13 +220,6 @@ class SinkhornSorter(nn.Module):
                 la, self.tau, self.num_samples, self.n_iters, generator=generator
             )
         return neuralsort.sinkhorn(la, self.n_iters, self.tau)
-
-    def loss(
-        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Row-wise cross-entropy between the (sampled) Sinkhorn matrix and the true permutation."""
-        p = self.relaxed(images, generator)
-        return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
