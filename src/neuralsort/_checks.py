@@ -67,6 +67,15 @@ def check_tau(tau: object, fn: str) -> TauLike:
     return float(tau)
 
 
+def check_sort_input(
+    x: object, dim: int, tau: object, name: str, fn: str
+) -> tuple[Tensor, int, TauLike]:
+    """The checks every sorting operator starts with: a float tensor, a valid non-empty ``dim``
+    and a valid ``tau``, in that order. Returns ``(x, dim normalised, tau)``."""
+    x = check_float_tensor(x, name, fn)
+    return x, canonical_dim(x, dim, name, fn), check_tau(tau, fn)
+
+
 def check_positive_int(value: object, name: str, fn: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{fn}: `{name}` must be a positive int, got {value!r}")

@@ -38,10 +38,8 @@ from torch import Tensor
 
 from ._checks import (
     TauLike,
-    canonical_dim,
-    check_float_tensor,
     check_positive_int,
-    check_tau,
+    check_sort_input,
     compute_dtype,
 )
 
@@ -289,9 +287,7 @@ def neural_sort(
         tensor([1, 0, 2, 3])
     """
     fn = "neural_sort"
-    x = check_float_tensor(scores, "scores", fn)
-    d = canonical_dim(x, dim, "scores", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
     xm = x.movedim(d, -1)
     n = xm.shape[-1]
     p = _relaxed_rows(xm, n, tau, descending)
@@ -309,9 +305,7 @@ def soft_sort(
     Returns a tensor of the same shape as ``values``; it tends to the sorted values as ``tau -> 0``.
     """
     fn = "soft_sort"
-    x = check_float_tensor(values, "values", fn)
-    d = canonical_dim(x, dim, "values", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     xm = x.movedim(d, -1)
     p = _relaxed_rows(xm, xm.shape[-1], tau, descending)
     out = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)
@@ -336,9 +330,7 @@ def soft_rank(
     (the smallest when ``descending=False``). Same shape as ``values``.
     """
     fn = "soft_rank"
-    x = check_float_tensor(values, "values", fn)
-    d = canonical_dim(x, dim, "values", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     xm = x.movedim(d, -1)
     n = xm.shape[-1]
     p = _relaxed_rows(xm, n, tau, descending)
@@ -369,9 +361,7 @@ def soft_topk(
         ``(..., k, n)`` with the batch axes of ``scores`` (``dim`` removed).
     """
     fn = "soft_topk"
-    x = check_float_tensor(scores, "scores", fn)
-    d = canonical_dim(x, dim, "scores", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
     n = x.shape[d]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(
@@ -404,9 +394,7 @@ def soft_quantile(
         ``Q``, a leading axis of size ``Q`` (as :func:`torch.quantile`).
     """
     fn = "soft_quantile"
-    x = check_float_tensor(values, "values", fn)
-    d = canonical_dim(x, dim, "values", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     scalar_q = not isinstance(q, (Tensor, Sequence))
     qt = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
     if isinstance(q, Tensor) and q.dim() > 1:
@@ -462,9 +450,7 @@ def stochastic_neural_sort(
         ``(n_samples, ..., n, n)``.
     """
     fn = "stochastic_neural_sort"
-    x = check_float_tensor(log_scores, "log_scores", fn)
-    d = canonical_dim(x, dim, "log_scores", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(log_scores, dim, tau, "log_scores", fn)
     n_samples = check_positive_int(n_samples, "n_samples", fn)
     xm = x.movedim(d, -1)
     cdt = compute_dtype(x.dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import TauLike, canonical_dim, check_float_tensor, check_tau, compute_dtype
+from ._checks import TauLike, check_sort_input, compute_dtype
 from .ops import _sort_order, _straight_through
 
 __all__ = ["softsort"]
@@ -33,9 +33,7 @@ def softsort(
     straight-through variant (forward: permutation of a stable sort).
     """
     fn = "softsort"
-    x = check_float_tensor(scores, "scores", fn)
-    d = canonical_dim(x, dim, "scores", fn)
-    tau = check_tau(tau, fn)
+    x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
     xm = x.movedim(d, -1).to(compute_dtype(x.dtype))
     order = _sort_order(xm, descending)
     sorted_values = xm.gather(-1, order)
