@@ -20,7 +20,10 @@ def test_matches_reference(descending, device):
 
 
 def test_gradcheck_and_limit():
-    s = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    # seeded: an unseeded draw can put two scores within ~tau of each other, where the
+    # tau -> 0 limit is not reached yet
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 6, dtype=torch.float64, generator=g).requires_grad_()
     assert gradcheck(lambda x: ns.softsort(x, 0.4, dim=-1), (s,))
     p = ns.softsort(s.detach(), 1e-4)
     torch.testing.assert_close(p, ns.permutation_matrix(torch.sort(s.detach()).indices).double())
