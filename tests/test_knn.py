@@ -9,6 +9,12 @@ import neuralsort as ns
 from neuralsort.knn import squared_distances
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    # the tau -> 0 limits fail when two random distances fall within ~tau of each other
+    torch.manual_seed(0)
+
+
 def test_squared_distances_match_cdist():
     q, x = torch.randn(5, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
     torch.testing.assert_close(squared_distances(q, x), torch.cdist(q, x) ** 2)
