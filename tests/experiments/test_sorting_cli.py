@@ -57,10 +57,11 @@ def read_log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["deterministic", "vanilla"])
-def test_sort_end_to_end(mnist_dir, tmp_path, method):
+@pytest.mark.parametrize(("method", "regroup"), [("deterministic", "1"), ("vanilla", "3")])
+def test_sort_end_to_end(mnist_dir, tmp_path, method, regroup):
     out = tmp_path / "run"
-    assert run_cli("sort", mnist_dir, out, "--n", "3", "--method", method) == 0
+    args = ("--n", "3", "--method", method, "--regroup", regroup)
+    assert run_cli("sort", mnist_dir, out, *args) == 0
     for name in ("config.yaml", "log.jsonl", "metrics.json", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -72,6 +73,7 @@ def test_sort_end_to_end(mnist_dir, tmp_path, method):
     assert [r["epoch"] for r in epochs] == [1, 2]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["n"] == 3 and cfg["method"] == method and cfg["digits"] == 2
+    assert cfg["regroup"] == int(regroup)
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 2
 
@@ -113,6 +115,8 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--n must be" in capsys.readouterr().err
     assert run_cli("quantile", mnist_dir, tmp_path / "b", "--tau", "0") == 2
     assert "--tau must be a positive number" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "r", "--regroup", "0") == 2
+    assert "--regroup must be an integer >= 1" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2

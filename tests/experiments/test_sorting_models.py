@@ -11,6 +11,7 @@ from neuralsort.experiments.multidigit_models import (
     DigitCNN,
     build_median_method,
     build_sort_method,
+    regroup_sequences,
     sorting_permutation,
     true_median,
 )
@@ -190,3 +191,57 @@ def test_unknown_methods_raise():
         build_sort_method("bogus", n=3, image_shape=SHAPE)
     with pytest.raises(ValueError, match="method must be one of"):
         build_median_method("bogus", n=3, image_shape=SHAPE, scale=1.0)
+
+
+# ---- regrouping ---------------------------------------------------------------------------------
+
+
+def test_regroup_keeps_the_batch_and_deals_distinct_items_from_it():
+    b, n, factor = 4, 3, 5
+    values = torch.arange(b * n).reshape(b, n) * 7
+    per_item = torch.stack([values.float(), -values.float()], dim=-1)  # (B, n, 2) tied to values
+    out, vals = regroup_sequences(per_item, values, factor, torch.Generator().manual_seed(0))
+    assert out.shape == (factor * b, n, 2) and vals.shape == (factor * b, n)
+    assert torch.equal(out[:b], per_item) and torch.equal(vals[:b], values)
+    # every new sequence: n distinct items of this batch, each with its own outputs
+    assert torch.equal(out[..., 0], vals.float()) and torch.equal(out[..., 1], -vals.float())
+    assert all(len(set(row.tolist())) == n for row in vals)
+    assert set(vals.flatten().tolist()) <= set(values.flatten().tolist())
+    assert not torch.equal(vals[b:], vals[:b].repeat(factor - 1, 1))
+    same, _ = regroup_sequences(per_item, values, 1)
+    assert same is per_item
+
+
+def test_regroup_passes_gradients_to_every_used_item():
+    per_item = torch.randn(3, 4, requires_grad=True)
+    out, _ = regroup_sequences(per_item, torch.randint(0, 9, (3, 4)), 3)
+    out.sum().backward()
+    assert per_item.grad is not None and float(per_item.grad.min()) >= 1.0
+
+
+@pytest.mark.parametrize("method", SORT_METHODS)
+def test_regrouped_sort_loss_trains_every_method(method):
+    torch.manual_seed(0)
+    model = build_sort_method(method, n=4, image_shape=SHAPE, num_samples=2, regroup=3)
+    images, values = batch()
+    gen = torch.Generator().manual_seed(1)
+    loss = model.loss(images, values, generator=gen)
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in _first_conv(model))
+    # a different grouping gives a different loss (the extra sequences are really used)
+    other = model.loss(images, values, generator=torch.Generator().manual_seed(2))
+    assert other.item() != loss.item()
+
+
+@pytest.mark.parametrize("method", [m for m in MEDIAN_METHODS if m != "constant"])
+def test_regrouped_median_loss_trains_every_method(method):
+    torch.manual_seed(0)
+    model = build_median_method(
+        method, n=5, image_shape=SHAPE, scale=100.0, num_samples=2, regroup=4
+    )
+    images, values = batch(n=5)
+    loss = model.loss(images, values, generator=torch.Generator().manual_seed(1))
+    assert math.isfinite(loss.item())
+    loss.backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in _first_conv(model))

@@ -39,6 +39,7 @@ __all__ = [
     "ConstantMedian",
     "build_sort_method",
     "build_median_method",
+    "regroup_sequences",
     "sorting_permutation",
     "true_median",
 ]
@@ -130,22 +131,70 @@ def _row_cross_entropy(log_p: Tensor, perm: Tensor) -> Tensor:
     return -log_p.gather(-1, index).mean()
 
 
+def regroup_sequences(
+    per_item: Tensor, values: Tensor, factor: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """More training sequences from the items of one batch, without running any net again.
+
+    The nets see each image on its own, so their per-item outputs can be dealt into new sequences
+    for free: the ``B`` given sequences are kept and ``(factor - 1) * B`` more are drawn, each
+    ``n`` distinct items chosen uniformly from the ``B * n`` items of the batch. Every image then
+    takes part in about ``factor`` sequences per step, so each (costly) pass of the image nets
+    yields ``factor`` times as many sorting comparisons. ``factor = 1`` is the paper's training.
+
+    Args:
+        per_item: ``(B, n, *feature)`` outputs of a per-image net.
+        values: ``(B, n)`` the items' numbers.
+        factor: sequences per given sequence (>= 1).
+        generator: random source (on ``per_item``'s device) of the new groupings.
+
+    Returns:
+        ``(factor * B, n, *feature)`` and ``(factor * B, n)``; the first ``B`` rows are the inputs.
+    """
+    if factor == 1:
+        return per_item, values
+    b, n = values.shape
+    flat = per_item.reshape(b * n, *per_item.shape[2:])
+    u = torch.rand((factor - 1) * b, b * n, generator=generator, device=per_item.device)
+    index = u.argsort(dim=-1)[:, :n]  # n distinct items per new sequence
+    new_values = values.reshape(-1)[index.to(values.device)]
+    return torch.cat([per_item, flat[index]]), torch.cat([values, new_values])
+
+
 # ------------------------------------------------------------------------------------------------
 # sorting methods
 # ------------------------------------------------------------------------------------------------
 
 
 class _RelaxedPermutationSorter(nn.Module):
-    """Shared loss of the sorters whose ``relaxed(images)`` is a (sampled) relaxed permutation."""
+    """Shared loss of the sorters whose relaxed permutation is built from per-image net outputs.
+
+    Subclasses give ``per_item(images) -> (B, n, ...)`` (one net pass per image) and
+    ``relax(per_item, generator)`` (the relaxed permutation, or samples of it, from those outputs).
+    """
+
+    regroup: int = 1
+
+    def per_item(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def relax(self, per_item: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
 
     def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        raise NotImplementedError
+        """The relaxed permutation of each sequence of ``images`` (or samples of it)."""
+        return self.relax(self.per_item(images), generator)
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Row-wise cross-entropy between the relaxed matrix (or its samples) and the true one."""
-        p = self.relaxed(images, generator)
+        """Row-wise cross-entropy between the relaxed matrix (or its samples) and the true one.
+
+        With ``regroup > 1`` the batch's items are also dealt into extra sequences (see
+        :func:`regroup_sequences`) and the loss is the mean over all of them.
+        """
+        out, values = regroup_sequences(self.per_item(images), values, self.regroup, generator)
+        p = self.relax(out, generator)
         return _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(values))
 
 
@@ -159,25 +208,29 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
         tau: float = 1.0,
         stochastic: bool = False,
         num_samples: int = 5,
+        regroup: int = 1,
     ) -> None:
         super().__init__()
         self.net = DigitCNN(image_shape, 1)
         self.tau = tau
         self.stochastic = stochastic
         self.num_samples = num_samples
+        self.regroup = regroup
 
     def scores(self, images: Tensor) -> Tensor:
         """Per-image scores ``(B, n)``."""
         return self.net(images).squeeze(-1)
 
-    def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def per_item(self, images: Tensor) -> Tensor:
+        return self.scores(images)
+
+    def relax(self, per_item: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Relaxed permutation ``(B, n, n)`` (deterministic) or samples ``(S, B, n, n)``."""
-        s = self.scores(images)
         if self.stochastic:
             return neuralsort.stochastic_neural_sort(
-                s, self.tau, self.num_samples, descending=True, generator=generator
+                per_item, self.tau, self.num_samples, descending=True, generator=generator
             )
-        return neuralsort.neural_sort(s, self.tau, descending=True)
+        return neuralsort.neural_sort(per_item, self.tau, descending=True)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -200,6 +253,7 @@ class SinkhornSorter(_RelaxedPermutationSorter):
         gumbel: bool = False,
         num_samples: int = 5,
         n_iters: int = 20,
+        regroup: int = 1,
     ) -> None:
         super().__init__()
         self.net = DigitCNN(image_shape, n)
@@ -207,14 +261,19 @@ class SinkhornSorter(_RelaxedPermutationSorter):
         self.gumbel = gumbel
         self.num_samples = num_samples
         self.n_iters = n_iters
+        self.regroup = regroup
+
+    def per_item(self, images: Tensor) -> Tensor:
+        """Each image's ``n`` position logits, ``(B, n_images, n_positions)``."""
+        return self.net(images)
 
     def log_alpha(self, images: Tensor) -> Tensor:
         """Logits ``(B, n, n)`` with rows = sorted positions and columns = images."""
-        return self.net(images).transpose(-1, -2)
+        return self.per_item(images).transpose(-1, -2)
 
-    def relaxed(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def relax(self, per_item: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Doubly-stochastic ``(B, n, n)``, or ``(S, B, n, n)`` Gumbel-Sinkhorn samples."""
-        la = self.log_alpha(images)
+        la = per_item.transpose(-1, -2)
         if self.gumbel:
             return neuralsort.gumbel_sinkhorn(
                 la, self.tau, self.num_samples, self.n_iters, generator=generator
@@ -230,26 +289,30 @@ class SinkhornSorter(_RelaxedPermutationSorter):
 class VanillaSorter(nn.Module):
     """Vanilla RS: the ``n`` image features, concatenated, through a dense net to n x n logits."""
 
-    def __init__(self, image_shape: tuple[int, int], n: int, *, hidden: int = 256) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int], n: int, *, hidden: int = 256, regroup: int = 1
+    ) -> None:
         super().__init__()
         self.n = n
+        self.regroup = regroup
         self.net = DigitCNN(image_shape, 0)
         self.mlp = nn.Sequential(
             nn.Linear(n * DigitCNN.feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, n * n)
         )
 
+    def _head(self, features: Tensor) -> Tensor:
+        return self.mlp(features.flatten(-2)).reshape(*features.shape[:-2], self.n, self.n)
+
     def logits(self, images: Tensor) -> Tensor:
         """Row logits ``(B, n, n)``: row i scores which image goes to sorted position i."""
-        f = self.net(images)
-        return self.mlp(f.flatten(-2)).reshape(*f.shape[:-2], self.n, self.n)
+        return self._head(self.net(images))
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Row-wise cross-entropy of the row softmax against the true permutation."""
-        return _row_cross_entropy(
-            F.log_softmax(self.logits(images), dim=-1), sorting_permutation(values)
-        )
+        f, values = regroup_sequences(self.net(images), values, self.regroup, generator)
+        return _row_cross_entropy(F.log_softmax(self._head(f), dim=-1), sorting_permutation(values))
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -264,18 +327,31 @@ def build_sort_method(
     image_shape: tuple[int, int],
     tau: float = 1.0,
     num_samples: int = 5,
+    regroup: int = 1,
 ) -> nn.Module:
-    """The sorting method called ``method`` (one of :data:`SORT_METHODS`)."""
+    """The sorting method called ``method`` (one of :data:`SORT_METHODS`).
+
+    ``regroup``: training sequences per drawn sequence (see :func:`regroup_sequences`).
+    """
     if method in ("deterministic", "stochastic"):
         return NeuralSortSorter(
-            image_shape, tau=tau, stochastic=method == "stochastic", num_samples=num_samples
+            image_shape,
+            tau=tau,
+            stochastic=method == "stochastic",
+            num_samples=num_samples,
+            regroup=regroup,
         )
     if method in ("sinkhorn", "gumbel-sinkhorn"):
         return SinkhornSorter(
-            image_shape, n, tau=tau, gumbel=method == "gumbel-sinkhorn", num_samples=num_samples
+            image_shape,
+            n,
+            tau=tau,
+            gumbel=method == "gumbel-sinkhorn",
+            num_samples=num_samples,
+            regroup=regroup,
         )
     if method == "vanilla":
-        return VanillaSorter(image_shape, n)
+        return VanillaSorter(image_shape, n, regroup=regroup)
     raise ValueError(f"method must be one of {', '.join(SORT_METHODS)}, got {method!r}")
 
 
@@ -311,6 +387,7 @@ class NeuralSortMedian(_MedianBase):
         tau: float = 1.0,
         stochastic: bool = False,
         num_samples: int = 5,
+        regroup: int = 1,
     ) -> None:
         super().__init__(scale)
         self.scorer = DigitCNN(image_shape, 1)
@@ -318,12 +395,14 @@ class NeuralSortMedian(_MedianBase):
         self.tau = tau
         self.stochastic = stochastic
         self.num_samples = num_samples
+        self.regroup = regroup
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        s = self.scorer(images).squeeze(-1)
-        v = self.regressor(images).squeeze(-1)
+        both = torch.cat([self.scorer(images), self.regressor(images)], dim=-1)  # (B, n, 2)
+        both, values = regroup_sequences(both, values, self.regroup, generator)
+        s, v = both.unbind(-1)
         if self.stochastic:
             p = neuralsort.stochastic_neural_sort(
                 s, self.tau, self.num_samples, descending=True, generator=generator
@@ -354,6 +433,7 @@ class SinkhornMedian(_MedianBase):
         gumbel: bool = False,
         num_samples: int = 5,
         n_iters: int = 20,
+        regroup: int = 1,
     ) -> None:
         super().__init__(scale)
         self.scorer = DigitCNN(image_shape, n)
@@ -362,12 +442,14 @@ class SinkhornMedian(_MedianBase):
         self.gumbel = gumbel
         self.num_samples = num_samples
         self.n_iters = n_iters
+        self.regroup = regroup
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        la = self.scorer(images).transpose(-1, -2)
-        v = self.regressor(images).squeeze(-1)
+        both = torch.cat([self.scorer(images), self.regressor(images)], dim=-1)  # (B, n, n + 1)
+        both, values = regroup_sequences(both, values, self.regroup, generator)
+        la, v = both[..., :-1].transpose(-1, -2), both[..., -1]
         if self.gumbel:
             p = neuralsort.gumbel_sinkhorn(
                 la, self.tau, self.num_samples, self.n_iters, generator=generator
@@ -390,21 +472,32 @@ class VanillaMedian(_MedianBase):
     """Vanilla NN: per-image CNN features, concatenated, through a dense net to the median value."""
 
     def __init__(
-        self, image_shape: tuple[int, int], n: int, *, scale: float, hidden: int = 64
+        self,
+        image_shape: tuple[int, int],
+        n: int,
+        *,
+        scale: float,
+        hidden: int = 64,
+        regroup: int = 1,
     ) -> None:
         super().__init__(scale)
+        self.regroup = regroup
         self.net = DigitCNN(image_shape, 0)
         self.mlp = nn.Sequential(
             nn.Linear(n * DigitCNN.feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
 
+    def _head(self, features: Tensor) -> Tensor:
+        return self.mlp(features.flatten(-2)).squeeze(-1)
+
     def _forward(self, images: Tensor) -> Tensor:
-        return self.mlp(self.net(images).flatten(-2)).squeeze(-1)
+        return self._head(self.net(images))
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        return ((self._forward(images) - self.target(values)) ** 2).mean()
+        f, values = regroup_sequences(self.net(images), values, self.regroup, generator)
+        return ((self._head(f) - self.target(values)) ** 2).mean()
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -452,8 +545,13 @@ def build_median_method(
     scale: float,
     tau: float = 1.0,
     num_samples: int = 5,
+    regroup: int = 1,
 ) -> nn.Module:
-    """The median-regression method called ``method`` (one of :data:`MEDIAN_METHODS`)."""
+    """The median-regression method called ``method`` (one of :data:`MEDIAN_METHODS`).
+
+    ``regroup``: training sequences per drawn sequence (see :func:`regroup_sequences`); the
+    constant baseline ignores it.
+    """
     if method in ("deterministic", "stochastic"):
         return NeuralSortMedian(
             image_shape,
@@ -461,6 +559,7 @@ def build_median_method(
             tau=tau,
             stochastic=method == "stochastic",
             num_samples=num_samples,
+            regroup=regroup,
         )
     if method in ("sinkhorn", "gumbel-sinkhorn"):
         return SinkhornMedian(
@@ -470,9 +569,10 @@ def build_median_method(
             tau=tau,
             gumbel=method == "gumbel-sinkhorn",
             num_samples=num_samples,
+            regroup=regroup,
         )
     if method == "vanilla":
-        return VanillaMedian(image_shape, n, scale=scale)
+        return VanillaMedian(image_shape, n, scale=scale, regroup=regroup)
     if method == "constant":
         return ConstantMedian(scale=scale)
     raise ValueError(f"method must be one of {', '.join(MEDIAN_METHODS)}, got {method!r}")

@@ -67,6 +67,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "batch_size": 20,
     "num_samples": 5,
+    "regroup": 1,
     "num_epochs": 200,
     "steps_per_epoch": 625,
     "val_sequences": 1000,
@@ -109,6 +110,17 @@ def add_multidigit_args(
         type=int,
         metavar="S",
         help=f"Plackett-Luce / Gumbel samples per sequence (default {d['num_samples']})",
+    )
+    add_flag(
+        g,
+        "--regroup",
+        type=int,
+        metavar="R",
+        help=(
+            "deal each batch's items into R times as many training sequences, reusing the "
+            "per-image net outputs (default 1: the paper's training; R > 1 gets more "
+            "comparisons out of every image pass)"
+        ),
     )
     add_flag(
         g,
@@ -181,7 +193,7 @@ def validate_task(cfg: dict[str, Any], methods: Sequence[str], paper_ns: str) ->
 
 def validate_common(cfg: dict[str, Any]) -> None:
     """Check the shared settings; :class:`UserError` naming the flag on a bad value."""
-    for key in ("batch_size", "num_samples", "steps_per_epoch", "eval_batch_size"):
+    for key in ("batch_size", "num_samples", "regroup", "steps_per_epoch", "eval_batch_size"):
         _positive_int(cfg, key)
     for key in ("val_sequences", "test_sequences"):
         _positive_int(cfg, key)

@@ -82,6 +82,7 @@ def _build(cfg: dict[str, Any], image_shape: tuple[int, int]) -> nn.Module:
         scale=float(10 ** cfg["digits"]),
         tau=float(cfg["tau"]),
         num_samples=int(cfg["num_samples"]),
+        regroup=int(cfg["regroup"]),
     )
 
 

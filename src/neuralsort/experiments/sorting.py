@@ -79,6 +79,7 @@ def _build(cfg: dict[str, Any], image_shape: tuple[int, int]) -> nn.Module:
         image_shape=image_shape,
         tau=float(cfg["tau"]),
         num_samples=int(cfg["num_samples"]),
+        regroup=int(cfg["regroup"]),
     )
 
 
