@@ -149,7 +149,7 @@ def runs(tmp_path_factory, mnist_dir):
         [*DKNN, *half_dknn, "--out", str(root / "dknn2")],
         [*DKNN, *half_dknn, *stoch, "--out", str(root / "dknn2-full")],
         [*DKNN, *half_dknn, *stoch, "--out", str(root / "dknn2-split"), "--stop_after_steps", "6"],
-        ["dknn", "--resume", "--out", str(root / "dknn2-split")],
+        ["dknn", "--resume", "--out", str(root / "dknn2-split"), "--device", "cpu"],
         ["sort", *SORT, *data, "--batch_size", "2", "--out", str(root / "sort2")],
         ["sort", *SORT, *data, *stoch, "--batch_size", "2", "--out", str(root / "sort2-full")],
         ["sort", *SORT, *data, *stoch, "--batch_size", "2", "--out", str(root / "sort2-split"),
@@ -259,7 +259,7 @@ def test_resume_on_two_processes_equals_uninterrupted(runs, name):
 def test_resume_with_another_process_count_is_a_user_error(runs, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(runs["root"] / "dknn2-split", out)
-    assert main(["dknn", "--resume", "--out", str(out)]) == 2
+    assert main(["dknn", "--resume", "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "2 process(es)" in err and "same number" in err
 

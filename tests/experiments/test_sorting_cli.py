@@ -117,6 +117,8 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--tau must be a positive number" in capsys.readouterr().err
     assert run_cli("sort", mnist_dir, tmp_path / "r", "--regroup", "0") == 2
     assert "--regroup must be an integer >= 1" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "w", "--warmup_epochs", "-1") == 2
+    assert "--warmup_epochs must be a number >= 0" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2
@@ -165,3 +167,12 @@ def test_shipped_configs_are_valid(path):
     cfg = resolve_config(args, COMMANDS[command].DEFAULTS)
     validate_common(cfg)  # raises UserError on a bad value
     assert cfg["digits"] == 4 and cfg["steps_per_epoch"] * cfg["num_epochs"] >= 1000
+
+
+def test_warmup_learning_rate(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ("--n", "3", "--warmup_epochs", "2", "--lr_schedule", "cosine")
+    assert run_cli("sort", mnist_dir, out, *args) == 0
+    lrs = [r["lr"] for r in read_log(out) if "epoch" in r and "event" not in r]
+    # 2 epochs x 2 steps, all 4 of them warm-up: lr (step + 1) / 4 after steps 2 and 4
+    assert lrs == [pytest.approx(0.75e-3), pytest.approx(1e-3)]

@@ -45,7 +45,7 @@ from .run import (
     seed_everything,
     set_rng_state,
 )
-from .training import Amp, restore_generator
+from .training import SCHEDULES, Amp, make_scheduler, restore_generator
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -64,6 +64,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "tau": 1.0,
     "lr": 1e-4,
     "lr_schedule": "constant",
+    "warmup_epochs": 0.0,
     "weight_decay": 0.0,
     "batch_size": 20,
     "num_samples": 5,
@@ -93,8 +94,15 @@ def add_multidigit_args(
     add_flag(
         g,
         "--lr_schedule",
-        choices=["constant", "cosine"],
+        choices=list(SCHEDULES),
         help="learning-rate schedule over all steps (default constant, as the paper)",
+    )
+    add_flag(
+        g,
+        "--warmup_epochs",
+        type=float,
+        metavar="E",
+        help="linear learning-rate warm-up over the first E epochs (default 0)",
     )
     add_flag(g, "--weight_decay", type=float, help="Adam weight decay (default 0)")
     add_flag(
@@ -207,8 +215,13 @@ def validate_common(cfg: dict[str, Any]) -> None:
             raise UserError(f"--{key} must be a positive number, got {v!r}")
     if not isinstance(cfg["weight_decay"], int | float) or cfg["weight_decay"] < 0:
         raise UserError(f"--weight_decay must be >= 0, got {cfg['weight_decay']!r}")
-    if cfg["lr_schedule"] not in ("constant", "cosine"):
-        raise UserError(f"--lr_schedule must be constant or cosine, got {cfg['lr_schedule']!r}")
+    if cfg["lr_schedule"] not in SCHEDULES:
+        raise UserError(
+            f"--lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg['lr_schedule']!r}"
+        )
+    w = cfg["warmup_epochs"]
+    if not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w < math.inf:
+        raise UserError(f"--warmup_epochs must be a number >= 0, got {w!r}")
     if cfg["threads"] is not None:
         _positive_int(cfg, "threads")
     if cfg["amp"] not in AMP_MODES:
@@ -235,12 +248,6 @@ def load_multidigit_splits(
         )
     except ValueError as exc:
         raise UserError(f"MNIST in {info.get('source')}: {exc}") from None
-
-
-def _lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return lambda step: 1.0
 
 
 class _TrainLoss(nn.Module):
@@ -334,14 +341,16 @@ def train_and_test(
     trainable = getattr(model, "trainable", True)
     step_loss = loss_module(model, amp, device) if trainable else None
     steps_per_epoch = int(cfg["steps_per_epoch"])
-    total_steps = max(1, steps_per_epoch * int(cfg["num_epochs"]))
     optimizer = scheduler = None
     if trainable:
         optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(cfg["lr_schedule"], total_steps)
+        scheduler = make_scheduler(
+            optimizer,
+            cfg,
+            steps_per_epoch=steps_per_epoch,
+            num_epochs=int(cfg["num_epochs"]),
         )
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream

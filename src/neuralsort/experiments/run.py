@@ -403,6 +403,17 @@ def _plain(x: Any) -> Any:
     return str(x)
 
 
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside dicts, lists and tuples moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _atomic_write_bytes(path: pathlib.Path, write: Any) -> None:
     """Write via a temporary file in the same folder then ``os.replace`` (atomic on POSIX)."""
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
@@ -535,9 +546,14 @@ class Run:
             f.flush()
 
     def save_checkpoint(self, state: dict[str, Any], *, is_best: bool) -> None:
-        """Write ``state`` to last.pt (and best.pt when ``is_best``), each atomically."""
+        """Write ``state`` to last.pt (and best.pt when ``is_best``), each atomically.
+
+        Tensors are written from the CPU, so a plain ``torch.load`` reads a checkpoint made on a
+        GPU on a machine without one.
+        """
         if not self.is_main:
             return
+        state = _to_cpu(state)
         last = self.path / "last.pt"
         _atomic_write_bytes(last, lambda f: torch.save(state, f))
         if is_best:
