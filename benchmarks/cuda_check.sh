@@ -9,39 +9,35 @@
 set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-/tmp/cuda_check}
-SWEEP_S=${SWEEP_S:-240}
+SWEEP_S=${SWEEP_S:-240}          # time cap of each sweep run
+SWEEP=${SWEEP:-benchmarks/sweeps/quality1.txt}
+TESTS=${TESTS:-tests}             # what pytest runs
+BENCH=${BENCH:-1}                 # 0: skip the benchmarks
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NEURALSORT_PROGRESS=0
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/bench.log"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/bench.log"
 
-# 1. recipe sweep in the background: name, command, n, method, lr, regroup, batch, extra flags
+# 1. recipe sweep in the background: one run per line of $SWEEP (name, then command and flags)
 sweep_dir=/tmp/sweep
 rm -rf "$sweep_dir"; mkdir -p "$sweep_dir"
 run() {
   local name=$1; shift
   ( timeout "$SWEEP_S" $PY -m neuralsort.experiments.cli "$@" --device cuda --threads 1 \
-      --data_dir "$DATA" --out "$sweep_dir/$name" --num_epochs 10 --steps_per_epoch 500 \
+      --data_dir "$DATA" --out "$sweep_dir/$name" --num_epochs 10 \
       --lr_schedule cosine --val_sequences 1000 --test_sequences 2500 \
       > "$sweep_dir/$name.log" 2>&1; echo "$name rc=$?" >> "$sweep_dir/rc.txt" ) &
 }
-run s3-lr1e-3-r1  sort --n 3 --batch_size 20 --lr 1e-3 --regroup 1
-run s3-lr1e-3-r8  sort --n 3 --batch_size 20 --lr 1e-3 --regroup 8
-run s3-lr2e-3-r8  sort --n 3 --batch_size 20 --lr 2e-3 --regroup 8
-run s3-lr3e-3-r16 sort --n 3 --batch_size 20 --lr 3e-3 --regroup 16
-run s5-lr1e-3-r1  sort --n 5 --batch_size 12 --lr 1e-3 --regroup 1
-run s5-lr1e-3-r8  sort --n 5 --batch_size 12 --lr 1e-3 --regroup 8
-run s5-lr2e-3-r8  sort --n 5 --batch_size 12 --lr 2e-3 --regroup 8
-run s5-lr3e-3-r16 sort --n 5 --batch_size 12 --lr 3e-3 --regroup 16
-run q5-lr1e-3-r1  quantile --n 5 --batch_size 10 --lr 1e-3 --regroup 1
-run q5-lr1e-3-r8  quantile --n 5 --batch_size 10 --lr 1e-3 --regroup 8
-run q5-lr2e-3-r8  quantile --n 5 --batch_size 10 --lr 2e-3 --regroup 8
-run q5-lr3e-3-r16 quantile --n 5 --batch_size 10 --lr 3e-3 --regroup 16
-run q5-lr2e-3-r8-tau4 quantile --n 5 --batch_size 10 --lr 2e-3 --regroup 8 --tau 4
+while read -r name args; do
+  case "$name" in ''|'#'*) continue ;; esac
+  # shellcheck disable=SC2086
+  run "$name" $args
+done < "$SWEEP"
 
 # 2. the test suite meanwhile (CPU-heavy; the CUDA cases are small)
-timeout 200 $PY -m pytest -q -p no:cacheprovider -n 3 tests > "$OUT/pytest.log" 2>&1
+# shellcheck disable=SC2086
+timeout 200 $PY -m pytest -q -p no:cacheprovider -n 3 $TESTS > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 wait
 
@@ -65,6 +61,7 @@ PYEOF
 tail -n 3 "$sweep_dir"/*.log > "$OUT/sweep.log" 2>&1
 
 # 4. benchmarks, with the GPU to themselves
+[ "$BENCH" = 1 ] || { echo done; exit 0; }
 timeout 120 $PY benchmarks/ops.py --device cuda --repeats 50 --budget_s 4 --out "$OUT" >> "$OUT/bench.log" 2>&1
 mv "$OUT"/ops_cuda-*.csv "$OUT/ops_cuda.csv" 2>/dev/null; rm -f "$OUT"/ops_cuda-*.png
 timeout 120 $PY benchmarks/train_step.py --device cuda --procs 1 --amp off bf16 --steps 20 \
