@@ -14,7 +14,7 @@ SWEEP=${SWEEP:-benchmarks/sweeps/quality1.txt}
 TESTS=${TESTS:-tests}             # what pytest runs
 BENCH=${BENCH:-1}                 # 0: skip the benchmarks
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 NEURALSORT_PROGRESS=0
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/bench.log"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/bench.log"
@@ -24,7 +24,7 @@ sweep_dir=/tmp/sweep
 rm -rf "$sweep_dir"; mkdir -p "$sweep_dir"
 run() {
   local name=$1; shift
-  ( timeout "$SWEEP_S" $PY -m neuralsort.experiments.cli "$@" --device cuda --threads 1 \
+  ( NEURALSORT_PROGRESS=0 timeout "$SWEEP_S" $PY -m neuralsort.experiments.cli "$@" --device cuda --threads 1 \
       --data_dir "$DATA" --out "$sweep_dir/$name" --num_epochs 10 \
       --lr_schedule cosine --val_sequences 1000 --test_sequences 2500 \
       > "$sweep_dir/$name.log" 2>&1; echo "$name rc=$?" >> "$sweep_dir/rc.txt" ) &
