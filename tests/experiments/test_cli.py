@@ -6,6 +6,7 @@ import pathlib
 import shlex
 
 import pytest
+import torch
 
 from neuralsort.experiments import baseline, dknn
 from neuralsort.experiments.cli import build_parser, main
@@ -101,3 +102,30 @@ def test_shipped_dknn_configs_resolve(path):
 
 def test_configs_exist():
     assert {"paper-mnist", "mnist-fast", "digits"} <= {p.stem for p in CONFIGS}
+
+
+def test_subnormals_flushed_only_while_a_command_runs(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_main(args):
+        seen.append(float(torch.tensor([1e-40], dtype=torch.float32) * 1.0))
+        return 0
+
+    from neuralsort.experiments import cli
+
+    parser = cli.build_parser
+    monkeypatch.setattr(
+        cli,
+        "build_parser",
+        lambda: _with_func(parser(), fake_main),
+    )
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert seen == [0.0]  # flushed inside the command
+    assert float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) != 0.0  # restored
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    sub.choices["report"].set_defaults(func=func)
+    return parser
