@@ -27,11 +27,9 @@ Writes ``benchmarks/results/train_step_<device>-<threads>threads.csv`` and print
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -40,13 +38,9 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from neuralsort.experiments.distributed import free_port
+
 EXPERIMENTS = ("dknn", "sort", "quantile")
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
@@ -126,18 +120,10 @@ def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) ->
 
 
 def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(spec["threads"])
     from neuralsort.experiments import distributed
+
+    os.environ.update(distributed.local_launch_env(rank, world, port))
+    torch.set_num_threads(spec["threads"])
     from neuralsort.experiments.training import Amp
 
     args = argparse.Namespace(**spec["args"])
@@ -167,7 +153,7 @@ def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> tuple[int,
     """Spawn ``procs`` workers for ``spec``; returns (images per step per process, seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.txt")
-        ctx = mp.spawn(_worker, args=(procs, _free_port(), spec, out), nprocs=procs, join=False)
+        ctx = mp.spawn(_worker, args=(procs, free_port(), spec, out), nprocs=procs, join=False)
         deadline = time.monotonic() + timeout_s
         while not ctx.join(timeout=1.0):
             if time.monotonic() > deadline:

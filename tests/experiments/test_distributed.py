@@ -13,13 +13,11 @@ additions differs (relative 1e-7 per step), which a few Adam steps amplify to at
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import pathlib
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -54,31 +52,17 @@ RUN_FILES = {"config.yaml", "log.jsonl", "last.pt", "best.pt", "metrics.json"}
 # ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _join_env(rank: int, world: int, port: int) -> None:
-    """What torchrun sets for each worker."""
+    """What torchrun sets for each worker, with progress bars off and one thread."""
     os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "NEURALSORT_PROGRESS": "0",
-        }
+        {**distributed.local_launch_env(rank, world, port), "NEURALSORT_PROGRESS": "0"}
     )
     torch.set_num_threads(1)
 
 
 def _spawn(fn, *args, nprocs: int = 2) -> None:
     """Run ``fn(rank, nprocs, port, *args)`` in ``nprocs`` fresh processes; fail on timeout."""
-    ctx = mp.spawn(fn, args=(nprocs, _free_port(), *args), nprocs=nprocs, join=False)
+    ctx = mp.spawn(fn, args=(nprocs, distributed.free_port(), *args), nprocs=nprocs, join=False)
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not ctx.join(timeout=0.5):
         if time.monotonic() > deadline:

@@ -24,8 +24,10 @@ How the experiments use it:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as _dt
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,8 @@ __all__ = [
     "rank_seed",
     "wrap_ddp",
     "unwrap",
+    "free_port",
+    "local_launch_env",
 ]
 
 # How long a rank waits in a collective (e.g. a barrier while rank 0 evaluates) before failing.
@@ -304,3 +308,26 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (else ``module``)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous of processes on this machine)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local_launch_env(rank_: int, world: int, port: int) -> dict[str, str]:
+    """What ``torchrun --standalone`` sets for process ``rank_`` of ``world`` on one machine.
+
+    For starting the processes by hand (``torch.multiprocessing.spawn``), as the tests and
+    ``benchmarks/train_step.py`` do: put these into ``os.environ``, then call :func:`setup`.
+    """
+    return {
+        "RANK": str(rank_),
+        "LOCAL_RANK": str(rank_),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
