@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _native
 from ._checks import (
     TauLike,
     check_positive_int,
@@ -157,12 +158,15 @@ class _RelaxedRows(torch.autograd.Function):
         else:
             p = torch.softmax(logits, dim=-1)
         del logits
-        ctx.save_for_backward(p, xc, a, coef, tau, order)
+        ctx.save_for_backward(p, xc, a, coef, tau, order, x)
         return p
 
     @staticmethod
     def backward(ctx, grad_p: Tensor):  # type: ignore[override]
-        p, xc, a, coef, tau, order = ctx.saved_tensors
+        p, xc, a, coef, tau, order, x = ctx.saved_tensors
+        if torch.is_grad_enabled() and ctx.needs_input_grad[2]:
+            # create_graph=True: grad_tau depends on x through xc and a as well
+            xc, a = _centred_abs_dev_differentiable(x)
         grad_logits = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
         weights = torch.stack((coef, -torch.ones_like(coef)))
         u, v = torch.matmul(weights, grad_logits).unbind(-2)
@@ -174,6 +178,12 @@ class _RelaxedRows(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_tau = -((xc * u).sum() + (a * v).sum()) * inv_tau * inv_tau
         return grad_x, None, grad_tau, None
+
+
+def _centred_abs_dev_differentiable(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(xc, A_xc 1)`` with autograd: O(n^2), for second derivatives with a learnt tau only."""
+    xc = x - x.mean(dim=-1, keepdim=True)
+    return xc, (xc.unsqueeze(-1) - xc.unsqueeze(-2)).abs().sum(-1)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -233,7 +243,20 @@ def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool)
         coef, rank_of_row = _leading_rows(n, rows, descending, xc.device, xc.dtype)
     else:
         coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
-    return _RelaxedRows.apply(xc, coef, _as_tau_tensor(tau, xc), rank_of_row)
+    tau_t = _as_tau_tensor(tau, xc)
+    if _native.usable(xc):
+        # the fused C++ operator (see _kernels/): same matrix, one pass, backward in C++
+        return _native.relaxed_rows(xc, coef, rank_of_row, tau_t, _LOGIT_RANGE[xc.dtype])
+    return _RelaxedRows.apply(xc, coef, tau_t, rank_of_row)
+
+
+def _last(x: Tensor, dim: int) -> Tensor:
+    """``x`` with axis ``dim`` moved last (no view, so no autograd node, when it already is)."""
+    return x if dim == x.dim() - 1 else x.movedim(dim, -1)
+
+
+def _from_last(x: Tensor, dim: int) -> Tensor:
+    return x if dim == x.dim() - 1 else x.movedim(-1, dim)
 
 
 def _sort_order(x: Tensor, descending: bool) -> Tensor:
@@ -288,7 +311,7 @@ def neural_sort(
     """
     fn = "neural_sort"
     x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     n = xm.shape[-1]
     p = _relaxed_rows(xm, n, tau, descending)
     if hard:
@@ -306,10 +329,10 @@ def soft_sort(
     """
     fn = "soft_sort"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     p = _relaxed_rows(xm, xm.shape[-1], tau, descending)
     out = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)
-    return out.to(x.dtype).movedim(-1, d)
+    return _from_last(out.to(x.dtype), d)
 
 
 def soft_rank(
@@ -331,14 +354,14 @@ def soft_rank(
     """
     fn = "soft_rank"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     n = xm.shape[-1]
     p = _relaxed_rows(xm, n, tau, descending)
     positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
     weights = torch.stack((positions, torch.ones_like(positions)))
     weighted, mass = torch.matmul(weights, p).unbind(-2)
     ranks = weighted / mass
-    return ranks.to(x.dtype).movedim(-1, d)
+    return _from_last(ranks.to(x.dtype), d)
 
 
 def soft_topk(
@@ -368,7 +391,7 @@ def soft_topk(
             f"soft_topk: `k` must be an int in 1..{n} (the size of dim={d} of `scores` with "
             f"shape {tuple(x.shape)}), got {k!r}"
         )
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     p = _relaxed_rows(xm, k, tau, largest)
     if hard:
         p = _straight_through(p, _sort_order(xm, largest)[..., :k])
@@ -401,7 +424,7 @@ def soft_quantile(
         raise ValueError(f"soft_quantile: `q` must be a float or 1-D, got shape {tuple(q.shape)}")
     if qt.numel() == 0 or not bool(((qt >= 0) & (qt <= 1)).all()):
         raise ValueError(f"soft_quantile: `q` must lie in [0, 1], got {q!r}")
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     n = xm.shape[-1]
     h = qt * (n - 1)
     lo = h.floor().long().clamp(max=n - 1)
@@ -452,7 +475,7 @@ def stochastic_neural_sort(
     fn = "stochastic_neural_sort"
     x, d, tau = check_sort_input(log_scores, dim, tau, "log_scores", fn)
     n_samples = check_positive_int(n_samples, "n_samples", fn)
-    xm = x.movedim(d, -1)
+    xm = _last(x, d)
     cdt = compute_dtype(x.dtype)
     noise = sample_gumbel((n_samples, *xm.shape), dtype=cdt, device=x.device, generator=generator)
     perturbed = xm.to(cdt).unsqueeze(0) + noise

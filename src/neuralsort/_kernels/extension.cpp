@@ -1,0 +1,156 @@
+// The torch operator neuralsort::relaxed_rows: NeuralSort's relaxed permutation rows on the CPU,
+// float32 and float64, with its backward, as one autograd node written in C++ (a Python
+// autograd.Function costs more than the whole kernel for small inputs).
+//
+//   relaxed_rows(x, coef, rank_of_row, tau, logit_range)[..., i, j]
+//       = softmax_j((coef_i * xc_j - (A_xc 1)_j) / tau),   xc = x - mean(x) along the last axis
+//
+// Built on first use by neuralsort/_native.py; the kernels are in relaxed_rows.h.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "relaxed_rows.h"
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+namespace k = neuralsort_kernels;
+
+// batch elements per task: threads only pay for themselves on ~64k outputs
+int64_t grain(int64_t m, int64_t n) {
+    return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, m * n));
+}
+
+template <typename T>
+void run_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row, T inv_tau,
+                 T logit_range, Tensor& p, Tensor& xc, Tensor& a, Tensor& order) {
+    const int64_t n = x.size(-1), m = coef.size(0), batch = x.numel() / n;
+    const T* xp = x.data_ptr<T>();
+    const T* cp = coef.data_ptr<T>();
+    const int64_t* rp = rank_of_row.data_ptr<int64_t>();
+    T* pp = p.data_ptr<T>();
+    T* xcp = xc.data_ptr<T>();
+    T* ap = a.data_ptr<T>();
+    int64_t* op = order.data_ptr<int64_t>();
+    at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
+        k::Scratch<T> scratch;
+        scratch.resize(n);
+        for (int64_t b = begin; b < end; ++b)
+            k::forward_one(xp + b * n, n, cp, rp, m, inv_tau, logit_range, pp + b * m * n,
+                           xcp + b * n, ap + b * n, op + b * n, scratch);
+    });
+}
+
+template <typename T>
+void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_tau,
+                  const Tensor& order, const Tensor& xc, const Tensor& a, Tensor& gx,
+                  double* tau_part) {
+    const int64_t n = xc.size(-1), m = coef.size(0), batch = xc.numel() / n;
+    const T* gp = g.data_ptr<T>();
+    const T* pp = p.data_ptr<T>();
+    const T* cp = coef.data_ptr<T>();
+    const int64_t* op = order.data_ptr<int64_t>();
+    const T* xcp = xc.data_ptr<T>();
+    const T* ap = a.data_ptr<T>();
+    T* gxp = gx.data_ptr<T>();
+    at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
+        std::vector<T> u(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+        for (int64_t b = begin; b < end; ++b)
+            k::backward_one(gp + b * m * n, pp + b * m * n, n, cp, m, inv_tau, op + b * n,
+                            xcp + b * n, ap + b * n, gxp + b * n,
+                            tau_part != nullptr ? tau_part + b : nullptr, u.data(), v.data());
+    });
+}
+
+// J^T v of a_j = sum_k |x_j - x_k| with differentiable ops (the double-backward path), in
+// ascending order: 2 inclusive_r - total + v_r (2r - n).
+Tensor abs_dev_rowsum_backward(const Tensor& v, const Tensor& order) {
+    const int64_t n = v.size(-1);
+    const Tensor vs = v.gather(-1, order);
+    const Tensor inclusive = vs.cumsum(-1);
+    const Tensor ramp = at::arange(n, v.options()).mul(2).sub(n);
+    const Tensor sorted = inclusive.mul(2) - inclusive.narrow(-1, n - 1, 1) + vs * ramp;
+    return at::zeros_like(v).scatter(-1, order, sorted);
+}
+
+struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& coef,
+                          const Tensor& rank_of_row, const Tensor& tau, double logit_range) {
+        TORCH_CHECK(x.device().is_cpu(), "neuralsort::relaxed_rows: CPU tensors only");
+        TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "neuralsort::relaxed_rows: empty last axis");
+        const Tensor xin = x.contiguous();
+        const Tensor cin = coef.to(x.scalar_type()).contiguous();
+        const Tensor rin = rank_of_row.to(at::kLong).contiguous();
+        const double inv_tau = 1.0 / tau.item<double>();
+        const int64_t n = x.size(-1), m = cin.size(0);
+        std::vector<int64_t> sizes = x.sizes().vec();
+        sizes.back() = m;
+        sizes.push_back(n);
+        Tensor p = at::empty(sizes, x.options());
+        Tensor xc = at::empty_like(xin);
+        Tensor a = at::empty_like(xin);
+        Tensor order = at::empty(xin.sizes(), xin.options().dtype(at::kLong));
+        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neuralsort::relaxed_rows", [&] {
+            run_forward<scalar_t>(xin, cin, rin, static_cast<scalar_t>(inv_tau),
+                                  static_cast<scalar_t>(logit_range), p, xc, a, order);
+        });
+        ctx->save_for_backward({p, xc, a, cin, tau, order, x});
+        ctx->saved_data["inv_tau"] = inv_tau;
+        return p;
+    }
+
+    static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const Tensor &p = saved[0], &xc = saved[1], &a = saved[2], &coef = saved[3];
+        const Tensor &tau = saved[4], &order = saved[5], &x = saved[6];
+        const bool need_x = ctx->needs_input_grad(0), need_tau = ctx->needs_input_grad(3);
+        Tensor grad_x, grad_tau;
+        const Tensor& grad_p = grads[0];
+        if (!grad_p.defined() || !(need_x || need_tau)) return {grad_x, {}, {}, grad_tau, {}};
+        if (at::GradMode::is_enabled()) {
+            // create_graph=True: the same formulas with differentiable ops
+            const Tensor gl = at::_softmax_backward_data(grad_p, p, -1, p.scalar_type());
+            const Tensor u = at::matmul(coef.unsqueeze(0), gl).squeeze(-2);
+            const Tensor v = gl.sum(-2).neg();
+            const Tensor inv = tau.reciprocal();
+            if (need_x) grad_x = (u + abs_dev_rowsum_backward(v, order)) * inv;
+            if (need_tau) {  // grad_tau depends on x through xc and a as well
+                const Tensor xd = x - x.mean(-1, true);
+                const Tensor ad = (xd.unsqueeze(-1) - xd.unsqueeze(-2)).abs().sum(-1);
+                grad_tau = ((xd * u).sum() + (ad * v).sum()).neg() * inv * inv;
+            }
+            return {grad_x, {}, {}, grad_tau, {}};
+        }
+        const double inv_tau = ctx->saved_data["inv_tau"].toDouble();
+        const Tensor g = grad_p.to(p.scalar_type()).contiguous();
+        grad_x = at::empty_like(xc);
+        const int64_t batch = xc.numel() / xc.size(-1);
+        Tensor tau_part = need_tau ? at::empty({batch}, xc.options().dtype(at::kDouble)) : Tensor();
+        AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "neuralsort::relaxed_rows_backward", [&] {
+            run_backward<scalar_t>(g, p, coef, static_cast<scalar_t>(inv_tau), order, xc, a, grad_x,
+                                   need_tau ? tau_part.data_ptr<double>() : nullptr);
+        });
+        if (need_tau) grad_tau = (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type());
+        return {need_x ? grad_x : Tensor(), {}, {}, grad_tau, {}};
+    }
+};
+
+Tensor relaxed_rows(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
+                    const Tensor& tau, double logit_range) {
+    return RelaxedRows::apply(x, coef, rank_of_row, tau, logit_range);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(neuralsort, m) {
+    m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(neuralsort, CompositeImplicitAutograd, m) {
+    m.impl("relaxed_rows", &relaxed_rows);
+}
