@@ -12,6 +12,9 @@ from reference import neural_sort_published_ref, neural_sort_ref
 
 TAUS = [0.1, 1.0, 7.0]
 
+# every test here runs twice: with the native CPU operator and with the pure-PyTorch path
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def rand(*shape, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -77,6 +80,14 @@ def test_gradcheck_neural_sort(descending, hard, device):
 def test_gradgradcheck_neural_sort():
     x = rand(2, 5).requires_grad_()
     assert gradgradcheck(lambda x: ns.neural_sort(x, 0.5, descending=True), (x,))
+
+
+def test_gradgradcheck_with_a_learnt_tau():
+    # the gradient of tau depends on the scores directly, not only through P
+    x = rand(3, 6).requires_grad_()
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert gradgradcheck(lambda x, t: ns.neural_sort(x, t), (x, tau))
+    assert gradgradcheck(lambda x, t: ns.soft_topk(x, 2, t), (x, tau))
 
 
 def test_gradcheck_tau_tensor():

@@ -7,7 +7,7 @@ Convention: ``P = neural_sort(x)`` has rows indexed by sorted position and colum
 so ``P @ x`` sorts ``x``; ``descending=False`` by default, like :func:`torch.sort`.
 """
 
-from . import knn, nn
+from . import backends, knn, nn
 from .knn import dknn_loss, dknn_topk
 from .nn import DKNN, NeuralSort, SoftTopK
 from .ops import (
@@ -44,6 +44,7 @@ __all__ = [
     "DKNN",
     "dknn_topk",
     "dknn_loss",
+    "backends",
     "knn",
     "nn",
     "__version__",

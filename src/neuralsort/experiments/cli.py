@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "neuralsort.experiments.quantile",
     "neuralsort.experiments.reproduce",
     "neuralsort.experiments.report",
+    "neuralsort.experiments.info",
 ]
 
 

@@ -1,0 +1,68 @@
+"""Which implementation the relaxed-sort operators run on the CPU.
+
+Every operator built on NeuralSort's relaxed rows (:func:`~neuralsort.neural_sort`,
+:func:`~neuralsort.soft_sort`, :func:`~neuralsort.soft_rank`, :func:`~neuralsort.soft_topk`,
+:func:`~neuralsort.soft_quantile`, :func:`~neuralsort.stochastic_neural_sort` and the modules
+on top) has two implementations with the same results:
+
+* **native** (the default on the CPU for float32/float64): one C++ operator,
+  ``torch.ops.neuralsort.relaxed_rows``, whose forward builds each row, exponentiates and
+  normalises it in one pass and whose backward reduces the softmax gradient without storing it.
+  It is compiled on first use against the installed torch (about 20 s, once per machine and
+  torch version; see :func:`status` for where).
+* **torch**: plain PyTorch ops in a Python ``autograd.Function``. Used on CUDA and other
+  devices, for half precision only through float32, where no C++ compiler is found, and
+  wherever the native operator is switched off.
+
+``NEURALSORT_NATIVE=0`` in the environment switches the native operator off before anything is
+compiled.
+
+Example:
+    >>> import neuralsort as ns
+    >>> with ns.backends.native(False):   # pure PyTorch inside the block
+    ...     p = ns.neural_sort(torch.randn(3, 5), tau=1.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from . import _native
+
+__all__ = ["is_available", "is_enabled", "set_enabled", "native", "status"]
+
+
+def is_available() -> bool:
+    """Whether the native CPU operator is built and loaded; builds it now if it is not yet."""
+    return _native.available()
+
+
+def is_enabled() -> bool:
+    """Whether CPU operators use the native operator when it is available."""
+    return _native.enabled()
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch the native CPU operator on or off for this process."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_enabled: `enabled` must be a bool, got {type(enabled).__name__}")
+    _native.set_enabled(enabled)
+
+
+@contextlib.contextmanager
+def native(enabled: bool = True) -> Iterator[None]:
+    """Context manager: use (or, with ``enabled=False``, avoid) the native operator inside."""
+    before = _native.enabled()
+    set_enabled(enabled)
+    try:
+        yield
+    finally:
+        _native.set_enabled(before)
+
+
+def status() -> str:
+    """One line: where the native operator was loaded from, or why it is not in use."""
+    if not _native.enabled():
+        return "switched off (NEURALSORT_NATIVE=0 or backends.set_enabled(False))"
+    return _native.status()

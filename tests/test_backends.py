@@ -1,0 +1,36 @@
+"""neuralsort.backends: the switch between the native CPU operator and the pure-PyTorch path."""
+
+import pytest
+import torch
+
+import neuralsort as ns
+
+
+def test_context_manager_switches_and_restores():
+    before = ns.backends.is_enabled()
+    with ns.backends.native(False):
+        assert not ns.backends.is_enabled()
+        assert "switched off" in ns.backends.status()
+        with ns.backends.native(True):
+            assert ns.backends.is_enabled()
+        assert not ns.backends.is_enabled()
+    assert ns.backends.is_enabled() == before
+
+
+def test_restores_after_an_exception():
+    before = ns.backends.is_enabled()
+    with pytest.raises(RuntimeError), ns.backends.native(not before):
+        raise RuntimeError("boom")
+    assert ns.backends.is_enabled() == before
+
+
+def test_set_enabled_needs_a_bool():
+    with pytest.raises(TypeError, match="enabled"):
+        ns.backends.set_enabled("no")  # type: ignore[arg-type]
+
+
+def test_switched_off_means_no_native_node_in_the_graph():
+    x = torch.randn(2, 6, requires_grad=True)
+    with ns.backends.native(False):
+        p = ns.neural_sort(x, 1.0)
+    assert type(p.grad_fn).__name__.startswith("_RelaxedRows")

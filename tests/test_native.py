@@ -1,0 +1,233 @@
+"""The native CPU operator (src/neuralsort/_native.py, _kernels/): builds, agrees with the
+pure-PyTorch path and the reference, and falls back cleanly where it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import neuralsort as ns
+from reference import neural_sort_ref
+
+HAVE_COMPILER = any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++"))
+needs_native = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler on this machine")
+
+
+def both_paths(fn, *args):
+    """``fn(*args)`` and the input gradients for a fixed random upstream gradient, per path."""
+    results = []
+    for native in (True, False):
+        leaves = [a.detach().clone().requires_grad_() for a in args]
+        with ns.backends.native(native):
+            out = fn(*leaves)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+        out.backward(upstream.to(out.dtype))
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    return results
+
+
+def scores(*shape, dtype=torch.float64, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@needs_native
+def test_builds_where_a_compiler_exists():
+    assert ns.backends.is_available(), ns.backends.status()
+    assert "loaded" in ns.backends.status()
+    assert hasattr(torch.ops.neuralsort, "relaxed_rows")
+
+
+@needs_native
+def test_second_process_reuses_the_cached_build():
+    assert ns.backends.is_available()
+    code = "import neuralsort as ns, sys; sys.exit(0 if ns.backends.is_available() else 1)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "compiling" not in proc.stderr
+
+
+# n covers: one element, the 16-lane register paths (16..64), padded tails, the counting sort
+# (<= 256) and the comparison sort (> 256)
+SIZES = [1, 2, 3, 15, 16, 17, 32, 48, 64, 65, 100, 129, 257, 300]
+
+
+def assert_paths_agree(fn, x, *more):
+    """float64: native and torch paths agree to rounding. float32: they round differently, so
+    the native path's distance to the float64 result must be of the torch path's order."""
+    (o1, g1), (o2, g2) = both_paths(fn, x, *more)
+    if x.dtype == torch.float64:
+        torch.testing.assert_close(o1, o2, atol=1e-10, rtol=1e-9)
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+        return
+    (o64, g64), _ = both_paths(fn, x.double(), *(m.double() for m in more))
+    for native, torch_path, exact in [(o1, o2, o64), *zip(g1, g2, g64, strict=True)]:
+        native_err = (native.double() - exact).abs().max().item()
+        torch_err = (torch_path.double() - exact).abs().max().item()
+        scale = exact.abs().max().item()
+        assert native_err <= 4 * torch_err + 1e-4 * scale, (native_err, torch_err, scale)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", SIZES)
+def test_neural_sort_and_gradients_match_the_torch_path(n, dtype):
+    x = scores(3, n, dtype=dtype, seed=n) * 3
+    for descending in (False, True):
+        assert_paths_agree(lambda x, d=descending: ns.neural_sort(x, 0.7, descending=d), x)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,k", [(5, 1), (16, 9), (100, 9), (300, 16)])
+def test_topk_and_quantile_match_the_torch_path(n, k, dtype):
+    x = scores(4, n, dtype=dtype, seed=k)
+    tau = torch.tensor(0.5, dtype=dtype)
+    for fn in (
+        lambda x, t: ns.soft_topk(x, k, t),
+        lambda x, t: ns.soft_topk(x, k, t, largest=False),
+        lambda x, t: ns.soft_quantile(x, [0.1, 0.5, 0.9], t),
+        lambda x, t: ns.soft_sort(x, t),
+        lambda x, t: ns.soft_rank(x, t),
+    ):
+        assert_paths_agree(fn, x, tau)
+
+
+@needs_native
+@pytest.mark.parametrize("n", [32, 64, 100, 300])
+def test_matches_the_reference(n):
+    x = scores(2, n, seed=1)
+    with ns.backends.native(True):
+        p = ns.neural_sort(x, 0.3, descending=True)
+    for b in range(2):
+        np.testing.assert_allclose(p[b].numpy(), neural_sort_ref(x[b].numpy(), 0.3), atol=1e-12)
+
+
+@needs_native
+def test_gradcheck_through_every_kernel_path():
+    for n, m in [(16, 16), (20, 20), (40, 3), (300, 2)]:
+        x = scores(2, n, seed=n).requires_grad_()
+        tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        with ns.backends.native(True):
+            assert torch.autograd.gradcheck(lambda x, t, m=m: ns.soft_topk(x, m, t), (x, tau))
+
+
+@needs_native
+def test_ties_give_the_same_matrix_and_stable_hard_order():
+    x = torch.tensor([[2.0, 1.0, 2.0, 1.0, 3.0, 2.0] * 3], dtype=torch.float64)
+    (p1, (g1,)), (p2, _) = both_paths(lambda x: ns.neural_sort(x, 0.5), x)
+    torch.testing.assert_close(p1, p2)
+    assert torch.isfinite(g1).all()
+    with ns.backends.native(True):
+        hard = ns.neural_sort(x, 1e-3, hard=True).argmax(-1)
+    assert torch.equal(hard, torch.sort(x, stable=True).indices)
+
+
+@needs_native
+def test_threads_do_not_change_the_result():
+    x = scores(512, 64, dtype=torch.float32, seed=5)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            with ns.backends.native(True):
+                p = ns.neural_sort(xx, 1.0)
+            p.backward(torch.ones_like(p).cumsum(-1))
+            outs.append((p.detach(), xx.grad))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
+@needs_native
+def test_batch_shapes_strides_and_empty_batches():
+    x = scores(2, 3, 7, seed=2)
+    ref = ns.neural_sort(x.reshape(6, 7), 1.0).reshape(2, 3, 7, 7)
+    with ns.backends.native(True):
+        torch.testing.assert_close(ns.neural_sort(x, 1.0), ref)
+        # a non-contiguous view sorted along a middle axis
+        xt = x.transpose(1, 2)
+        torch.testing.assert_close(ns.neural_sort(xt, 1.0, dim=1), ref)
+        empty = torch.zeros(0, 5, dtype=torch.float64, requires_grad=True)
+        out = ns.neural_sort(empty, 1.0)
+        assert out.shape == (0, 5, 5)
+        out.sum().backward()
+        assert empty.grad.shape == (0, 5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_non_finite_rows_stay_in_their_row(dtype):
+    x = scores(3, 20, dtype=dtype, seed=4)
+    x[1, 7] = float("nan")
+    x[2, 3] = float("inf")
+    with ns.backends.native(True):
+        p = ns.neural_sort(x, 1.0)
+        clean = ns.neural_sort(x[:1], 1.0)
+    torch.testing.assert_close(p[0], clean[0])
+    assert torch.isnan(p[1]).all() and torch.isnan(p[2]).all()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_extreme_scales_stay_finite_and_sharp(dtype):
+    x = scores(4, 37, dtype=dtype, seed=6) * 1e6
+    with ns.backends.native(True):
+        p = ns.neural_sort(x, 1e-3, descending=True)
+    assert torch.isfinite(p).all()
+    assert torch.equal(p.argmax(-1), torch.sort(x, descending=True, stable=True).indices)
+    torch.testing.assert_close(p.sum(-1), torch.ones(4, 37, dtype=dtype))
+
+
+def _run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CXX", "NEURALSORT_NATIVE")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+FALLBACK_CHECK = """
+import warnings, torch, neuralsort as ns
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(3, 8, dtype=torch.float64)
+    p = ns.neural_sort(x, 0.5)
+with ns.backends.native(False):
+    q = ns.neural_sort(x, 0.5)
+assert torch.equal(p, q)
+print("AVAILABLE", ns.backends.is_available())
+print("WARNINGS", [str(w.message)[:60] for w in caught])
+print("STATUS", ns.backends.status())
+"""
+
+
+def test_without_a_compiler_the_torch_path_runs_and_says_why(tmp_path):
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    proc = _run_isolated(
+        FALLBACK_CHECK, PATH=str(empty_bin), NEURALSORT_CACHE_DIR=str(tmp_path / "cache")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "AVAILABLE False" in proc.stdout
+    assert "could not be built" in proc.stdout
+    assert "no C++ compiler" in proc.stdout
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_environment_switch_skips_the_build(tmp_path):
+    code = FALLBACK_CHECK.replace('print("AVAILABLE", ns.backends.is_available())', "")
+    proc = _run_isolated(code, NEURALSORT_NATIVE="0", NEURALSORT_CACHE_DIR=str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNINGS []" in proc.stdout
+    assert "switched off" in proc.stdout
+    assert not (tmp_path / "c").exists()
