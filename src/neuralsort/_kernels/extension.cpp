@@ -60,10 +60,12 @@ void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_ta
     T* gxp = gx.data_ptr<T>();
     at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
         std::vector<T> u(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+        std::vector<double> inclusive(static_cast<size_t>(n));
         for (int64_t b = begin; b < end; ++b)
             k::backward_one(gp + b * m * n, pp + b * m * n, n, cp, m, inv_tau, op + b * n,
                             xcp + b * n, ap + b * n, gxp + b * n,
-                            tau_part != nullptr ? tau_part + b : nullptr, u.data(), v.data());
+                            tau_part != nullptr ? tau_part + b : nullptr, u.data(), v.data(),
+                            inclusive.data());
     });
 }
 

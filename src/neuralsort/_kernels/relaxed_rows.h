@@ -132,8 +132,32 @@ void sort_order(const T* v, int64_t n, int64_t* order) {
 // Short float rows: the ascending rank of each element is the number of elements before it,
 // counted for 16 elements at once (O(n^2) comparisons, but branch-free, 16 an instruction and
 // with no horizontal sums).
-inline void count_order(const Scratch<float>& sc, int64_t n, int64_t* order) {
-    const float* key = sc.key.data();
+//
+// First pass: strict comparisons only, as the sign of key_k - key_j (exact in IEEE arithmetic
+// for finite keys; -0 is normalised to +0 in `key`). Without equal keys (almost always) the
+// counts are the ranks; equal keys share a count, which the scatter detects, and then the
+// second pass breaks ties by index.
+inline bool count_order_distinct(const float* key, int64_t n, int64_t* order) {
+    std::fill(order, order + n, int64_t{-1});
+    for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+        const vf vj = load(key + j0);
+        vi c0 = {}, c1 = {};  // minus the number of smaller keys, in two chains
+        int64_t k = 0;
+        for (; k + 1 < n; k += 2) {
+            c0 += (vi)(splat(key[k]) - vj) >> 31;
+            c1 += (vi)(splat(key[k + 1]) - vj) >> 31;
+        }
+        if (k < n) c0 += (vi)(splat(key[k]) - vj) >> 31;
+        const vi rank = -(c0 + c1);
+        for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) {
+            if (order[rank[l]] >= 0) return false;  // two equal keys
+            order[rank[l]] = j0 + l;
+        }
+    }
+    return true;
+}
+
+inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
         const vf vj = load(key + j0);
         vi jj;
@@ -150,6 +174,10 @@ inline void count_order(const Scratch<float>& sc, int64_t n, int64_t* order) {
         for (int64_t k = diag_end; k < n; ++k) count -= splat(key[k]) < vj;
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) order[count[l]] = j0 + l;
     }
+}
+
+inline void count_order(const Scratch<float>& sc, int64_t n, int64_t* order) {
+    if (!count_order_distinct(sc.key.data(), n, order)) count_order_ties(sc.key.data(), n, order);
 }
 
 template <typename T>
@@ -279,6 +307,28 @@ inline T row_mean(const T* x, int64_t n) {
     }
 }
 
+// Inclusive prefix sums, in double, of values[order[r]] over r; returns the total. Four
+// segments are summed as independent chains (a single chain waits on every add's latency),
+// then offset.
+template <typename T>
+double sorted_prefix_sums(const T* values, const int64_t* order, int64_t n, double* inclusive) {
+    const int64_t q = (n + 3) / 4;
+    const int64_t b1 = std::min(q, n), b2 = std::min(2 * q, n), b3 = std::min(3 * q, n);
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (int64_t t = 0; t < q; ++t) {
+        if (t < b1) inclusive[t] = s0 += static_cast<double>(values[order[t]]);
+        if (b1 + t < b2) inclusive[b1 + t] = s1 += static_cast<double>(values[order[b1 + t]]);
+        if (b2 + t < b3) inclusive[b2 + t] = s2 += static_cast<double>(values[order[b2 + t]]);
+        if (b3 + t < n) inclusive[b3 + t] = s3 += static_cast<double>(values[order[b3 + t]]);
+    }
+    for (int64_t r = b1; r < b2; ++r) inclusive[r] += s0;
+    s1 += s0;
+    for (int64_t r = b2; r < b3; ++r) inclusive[r] += s1;
+    s2 += s1;
+    for (int64_t r = b3; r < n; ++r) inclusive[r] += s2;
+    return s2 + s3;
+}
+
 template <typename T>
 void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_row, int64_t m,
                  T inv_tau, T logit_range, T* p, T* xc, T* a, int64_t* order, Scratch<T>& sc) {
@@ -292,19 +342,15 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
     }
     for (int64_t j = 0; j < n; ++j) xc[j] = x[j] - mean;
     std::copy(xc, xc + n, sc.xc.data());
-    std::copy(xc, xc + n, sc.key.data());
+    for (int64_t j = 0; j < n; ++j) sc.key[j] = xc[j] + T(0);  // (-0 + 0 = +0)
     ascending_order(sc, n, order);
     // element of ascending rank r: sum_k |v_r - v_k| = (2r - n + 2) v_r + total - 2 inclusive_r,
     // with prefix sums in double (cancellation when |x| is large)
     double* inclusive = sc.prefix.data();
-    double running = 0.0;
-    for (int64_t r = 0; r < n; ++r) {
-        running += static_cast<double>(xc[order[r]]);
-        inclusive[r] = running;
-    }
+    const double total = sorted_prefix_sums(xc, order, n, inclusive);
     for (int64_t r = 0; r < n; ++r) {
         const double v = static_cast<double>(xc[order[r]]);
-        a[order[r]] = static_cast<T>(static_cast<double>(2 * r - n + 2) * v + running - 2.0 * inclusive[r]);
+        a[order[r]] = static_cast<T>(static_cast<double>(2 * r - n + 2) * v + total - 2.0 * inclusive[r]);
     }
     std::copy(a, a + n, sc.a.data());
     // with the shift at the true maximum the sum lies in [1, n]; far above means it was not
@@ -369,17 +415,14 @@ inline void reduce_rows(const float* g, const float* p, int64_t n, const float* 
 template <typename T>
 void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T inv_tau,
                   const int64_t* order, const T* xc, const T* a, T* gx, double* tau_part,
-                  T* u, T* v) {
+                  T* u, T* v, double* inclusive) {
     reduce_rows(g, p, n, coef, m, u, v);
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
-    double total = 0.0;
-    for (int64_t j = 0; j < n; ++j) total += static_cast<double>(v[j]);
-    double inclusive = 0.0;
+    const double total = sorted_prefix_sums(v, order, n, inclusive);
     for (int64_t r = 0; r < n; ++r) {
         const int64_t j = order[r];
         const double vr = static_cast<double>(v[j]);
-        inclusive += vr;
-        const double through_a = 2.0 * inclusive - total + vr * static_cast<double>(2 * r - n);
+        const double through_a = 2.0 * inclusive[r] - total + vr * static_cast<double>(2 * r - n);
         gx[j] = static_cast<T>((static_cast<double>(u[j]) + through_a) * static_cast<double>(inv_tau));
     }
     if (tau_part != nullptr) {
