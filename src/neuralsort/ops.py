@@ -250,6 +250,17 @@ def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool)
     return _RelaxedRows.apply(xc, coef, tau_t, rank_of_row)
 
 
+def _rows_times(p: Tensor, x: Tensor) -> Tensor:
+    """``sum_j p[..., i, j] x[..., j]``: a batched matrix-vector product.
+
+    On the CPU, for short rows, a multiply and a sum beat ``matmul``, whose backward runs one tiny
+    matrix product per batch element (2.5x slower at B=256, n=16).
+    """
+    if p.device.type == "cpu" and p.shape[-1] <= 32:
+        return (p * x.unsqueeze(-2)).sum(dim=-1)
+    return torch.matmul(p, x.unsqueeze(-1)).squeeze(-1)
+
+
 def _last(x: Tensor, dim: int) -> Tensor:
     """``x`` with axis ``dim`` moved last (no view, so no autograd node, when it already is)."""
     return x if dim == x.dim() - 1 else x.movedim(dim, -1)
@@ -331,7 +342,7 @@ def soft_sort(
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     xm = _last(x, d)
     p = _relaxed_rows(xm, xm.shape[-1], tau, descending)
-    out = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)
+    out = _rows_times(p, xm.to(p.dtype))
     return _from_last(out.to(x.dtype), d)
 
 
@@ -358,8 +369,8 @@ def soft_rank(
     n = xm.shape[-1]
     p = _relaxed_rows(xm, n, tau, descending)
     positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
-    weights = torch.stack((positions, torch.ones_like(positions)))
-    weighted, mass = torch.matmul(weights, p).unbind(-2)
+    weighted = _rows_times(p.transpose(-1, -2), positions)
+    mass = p.sum(dim=-2)
     ranks = weighted / mass
     return _from_last(ranks.to(x.dtype), d)
 
@@ -432,7 +443,7 @@ def soft_quantile(
     w = (h - lo).to(device=x.device)
     positions = torch.cat((lo, hi)).to(x.device) + 1
     p = _relaxed_rows(xm, positions, tau, descending=False)
-    picked = torch.matmul(p, xm.to(p.dtype).unsqueeze(-1)).squeeze(-1)  # (..., 2Q)
+    picked = _rows_times(p, xm.to(p.dtype))  # (..., 2Q)
     at_lo, at_hi = picked.split(qt.numel(), dim=-1)
     w = w.to(p.dtype)
     out = (1 - w) * at_lo + w * at_hi  # (..., Q)

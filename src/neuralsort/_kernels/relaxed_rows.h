@@ -42,7 +42,8 @@ constexpr int64_t kLanes = 16;
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 
-inline vf splat(float x) { return vf{} + x; }
+// (written out: `vf{} + x` would cost an add, as 0 + x is not x for x = -0)
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 inline vf load(const float* p) {
     vf v;
     std::memcpy(&v, p, sizeof(v));
@@ -133,22 +134,27 @@ void sort_order(const T* v, int64_t n, int64_t* order) {
 // counted for 16 elements at once (O(n^2) comparisons, but branch-free, 16 an instruction and
 // with no horizontal sums).
 //
-// First pass: strict comparisons only, as the sign of key_k - key_j (exact in IEEE arithmetic
-// for finite keys; -0 is normalised to +0 in `key`). Without equal keys (almost always) the
-// counts are the ranks; equal keys share a count, which the scatter detects, and then the
-// second pass breaks ties by index.
+// First pass: strict comparisons only (-0 is normalised to +0 in `key`). Without equal keys
+// (almost always) the counts are the ranks; equal keys share a count, which the scatter
+// detects, and then the second pass breaks ties by index.
+// For each lane l, the number of keys key[0..n) smaller than vj[l]: the sign of
+// key_k - key_j (exact in IEEE arithmetic for finite keys) as 0 / -1, summed in two chains.
+inline vi count_smaller(const float* key, int64_t n, vf vj) {
+    vi c0 = {}, c1 = {};
+    int64_t k = 0;
+    for (; k + 1 < n; k += 2) {
+        c0 += (vi)(splat(key[k]) - vj) >> 31;
+        c1 += (vi)(splat(key[k + 1]) - vj) >> 31;
+    }
+    if (k < n) c0 += (vi)(splat(key[k]) - vj) >> 31;
+    return -(c0 + c1);
+}
+
 inline bool count_order_distinct(const float* key, int64_t n, int64_t* order) {
     std::fill(order, order + n, int64_t{-1});
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
         const vf vj = load(key + j0);
-        vi c0 = {}, c1 = {};  // minus the number of smaller keys, in two chains
-        int64_t k = 0;
-        for (; k + 1 < n; k += 2) {
-            c0 += (vi)(splat(key[k]) - vj) >> 31;
-            c1 += (vi)(splat(key[k + 1]) - vj) >> 31;
-        }
-        if (k < n) c0 += (vi)(splat(key[k]) - vj) >> 31;
-        const vi rank = -(c0 + c1);
+        const vi rank = count_smaller(key, n, vj);
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) {
             if (order[rank[l]] >= 0) return false;  // two equal keys
             order[rank[l]] = j0 + l;
