@@ -233,3 +233,21 @@ def test_environment_switch_skips_the_build(tmp_path):
     assert "WARNINGS []" in proc.stdout
     assert "switched off" in proc.stdout
     assert not (tmp_path / "c").exists()
+
+
+@needs_native
+def test_torch_compile_traces_the_operator():
+    # the operator has shape-only (Meta) kernels, so torch.compile can trace it in one graph
+    torch._dynamo.reset()
+    x = scores(4, 6, dtype=torch.float32, seed=8).requires_grad_()
+    tau = torch.tensor(0.7, requires_grad=True)
+
+    def fn(x, t):
+        return (ns.soft_topk(x, 3, t) * torch.arange(6.0)).sum()
+
+    with ns.backends.native(True):
+        expected = torch.autograd.grad(fn(x, tau), (x, tau))
+        got = torch.autograd.grad(
+            torch.compile(fn, fullgraph=True, backend="aot_eager")(x, tau), (x, tau)
+        )
+    torch.testing.assert_close(got, expected)

@@ -10,6 +10,9 @@ from torch import Tensor
 
 TauLike = float | Tensor
 
+# torch.compiler.is_compiling appeared in torch 2.3
+is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
 
 def check_float_tensor(x: object, name: str, fn: str) -> Tensor:
     """Return ``x`` if it is a floating-point tensor, else raise ``TypeError``."""
@@ -54,7 +57,8 @@ def check_tau(tau: object, fn: str) -> TauLike:
             )
         if not tau.is_floating_point():
             raise TypeError(f"{fn}: `tau` must be a floating-point tensor, got {tau.dtype}")
-        if not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any()):
+        # (its value cannot be read while torch.compile traces; checked in eager mode)
+        if not is_compiling() and (not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any())):
             raise ValueError(f"{fn}: `tau` must be positive and finite, got {tau.item()!r}")
         return tau.reshape(())
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):

@@ -42,6 +42,7 @@ from ._checks import (
     check_positive_int,
     check_sort_input,
     compute_dtype,
+    is_compiling,
 )
 
 __all__ = [
@@ -78,6 +79,12 @@ def _ascending_order(x: Tensor) -> Tensor:
     return torch.sort(x.detach(), dim=-1).indices
 
 
+def _cached(fn, *args):
+    """``fn(*args)`` through its ``lru_cache``, except while torch.compile traces (which would
+    ignore the cache and warn): small constants cost a kernel launch each to build."""
+    return fn.__wrapped__(*args) if is_compiling() else fn(*args)
+
+
 @functools.lru_cache(maxsize=256)
 def _ramp(n: int, offset: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``2 r - offset`` for ``r = 0..n-1`` (cached: small constants cost a kernel launch each)."""
@@ -95,7 +102,7 @@ def _abs_dev_rowsum(x: Tensor, order: Tensor) -> Tensor:
     v = x.to(_accumulation_dtype(x)).gather(-1, order)
     inclusive = torch.cumsum(v, dim=-1)
     # (2r - n) v + T - 2 (inclusive - v) = (2r - n + 2) v + T - 2 inclusive
-    ramp = _ramp(n, n - 2, x.device, v.dtype)
+    ramp = _cached(_ramp, n, n - 2, x.device, v.dtype)
     rowsum_sorted = torch.addcmul(inclusive[..., -1:] - 2 * inclusive, ramp, v)
     return torch.empty_like(x).scatter_(-1, order, rowsum_sorted.to(x.dtype))
 
@@ -112,7 +119,7 @@ def _abs_dev_rowsum_backward(grad_a: Tensor, order: Tensor) -> Tensor:
     gs = grad_a.gather(-1, order)
     inclusive = torch.cumsum(gs, dim=-1)
     # 2 (inclusive - gs) - total + gs + gs (2r - n + 1) = 2 inclusive - total + gs (2r - n)
-    ramp = _ramp(n, n, grad_a.device, gs.dtype)
+    ramp = _cached(_ramp, n, n, grad_a.device, gs.dtype)
     sorted_grad = torch.addcmul(2 * inclusive - inclusive[..., -1:], ramp, gs)
     return torch.empty_like(grad_a).scatter_(-1, order, sorted_grad)
 
@@ -206,7 +213,7 @@ def _scalar(value: float, device: torch.device, dtype: torch.dtype) -> Tensor:
 def _as_tau_tensor(tau: TauLike, like: Tensor) -> Tensor:
     if isinstance(tau, Tensor):
         return tau.to(device=like.device, dtype=like.dtype)
-    return _scalar(tau, like.device, like.dtype)
+    return _cached(_scalar, tau, like.device, like.dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -240,7 +247,7 @@ def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool)
     n = x.shape[-1]
     xc = x.to(compute_dtype(x.dtype))
     if isinstance(rows, int):
-        coef, rank_of_row = _leading_rows(n, rows, descending, xc.device, xc.dtype)
+        coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
     else:
         coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
     tau_t = _as_tau_tensor(tau, xc)

@@ -80,29 +80,94 @@ Tensor abs_dev_rowsum_backward(const Tensor& v, const Tensor& order) {
     return at::zeros_like(v).scatter(-1, order, sorted);
 }
 
+// ---------------------------------------------------------------------------------------------
+// kernels behind the dispatcher: CPU does the work, Meta only gives shapes (what torch.compile's
+// fake tensors run)
+// ---------------------------------------------------------------------------------------------
+
+std::vector<int64_t> rows_shape(const Tensor& x, int64_t m) {
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = m;
+    sizes.push_back(x.size(-1));
+    return sizes;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_cpu(const Tensor& x, const Tensor& coef,
+                                                       const Tensor& rank_of_row,
+                                                       const Tensor& tau, double logit_range) {
+    TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "neuralsort::relaxed_rows: empty last axis");
+    const Tensor xin = x.contiguous();
+    const Tensor cin = coef.to(x.scalar_type()).contiguous();
+    const Tensor rin = rank_of_row.to(at::kLong).contiguous();
+    const double inv_tau = 1.0 / tau.item<double>();
+    Tensor p = at::empty(rows_shape(x, cin.size(0)), x.options());
+    Tensor xc = at::empty_like(xin);
+    Tensor a = at::empty_like(xin);
+    Tensor order = at::empty(xin.sizes(), xin.options().dtype(at::kLong));
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neuralsort::relaxed_rows_forward", [&] {
+        run_forward<scalar_t>(xin, cin, rin, static_cast<scalar_t>(inv_tau),
+                              static_cast<scalar_t>(logit_range), p, xc, a, order);
+    });
+    return {p, xc, a, order};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_meta(const Tensor& x, const Tensor& coef,
+                                                        const Tensor&, const Tensor&, double) {
+    return {at::empty(rows_shape(x, coef.size(0)), x.options()), at::empty_like(x),
+            at::empty_like(x), at::empty(x.sizes(), x.options().dtype(at::kLong))};
+}
+
+std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad_p, const Tensor& p, const Tensor& coef,
+                                        const Tensor& tau, const Tensor& order, const Tensor& xc,
+                                        const Tensor& a, bool need_tau) {
+    const double inv_tau = 1.0 / tau.item<double>();
+    const Tensor g = grad_p.to(p.scalar_type()).contiguous();
+    const Tensor cin = coef.to(p.scalar_type()).contiguous();
+    Tensor grad_x = at::empty_like(xc);
+    const int64_t batch = xc.numel() / xc.size(-1);
+    Tensor tau_part = at::empty({need_tau ? batch : 0}, xc.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "neuralsort::relaxed_rows_backward", [&] {
+        run_backward<scalar_t>(g, p, cin, static_cast<scalar_t>(inv_tau), order, xc, a, grad_x,
+                               need_tau ? tau_part.data_ptr<double>() : nullptr);
+    });
+    Tensor grad_tau = need_tau ? (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type())
+                               : at::zeros({}, tau.options());
+    return {grad_x, grad_tau};
+}
+
+std::tuple<Tensor, Tensor> backward_meta(const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor& tau, const Tensor&, const Tensor& xc,
+                                         const Tensor&, bool) {
+    return {at::empty_like(xc), at::empty({}, tau.options())};
+}
+
+// ---------------------------------------------------------------------------------------------
+// autograd: one C++ node that calls the two operators above through the dispatcher
+// ---------------------------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& coef,
+                                                        const Tensor& rank_of_row,
+                                                        const Tensor& tau, double logit_range) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("neuralsort::relaxed_rows_forward", "")
+                         .typed<decltype(forward_cpu)>();
+    return op.call(x, coef, rank_of_row, tau, logit_range);
+}
+
+std::tuple<Tensor, Tensor> call_backward(const Tensor& grad_p, const Tensor& p, const Tensor& coef,
+                                         const Tensor& tau, const Tensor& order, const Tensor& xc,
+                                         const Tensor& a, bool need_tau) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("neuralsort::relaxed_rows_backward", "")
+                         .typed<decltype(backward_cpu)>();
+    return op.call(grad_p, p, coef, tau, order, xc, a, need_tau);
+}
+
 struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
     static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& coef,
                           const Tensor& rank_of_row, const Tensor& tau, double logit_range) {
-        TORCH_CHECK(x.device().is_cpu(), "neuralsort::relaxed_rows: CPU tensors only");
-        TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "neuralsort::relaxed_rows: empty last axis");
-        const Tensor xin = x.contiguous();
-        const Tensor cin = coef.to(x.scalar_type()).contiguous();
-        const Tensor rin = rank_of_row.to(at::kLong).contiguous();
-        const double inv_tau = 1.0 / tau.item<double>();
-        const int64_t n = x.size(-1), m = cin.size(0);
-        std::vector<int64_t> sizes = x.sizes().vec();
-        sizes.back() = m;
-        sizes.push_back(n);
-        Tensor p = at::empty(sizes, x.options());
-        Tensor xc = at::empty_like(xin);
-        Tensor a = at::empty_like(xin);
-        Tensor order = at::empty(xin.sizes(), xin.options().dtype(at::kLong));
-        AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neuralsort::relaxed_rows", [&] {
-            run_forward<scalar_t>(xin, cin, rin, static_cast<scalar_t>(inv_tau),
-                                  static_cast<scalar_t>(logit_range), p, xc, a, order);
-        });
-        ctx->save_for_backward({p, xc, a, cin, tau, order, x});
-        ctx->saved_data["inv_tau"] = inv_tau;
+        auto [p, xc, a, order] = call_forward(x, coef, rank_of_row, tau, logit_range);
+        ctx->save_for_backward({p, xc, a, coef, tau, order, x});
         return p;
     }
 
@@ -117,7 +182,7 @@ struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
         if (at::GradMode::is_enabled()) {
             // create_graph=True: the same formulas with differentiable ops
             const Tensor gl = at::_softmax_backward_data(grad_p, p, -1, p.scalar_type());
-            const Tensor u = at::matmul(coef.unsqueeze(0), gl).squeeze(-2);
+            const Tensor u = at::matmul(coef.to(p.scalar_type()).unsqueeze(0), gl).squeeze(-2);
             const Tensor v = gl.sum(-2).neg();
             const Tensor inv = tau.reciprocal();
             if (need_x) grad_x = (u + abs_dev_rowsum_backward(v, order)) * inv;
@@ -128,17 +193,8 @@ struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
             }
             return {grad_x, {}, {}, grad_tau, {}};
         }
-        const double inv_tau = ctx->saved_data["inv_tau"].toDouble();
-        const Tensor g = grad_p.to(p.scalar_type()).contiguous();
-        grad_x = at::empty_like(xc);
-        const int64_t batch = xc.numel() / xc.size(-1);
-        Tensor tau_part = need_tau ? at::empty({batch}, xc.options().dtype(at::kDouble)) : Tensor();
-        AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "neuralsort::relaxed_rows_backward", [&] {
-            run_backward<scalar_t>(g, p, coef, static_cast<scalar_t>(inv_tau), order, xc, a, grad_x,
-                                   need_tau ? tau_part.data_ptr<double>() : nullptr);
-        });
-        if (need_tau) grad_tau = (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type());
-        return {need_x ? grad_x : Tensor(), {}, {}, grad_tau, {}};
+        std::tie(grad_x, grad_tau) = call_backward(grad_p, p, coef, tau, order, xc, a, need_tau);
+        return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}};
     }
 };
 
@@ -150,9 +206,26 @@ Tensor relaxed_rows(const Tensor& x, const Tensor& coef, const Tensor& rank_of_r
 }  // namespace
 
 TORCH_LIBRARY(neuralsort, m) {
-    m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range) -> Tensor");
+    // public: differentiable (its autograd is the C++ node above)
+    m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range)"
+          " -> Tensor");
+    // the two halves, as opaque operators (so torch.compile traces them without reading data)
+    m.def("relaxed_rows_forward(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, "
+          "float logit_range) -> (Tensor p, Tensor xc, Tensor a, Tensor order)");
+    m.def("relaxed_rows_backward(Tensor grad_p, Tensor p, Tensor coef, Tensor tau, Tensor order, "
+          "Tensor xc, Tensor a, bool need_tau) -> (Tensor grad_x, Tensor grad_tau)");
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CompositeImplicitAutograd, m) {
     m.impl("relaxed_rows", &relaxed_rows);
+}
+
+TORCH_LIBRARY_IMPL(neuralsort, CPU, m) {
+    m.impl("relaxed_rows_forward", &forward_cpu);
+    m.impl("relaxed_rows_backward", &backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(neuralsort, Meta, m) {
+    m.impl("relaxed_rows_forward", &forward_meta);
+    m.impl("relaxed_rows_backward", &backward_meta);
 }
