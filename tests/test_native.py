@@ -251,3 +251,16 @@ def test_torch_compile_traces_the_operator():
             torch.compile(fn, fullgraph=True, backend="aot_eager")(x, tau), (x, tau)
         )
     torch.testing.assert_close(got, expected)
+
+
+@needs_native
+def test_sorted_values_operator_second_derivatives():
+    # soft_sort and soft_quantile run relaxed_sorted_values; its create_graph path is separate
+    x = scores(3, 7, seed=9).requires_grad_()
+    tau = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    with ns.backends.native(True):
+        assert torch.autograd.gradgradcheck(lambda x, t: ns.soft_sort(x, t), (x, tau))
+        assert torch.autograd.gradgradcheck(
+            lambda x, t: ns.soft_quantile(x, [0.3, 0.5], t), (x, tau)
+        )
+        assert torch.autograd.gradcheck(lambda x, t: ns.soft_sort(x, t, descending=True), (x, tau))

@@ -144,6 +144,7 @@ def _load():
             path = _build(cxx)
             torch.ops.load_library(str(path))
             op = torch.ops.neuralsort.relaxed_rows
+            _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
             _state["reason"] = f"{type(err).__name__}: {err}"
             warnings.warn(
@@ -192,5 +193,12 @@ def usable(x: Tensor) -> bool:
 def relaxed_rows(
     x: Tensor, coef: Tensor, rank_of_row: Tensor, tau: Tensor, logit_range: float
 ) -> Tensor:
-    """``softmax((coef_i * xc_j - (A_xc 1)_j) / tau)`` for ``x`` of shape ``(..., n)``."""
+    """``P[..., i, j] = softmax_j((coef_i * xc_j - (A_xc 1)_j) / tau)`` for ``x`` ``(..., n)``."""
     return _state["op"](x, coef, rank_of_row, tau, logit_range)  # type: ignore[operator]
+
+
+def relaxed_sorted_values(
+    x: Tensor, coef: Tensor, rank_of_row: Tensor, tau: Tensor, logit_range: float
+) -> Tensor:
+    """``sum_j P[..., i, j] x[..., j]``: the rows of :func:`relaxed_rows` applied to ``x``."""
+    return _state["values_op"](x, coef, rank_of_row, tau, logit_range)  # type: ignore[operator]

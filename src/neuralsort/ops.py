@@ -238,11 +238,14 @@ def _row_constants(
     return coef, rank_of_row
 
 
-def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool) -> Tensor:
+def _relaxed_rows(
+    x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool, *, times_x: bool = False
+) -> Tensor:
     """Rows of the relaxed permutation of ``x`` along its last axis.
 
     ``rows`` is either an int ``k`` (the first ``k`` sorted positions) or a tensor of 1-based
-    sorted positions. Returns ``(..., m, n)`` in the compute dtype (float32 for half inputs).
+    sorted positions. Returns ``(..., m, n)`` in the compute dtype (float32 for half inputs), or
+    with ``times_x`` the rows applied to ``x`` itself, ``(..., m)``: the relaxed sorted values.
     """
     n = x.shape[-1]
     xc = x.to(compute_dtype(x.dtype))
@@ -252,9 +255,12 @@ def _relaxed_rows(x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool)
         coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
     tau_t = _as_tau_tensor(tau, xc)
     if _native.usable(xc):
-        # the fused C++ operator (see _kernels/): same matrix, one pass, backward in C++
-        return _native.relaxed_rows(xc, coef, rank_of_row, tau_t, _LOGIT_RANGE[xc.dtype])
-    return _RelaxedRows.apply(xc, coef, tau_t, rank_of_row)
+        # the fused C++ operators (see _kernels/): one pass, backward in C++; applied to x, the
+        # backward never forms the (..., m, n) gradient of the rows
+        op = _native.relaxed_sorted_values if times_x else _native.relaxed_rows
+        return op(xc, coef, rank_of_row, tau_t, _LOGIT_RANGE[xc.dtype])
+    p = _RelaxedRows.apply(xc, coef, tau_t, rank_of_row)
+    return _rows_times(p, xc) if times_x else p
 
 
 def _rows_times(p: Tensor, x: Tensor) -> Tensor:
@@ -348,8 +354,7 @@ def soft_sort(
     fn = "soft_sort"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     xm = _last(x, d)
-    p = _relaxed_rows(xm, xm.shape[-1], tau, descending)
-    out = _rows_times(p, xm.to(p.dtype))
+    out = _relaxed_rows(xm, xm.shape[-1], tau, descending, times_x=True)
     return _from_last(out.to(x.dtype), d)
 
 
@@ -449,10 +454,9 @@ def soft_quantile(
     hi = (lo + 1).clamp(max=n - 1)
     w = (h - lo).to(device=x.device)
     positions = torch.cat((lo, hi)).to(x.device) + 1
-    p = _relaxed_rows(xm, positions, tau, descending=False)
-    picked = _rows_times(p, xm.to(p.dtype))  # (..., 2Q)
+    picked = _relaxed_rows(xm, positions, tau, descending=False, times_x=True)  # (..., 2Q)
     at_lo, at_hi = picked.split(qt.numel(), dim=-1)
-    w = w.to(p.dtype)
+    w = w.to(picked.dtype)
     out = (1 - w) * at_lo + w * at_hi  # (..., Q)
     out = out.to(x.dtype)
     return out.squeeze(-1) if scalar_q else out.movedim(-1, 0)

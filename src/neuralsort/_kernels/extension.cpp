@@ -1,9 +1,12 @@
-// The torch operator neuralsort::relaxed_rows: NeuralSort's relaxed permutation rows on the CPU,
-// float32 and float64, with its backward, as one autograd node written in C++ (a Python
-// autograd.Function costs more than the whole kernel for small inputs).
+// The torch operators neuralsort::relaxed_rows and neuralsort::relaxed_sorted_values:
+// NeuralSort's relaxed permutation rows on the CPU, float32 and float64, with their backward, as
+// one autograd node written in C++ (a Python autograd.Function costs more than the whole kernel
+// for small inputs).
 //
-//   relaxed_rows(x, coef, rank_of_row, tau, logit_range)[..., i, j]
+//   relaxed_rows(x, coef, rank_of_row, tau, logit_range)[..., i, j] = P[..., i, j]
 //       = softmax_j((coef_i * xc_j - (A_xc 1)_j) / tau),   xc = x - mean(x) along the last axis
+//   relaxed_sorted_values(x, ...)[..., i] = sum_j P[..., i, j] x[..., j]
+//       (soft_sort and soft_quantile: the backward never forms the m x n gradient of P)
 //
 // Built on first use by neuralsort/_native.py; the kernels are in relaxed_rows.h.
 
@@ -28,7 +31,7 @@ int64_t grain(int64_t m, int64_t n) {
 
 template <typename T>
 void run_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row, T inv_tau,
-                 T logit_range, Tensor& p, Tensor& xc, Tensor& a, Tensor& order) {
+                 T logit_range, Tensor& p, Tensor& xc, Tensor& a, Tensor& order, Tensor* y) {
     const int64_t n = x.size(-1), m = coef.size(0), batch = x.numel() / n;
     const T* xp = x.data_ptr<T>();
     const T* cp = coef.data_ptr<T>();
@@ -37,19 +40,21 @@ void run_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
     T* xcp = xc.data_ptr<T>();
     T* ap = a.data_ptr<T>();
     int64_t* op = order.data_ptr<int64_t>();
+    T* yp = y != nullptr ? y->data_ptr<T>() : nullptr;
     at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
         k::Scratch<T> scratch;
         scratch.resize(n);
         for (int64_t b = begin; b < end; ++b)
             k::forward_one(xp + b * n, n, cp, rp, m, inv_tau, logit_range, pp + b * m * n,
-                           xcp + b * n, ap + b * n, op + b * n, scratch);
+                           xcp + b * n, ap + b * n, op + b * n, scratch,
+                           yp != nullptr ? yp + b * m : nullptr);
     });
 }
 
 template <typename T>
 void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_tau,
                   const Tensor& order, const Tensor& xc, const Tensor& a, Tensor& gx,
-                  double* tau_part) {
+                  double* tau_part, bool values) {
     const int64_t n = xc.size(-1), m = coef.size(0), batch = xc.numel() / n;
     const T* gp = g.data_ptr<T>();
     const T* pp = p.data_ptr<T>();
@@ -58,14 +63,16 @@ void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_ta
     const T* xcp = xc.data_ptr<T>();
     const T* ap = a.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
+    const int64_t g_stride = values ? m : m * n;  // g is the gradient of y (m) or of P (m x n)
     at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
         std::vector<T> u(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+        std::vector<T> direct(values ? static_cast<size_t>(n) : 0);
         std::vector<double> inclusive(static_cast<size_t>(n));
         for (int64_t b = begin; b < end; ++b)
-            k::backward_one(gp + b * m * n, pp + b * m * n, n, cp, m, inv_tau, op + b * n,
+            k::backward_one(gp + b * g_stride, pp + b * m * n, n, cp, m, inv_tau, op + b * n,
                             xcp + b * n, ap + b * n, gxp + b * n,
                             tau_part != nullptr ? tau_part + b : nullptr, u.data(), v.data(),
-                            inclusive.data());
+                            inclusive.data(), values ? direct.data() : nullptr);
     });
 }
 
@@ -92,9 +99,17 @@ std::vector<int64_t> rows_shape(const Tensor& x, int64_t m) {
     return sizes;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> forward_cpu(const Tensor& x, const Tensor& coef,
-                                                       const Tensor& rank_of_row,
-                                                       const Tensor& tau, double logit_range) {
+std::vector<int64_t> values_shape(const Tensor& x, int64_t m) {
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = m;
+    return sizes;
+}
+
+using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// (p, xc, a, order, y): y = p x along the last axis when `values`, else an empty tensor
+Forward forward_cpu(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
+                    const Tensor& tau, double logit_range, bool values) {
     TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "neuralsort::relaxed_rows: empty last axis");
     const Tensor xin = x.contiguous();
     const Tensor cin = coef.to(x.scalar_type()).contiguous();
@@ -104,31 +119,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_cpu(const Tensor& x, const Te
     Tensor xc = at::empty_like(xin);
     Tensor a = at::empty_like(xin);
     Tensor order = at::empty(xin.sizes(), xin.options().dtype(at::kLong));
+    Tensor y = values ? at::empty(values_shape(x, cin.size(0)), x.options()) : at::empty({0}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "neuralsort::relaxed_rows_forward", [&] {
         run_forward<scalar_t>(xin, cin, rin, static_cast<scalar_t>(inv_tau),
-                              static_cast<scalar_t>(logit_range), p, xc, a, order);
+                              static_cast<scalar_t>(logit_range), p, xc, a, order,
+                              values ? &y : nullptr);
     });
-    return {p, xc, a, order};
+    return {p, xc, a, order, y};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> forward_meta(const Tensor& x, const Tensor& coef,
-                                                        const Tensor&, const Tensor&, double) {
-    return {at::empty(rows_shape(x, coef.size(0)), x.options()), at::empty_like(x),
-            at::empty_like(x), at::empty(x.sizes(), x.options().dtype(at::kLong))};
+Forward forward_meta(const Tensor& x, const Tensor& coef, const Tensor&, const Tensor&, double,
+                     bool values) {
+    const int64_t m = coef.size(0);
+    return {at::empty(rows_shape(x, m), x.options()), at::empty_like(x), at::empty_like(x),
+            at::empty(x.sizes(), x.options().dtype(at::kLong)),
+            at::empty(values ? values_shape(x, m) : std::vector<int64_t>{0}, x.options())};
 }
 
-std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad_p, const Tensor& p, const Tensor& coef,
+// grad is the gradient of p, or with `values` of y = p x
+std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad, const Tensor& p, const Tensor& coef,
                                         const Tensor& tau, const Tensor& order, const Tensor& xc,
-                                        const Tensor& a, bool need_tau) {
+                                        const Tensor& a, bool need_tau, bool values) {
     const double inv_tau = 1.0 / tau.item<double>();
-    const Tensor g = grad_p.to(p.scalar_type()).contiguous();
+    const Tensor g = grad.to(p.scalar_type()).contiguous();
     const Tensor cin = coef.to(p.scalar_type()).contiguous();
     Tensor grad_x = at::empty_like(xc);
     const int64_t batch = xc.numel() / xc.size(-1);
     Tensor tau_part = at::empty({need_tau ? batch : 0}, xc.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "neuralsort::relaxed_rows_backward", [&] {
         run_backward<scalar_t>(g, p, cin, static_cast<scalar_t>(inv_tau), order, xc, a, grad_x,
-                               need_tau ? tau_part.data_ptr<double>() : nullptr);
+                               need_tau ? tau_part.data_ptr<double>() : nullptr, values);
     });
     Tensor grad_tau = need_tau ? (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type())
                                : at::zeros({}, tau.options());
@@ -137,7 +157,7 @@ std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad_p, const Tensor& p, c
 
 std::tuple<Tensor, Tensor> backward_meta(const Tensor&, const Tensor&, const Tensor&,
                                          const Tensor& tau, const Tensor&, const Tensor& xc,
-                                         const Tensor&, bool) {
+                                         const Tensor&, bool, bool) {
     return {at::empty_like(xc), at::empty({}, tau.options())};
 }
 
@@ -145,79 +165,103 @@ std::tuple<Tensor, Tensor> backward_meta(const Tensor&, const Tensor&, const Ten
 // autograd: one C++ node that calls the two operators above through the dispatcher
 // ---------------------------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& coef,
-                                                        const Tensor& rank_of_row,
-                                                        const Tensor& tau, double logit_range) {
+Forward call_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
+                     const Tensor& tau, double logit_range, bool values) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("neuralsort::relaxed_rows_forward", "")
                          .typed<decltype(forward_cpu)>();
-    return op.call(x, coef, rank_of_row, tau, logit_range);
+    return op.call(x, coef, rank_of_row, tau, logit_range, values);
 }
 
-std::tuple<Tensor, Tensor> call_backward(const Tensor& grad_p, const Tensor& p, const Tensor& coef,
+std::tuple<Tensor, Tensor> call_backward(const Tensor& grad, const Tensor& p, const Tensor& coef,
                                          const Tensor& tau, const Tensor& order, const Tensor& xc,
-                                         const Tensor& a, bool need_tau) {
+                                         const Tensor& a, bool need_tau, bool values) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("neuralsort::relaxed_rows_backward", "")
                          .typed<decltype(backward_cpu)>();
-    return op.call(grad_p, p, coef, tau, order, xc, a, need_tau);
+    return op.call(grad, p, coef, tau, order, xc, a, need_tau, values);
 }
 
+// `values` false: the output is P (..., m, n); true: y = P x (..., m), the relaxed sorted values.
 struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
     static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& coef,
-                          const Tensor& rank_of_row, const Tensor& tau, double logit_range) {
-        auto [p, xc, a, order] = call_forward(x, coef, rank_of_row, tau, logit_range);
-        ctx->save_for_backward({p, xc, a, coef, tau, order, x});
-        return p;
+                          const Tensor& rank_of_row, const Tensor& tau, double logit_range,
+                          bool values) {
+        auto [p, xc, a, order, y] = call_forward(x, coef, rank_of_row, tau, logit_range, values);
+        ctx->save_for_backward({p, xc, a, coef, tau, order, x, rank_of_row});
+        ctx->saved_data["values"] = values;
+        ctx->saved_data["logit_range"] = logit_range;
+        return values ? y : p;
     }
 
     static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
         const auto saved = ctx->get_saved_variables();
         const Tensor &p = saved[0], &xc = saved[1], &a = saved[2], &coef = saved[3];
-        const Tensor &tau = saved[4], &order = saved[5], &x = saved[6];
+        const Tensor &tau = saved[4], &order = saved[5], &x = saved[6], &rank_of_row = saved[7];
+        const bool values = ctx->saved_data["values"].toBool();
         const bool need_x = ctx->needs_input_grad(0), need_tau = ctx->needs_input_grad(3);
         Tensor grad_x, grad_tau;
-        const Tensor& grad_p = grads[0];
-        if (!grad_p.defined() || !(need_x || need_tau)) return {grad_x, {}, {}, grad_tau, {}};
+        const Tensor& grad = grads[0];
+        if (!grad.defined() || !(need_x || need_tau)) return {grad_x, {}, {}, grad_tau, {}, {}};
         if (at::GradMode::is_enabled()) {
-            // create_graph=True: the same formulas with differentiable ops
-            const Tensor gl = at::_softmax_backward_data(grad_p, p, -1, p.scalar_type());
+            // create_graph=True: the same formulas with differentiable ops. P must depend on x
+            // in the graph: it does as this node's output; as an intermediate (values) it is
+            // built again by a differentiable call.
+            const Tensor pd =
+                values ? RelaxedRows::apply(x, coef, rank_of_row, tau,
+                                            ctx->saved_data["logit_range"].toDouble(), false)
+                       : p;
+            const Tensor grad_p = values ? grad.unsqueeze(-1) * x.unsqueeze(-2) : grad;
+            const Tensor gl = at::_softmax_backward_data(grad_p, pd, -1, pd.scalar_type());
             const Tensor u = at::matmul(coef.to(p.scalar_type()).unsqueeze(0), gl).squeeze(-2);
             const Tensor v = gl.sum(-2).neg();
             const Tensor inv = tau.reciprocal();
-            if (need_x) grad_x = (u + abs_dev_rowsum_backward(v, order)) * inv;
+            if (need_x) {
+                grad_x = (u + abs_dev_rowsum_backward(v, order)) * inv;
+                if (values) grad_x = grad_x + (grad.unsqueeze(-1) * pd).sum(-2);  // x as the values
+            }
             if (need_tau) {  // grad_tau depends on x through xc and a as well
                 const Tensor xd = x - x.mean(-1, true);
                 const Tensor ad = (xd.unsqueeze(-1) - xd.unsqueeze(-2)).abs().sum(-1);
                 grad_tau = ((xd * u).sum() + (ad * v).sum()).neg() * inv * inv;
             }
-            return {grad_x, {}, {}, grad_tau, {}};
+            return {grad_x, {}, {}, grad_tau, {}, {}};
         }
-        std::tie(grad_x, grad_tau) = call_backward(grad_p, p, coef, tau, order, xc, a, need_tau);
-        return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}};
+        std::tie(grad_x, grad_tau) =
+            call_backward(grad, p, coef, tau, order, xc, a, need_tau, values);
+        return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}, {}};
     }
 };
 
 Tensor relaxed_rows(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
                     const Tensor& tau, double logit_range) {
-    return RelaxedRows::apply(x, coef, rank_of_row, tau, logit_range);
+    return RelaxedRows::apply(x, coef, rank_of_row, tau, logit_range, false);
+}
+
+Tensor relaxed_sorted_values(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
+                             const Tensor& tau, double logit_range) {
+    return RelaxedRows::apply(x, coef, rank_of_row, tau, logit_range, true);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(neuralsort, m) {
-    // public: differentiable (its autograd is the C++ node above)
+    // public, differentiable (their autograd is the C++ node above): the rows of P, or P x
     m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range)"
           " -> Tensor");
+    m.def("relaxed_sorted_values(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, "
+          "float logit_range) -> Tensor");
     // the two halves, as opaque operators (so torch.compile traces them without reading data)
     m.def("relaxed_rows_forward(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, "
-          "float logit_range) -> (Tensor p, Tensor xc, Tensor a, Tensor order)");
-    m.def("relaxed_rows_backward(Tensor grad_p, Tensor p, Tensor coef, Tensor tau, Tensor order, "
-          "Tensor xc, Tensor a, bool need_tau) -> (Tensor grad_x, Tensor grad_tau)");
+          "float logit_range, bool values) -> (Tensor p, Tensor xc, Tensor a, Tensor order, "
+          "Tensor y)");
+    m.def("relaxed_rows_backward(Tensor grad, Tensor p, Tensor coef, Tensor tau, Tensor order, "
+          "Tensor xc, Tensor a, bool need_tau, bool values) -> (Tensor grad_x, Tensor grad_tau)");
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CompositeImplicitAutograd, m) {
     m.impl("relaxed_rows", &relaxed_rows);
+    m.impl("relaxed_sorted_values", &relaxed_sorted_values);
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CPU, m) {

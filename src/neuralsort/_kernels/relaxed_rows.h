@@ -336,13 +336,46 @@ double sorted_prefix_sums(const T* values, const int64_t* order, int64_t n, doub
 }
 
 template <typename T>
+inline T dot(const T* x, const T* y, int64_t n) {
+    T s = 0;
+    int64_t whole = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        whole = n / kLanes * kLanes;
+        vf acc = {};
+        for (int64_t j = 0; j < whole; j += kLanes) acc += load(x + j) * load(y + j);
+        s = lane_sum<float>(acc);
+    }
+    for (int64_t j = whole; j < n; ++j) s += x[j] * y[j];
+    return s;
+}
+
+template <typename T>
+void rows(const RowSetup<T>& rs, Scratch<T>& sc, int64_t n, const T* coef,
+          const int64_t* rank_of_row, int64_t m, T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        switch (n) {
+            case 16: return rows_in_registers<1>(rs, sc, coef, rank_of_row, m, p);
+            case 32: return rows_in_registers<2>(rs, sc, coef, rank_of_row, m, p);
+            case 48: return rows_in_registers<3>(rs, sc, coef, rank_of_row, m, p);
+            case 64: return rows_in_registers<4>(rs, sc, coef, rank_of_row, m, p);
+            default: break;
+        }
+    }
+    rows_buffered(rs, sc, n, coef, rank_of_row, m, p, sc.row.data());
+}
+
+// One batch element: xc, a, order and the m rows p; with `y` also the relaxed sorted values
+// y_i = sum_j p_ij x_j (= sum_j p_ij xc_j + mean, as the rows sum to one).
+template <typename T>
 void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_row, int64_t m,
-                 T inv_tau, T logit_range, T* p, T* xc, T* a, int64_t* order, Scratch<T>& sc) {
+                 T inv_tau, T logit_range, T* p, T* xc, T* a, int64_t* order, Scratch<T>& sc,
+                 T* y = nullptr) {
     const T mean = row_mean(x, n);
     if (!std::isfinite(mean)) {  // a NaN or inf poisons only this batch element
         fill_nan(p, m * n);
         fill_nan(xc, n);
         fill_nan(a, n);
+        if (y != nullptr) fill_nan(y, m);
         std::iota(order, order + n, int64_t{0});
         return;
     }
@@ -361,16 +394,9 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
     std::copy(a, a + n, sc.a.data());
     // with the shift at the true maximum the sum lies in [1, n]; far above means it was not
     const RowSetup<T> rs{xc, a, order, inv_tau, logit_range, T(4) * static_cast<T>(n) * std::exp(T(8))};
-    if constexpr (std::is_same_v<T, float>) {
-        switch (n) {
-            case 16: return rows_in_registers<1>(rs, sc, coef, rank_of_row, m, p);
-            case 32: return rows_in_registers<2>(rs, sc, coef, rank_of_row, m, p);
-            case 48: return rows_in_registers<3>(rs, sc, coef, rank_of_row, m, p);
-            case 64: return rows_in_registers<4>(rs, sc, coef, rank_of_row, m, p);
-            default: break;
-        }
-    }
-    rows_buffered(rs, sc, n, coef, rank_of_row, m, p, sc.row.data());
+    rows(rs, sc, n, coef, rank_of_row, m, p);
+    if (y != nullptr)
+        for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n) + mean;
 }
 
 // u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
@@ -418,11 +444,48 @@ inline void reduce_rows(const float* g, const float* p, int64_t n, const float* 
     }
 }
 
+// The same reduction when the upstream gradient is gy (length m) of y = P x rather than of P:
+// G[i, j] = gy_i x_j, so L[i, j] = P[i, j] gy_i (xc_j - yc_i) with yc_i = <P_i, xc>; also the
+// direct path through x as the values, direct_j = sum_i gy_i P[i, j].
+template <typename T>
+void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T* coef,
+                        int64_t m, T* u, T* v, T* direct) {
+    std::fill(u, u + n, T(0));
+    std::fill(v, v + n, T(0));
+    std::fill(direct, direct + n, T(0));
+    int64_t whole = 0;
+    if constexpr (std::is_same_v<T, float>) whole = n / kLanes * kLanes;
+    for (int64_t i = 0; i < m; ++i) {
+        const T* pi = p + i * n;
+        const T g = gy[i], c = coef[i], yc = dot(pi, xc, n);
+        if constexpr (std::is_same_v<T, float>) {
+            for (int64_t j = 0; j < whole; j += kLanes) {
+                const vf gp = load(pi + j) * g;
+                const vf l = gp * (load(xc + j) - yc);
+                store(u + j, load(u + j) + l * c);
+                store(v + j, load(v + j) - l);
+                store(direct + j, load(direct + j) + gp);
+            }
+        }
+        for (int64_t j = whole; j < n; ++j) {
+            const T gp = pi[j] * g;
+            const T l = gp * (xc[j] - yc);
+            u[j] += c * l;
+            v[j] -= l;
+            direct[j] += gp;
+        }
+    }
+}
+
 template <typename T>
 void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T inv_tau,
                   const int64_t* order, const T* xc, const T* a, T* gx, double* tau_part,
-                  T* u, T* v, double* inclusive) {
-    reduce_rows(g, p, n, coef, m, u, v);
+                  T* u, T* v, double* inclusive, T* direct = nullptr) {
+    // `direct` given: g is the gradient of y = P x (length m), else of P (m x n)
+    if (direct != nullptr)
+        reduce_rows_values(g, p, xc, n, coef, m, u, v, direct);
+    else
+        reduce_rows(g, p, n, coef, m, u, v);
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
     const double total = sorted_prefix_sums(v, order, n, inclusive);
     for (int64_t r = 0; r < n; ++r) {
@@ -431,6 +494,8 @@ void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T
         const double through_a = 2.0 * inclusive[r] - total + vr * static_cast<double>(2 * r - n);
         gx[j] = static_cast<T>((static_cast<double>(u[j]) + through_a) * static_cast<double>(inv_tau));
     }
+    if (direct != nullptr)
+        for (int64_t j = 0; j < n; ++j) gx[j] += direct[j];
     if (tau_part != nullptr) {
         double s = 0.0;
         for (int64_t j = 0; j < n; ++j)
