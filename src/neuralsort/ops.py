@@ -17,13 +17,18 @@ position, so ``P @ x`` sorts ``x``; row ``i`` is a distribution over the input e
 
 Implementation notes:
 
+* On the CPU (float32/float64) the rows come from one C++ operator (``_kernels/``, built on
+  first use; see :mod:`neuralsort.backends`): per batch element one ranking of the scores, then
+  each row built, exponentiated and normalised in one pass; its backward reduces the softmax
+  gradient on the fly. :func:`soft_sort` and :func:`soft_quantile` use a second entry point that
+  also applies the rows to the scores, so their backward never forms the gradient of the rows.
+* Elsewhere the same formulas run as PyTorch ops in :class:`_RelaxedRows`, with a hand-written
+  backward.
 * :math:`A_s \mathbf{1}` (the row sums of absolute differences) is computed in
   :math:`O(n \log n)` from one sort and a prefix sum, accumulated in float64; the matrix of
   differences is never formed and nothing is multiplied by a ones matrix.
 * Only the requested rows are built, so :func:`soft_topk` costs :math:`O(kn)` and
   :func:`soft_quantile` :math:`O(n)` per quantile.
-* The softmax and its backward are one fused kernel each; a hand-written backward reduces the
-  gradient of the logits to the scores with one small matrix product.
 * Half-precision inputs are computed in float32 and returned in their own dtype.
 """
 
