@@ -30,10 +30,13 @@ from torch import Tensor
 
 _KERNELS = Path(__file__).parent / "_kernels"
 _SOURCES = (_KERNELS / "extension.cpp", _KERNELS / "relaxed_rows.h")
-# the first flag set that compiles wins (older compilers lack C++20, some -march=native)
+# the first flag set that compiles wins (older compilers lack C++20, some -march=native, some
+# OpenMP). -fopenmp is what makes at::parallel_for parallel: with torch's OpenMP backend it is
+# a pragma in a header, compiled into this library.
 _FLAG_SETS = (
-    ["-O3", "-march=native", "-std=c++20"],
-    ["-O3", "-march=native", "-std=c++17"],
+    ["-O3", "-march=native", "-std=c++20", "-fopenmp"],
+    ["-O3", "-march=native", "-std=c++17", "-fopenmp"],
+    ["-O3", "-std=c++17", "-fopenmp"],
     ["-O3", "-std=c++17"],
 )
 
