@@ -28,18 +28,20 @@ def check_float_tensor(x: object, name: str, fn: str) -> Tensor:
 
 def canonical_dim(x: Tensor, dim: int, name: str, fn: str) -> int:
     """Normalise ``dim`` to a non-negative axis of ``x`` that is non-empty."""
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+    # (`type(dim) is int` first: the numbers.Integral check is slow, and this runs every call)
+    if type(dim) is not int and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral)):
         raise TypeError(f"{fn}: `dim` must be an int, got {type(dim).__name__}")
-    if x.dim() == 0:
+    ndim = x.dim()
+    if ndim == 0:
         raise ValueError(
             f"{fn}: `{name}` must have at least one dimension to sort along, got a 0-d tensor"
         )
-    if not -x.dim() <= dim < x.dim():
+    if not -ndim <= dim < ndim:
         raise ValueError(
             f"{fn}: `dim`={dim} is out of range for `{name}` of shape {tuple(x.shape)} "
-            f"(valid: {-x.dim()} to {x.dim() - 1})"
+            f"(valid: {-ndim} to {ndim - 1})"
         )
-    dim = int(dim) % x.dim()
+    dim = int(dim) % ndim
     if x.shape[dim] == 0:
         raise ValueError(
             f"{fn}: `{name}` has an empty axis dim={dim} (shape {tuple(x.shape)}); "
@@ -61,7 +63,7 @@ def check_tau(tau: object, fn: str) -> TauLike:
         if not is_compiling() and (not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any())):
             raise ValueError(f"{fn}: `tau` must be positive and finite, got {tau.item()!r}")
         return tau.reshape(())
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+    if type(tau) is not float and (isinstance(tau, bool) or not isinstance(tau, numbers.Real)):
         raise TypeError(f"{fn}: `tau` must be a positive number, got {type(tau).__name__}")
     if not math.isfinite(tau) or tau <= 0:
         raise ValueError(

@@ -40,6 +40,7 @@ _FLAG_SETS = (
     ["-O3", "-std=c++17"],
 )
 
+_DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _state: dict[str, object] = {"op": None, "tried": False, "reason": "not built yet"}
 _enabled = os.environ.get("NEURALSORT_NATIVE", "1").strip().lower() not in ("0", "false", "no")
@@ -185,12 +186,9 @@ def status() -> str:
 
 def usable(x: Tensor) -> bool:
     """Whether the fused operator handles ``x``: CPU float32/float64, enabled and built."""
-    return (
-        _enabled
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and _load() is not None
-    )
+    if not (_enabled and x.is_cpu and x.dtype in _DTYPES):
+        return False
+    return _state["op"] is not None or _load() is not None
 
 
 def relaxed_rows(

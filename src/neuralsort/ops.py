@@ -253,7 +253,8 @@ def _relaxed_rows(
     with ``times_x`` the rows applied to ``x`` itself, ``(..., m)``: the relaxed sorted values.
     """
     n = x.shape[-1]
-    xc = x.to(compute_dtype(x.dtype))
+    cdt = compute_dtype(x.dtype)
+    xc = x if x.dtype == cdt else x.to(cdt)
     if isinstance(rows, int):
         coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
     else:
@@ -291,6 +292,11 @@ def _from_last(x: Tensor, dim: int) -> Tensor:
 def _sort_order(x: Tensor, descending: bool) -> Tensor:
     """Hard sorting permutation along the last axis; ties go to the earlier index first."""
     return torch.sort(x, dim=-1, descending=descending, stable=True).indices
+
+
+def _as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)`` without its call cost when nothing changes (this runs on every call)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _straight_through(soft: Tensor, index: Tensor) -> Tensor:
@@ -345,7 +351,7 @@ def neural_sort(
     p = _relaxed_rows(xm, n, tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(xm, descending))
-    return p.to(x.dtype)
+    return _as_dtype(p, x.dtype)
 
 
 def soft_sort(
@@ -360,7 +366,7 @@ def soft_sort(
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
     xm = _last(x, d)
     out = _relaxed_rows(xm, xm.shape[-1], tau, descending, times_x=True)
-    return _from_last(out.to(x.dtype), d)
+    return _from_last(_as_dtype(out, x.dtype), d)
 
 
 def soft_rank(
@@ -389,7 +395,7 @@ def soft_rank(
     weighted = _rows_times(p.transpose(-1, -2), positions)
     mass = p.sum(dim=-2)
     ranks = weighted / mass
-    return _from_last(ranks.to(x.dtype), d)
+    return _from_last(_as_dtype(ranks, x.dtype), d)
 
 
 def soft_topk(
@@ -423,7 +429,7 @@ def soft_topk(
     p = _relaxed_rows(xm, k, tau, largest)
     if hard:
         p = _straight_through(p, _sort_order(xm, largest)[..., :k])
-    return p.to(x.dtype)
+    return _as_dtype(p, x.dtype)
 
 
 def soft_quantile(
@@ -463,7 +469,7 @@ def soft_quantile(
     at_lo, at_hi = picked.split(qt.numel(), dim=-1)
     w = w.to(picked.dtype)
     out = (1 - w) * at_lo + w * at_hi  # (..., Q)
-    out = out.to(x.dtype)
+    out = _as_dtype(out, x.dtype)
     return out.squeeze(-1) if scalar_q else out.movedim(-1, 0)
 
 
@@ -509,7 +515,7 @@ def stochastic_neural_sort(
     p = _relaxed_rows(perturbed, xm.shape[-1], tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(perturbed, descending))
-    return p.to(x.dtype)
+    return _as_dtype(p, x.dtype)
 
 
 def permutation_matrix(indices: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:

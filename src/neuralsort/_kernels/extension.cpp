@@ -152,7 +152,7 @@ std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad, const Tensor& p, con
                                need_tau ? tau_part.data_ptr<double>() : nullptr, values);
     });
     Tensor grad_tau = need_tau ? (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type())
-                               : at::zeros({}, tau.options());
+                               : at::empty({}, tau.options());  // not used
     return {grad_x, grad_tau};
 }
 
@@ -171,6 +171,7 @@ Forward call_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("neuralsort::relaxed_rows_forward", "")
                          .typed<decltype(forward_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // this node is the autograd
     return op.call(x, coef, rank_of_row, tau, logit_range, values);
 }
 
@@ -180,6 +181,7 @@ std::tuple<Tensor, Tensor> call_backward(const Tensor& grad, const Tensor& p, co
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("neuralsort::relaxed_rows_backward", "")
                          .typed<decltype(backward_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(grad, p, coef, tau, order, xc, a, need_tau, values);
 }
 
