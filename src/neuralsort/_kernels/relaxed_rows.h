@@ -130,13 +130,6 @@ void sort_order(const T* v, int64_t n, int64_t* order) {
     for (int64_t r = 0; r < n; ++r) order[r] = pairs[r].second;
 }
 
-// Short float rows: the ascending rank of each element is the number of elements before it,
-// counted for 16 elements at once (O(n^2) comparisons, but branch-free, 16 an instruction and
-// with no horizontal sums).
-//
-// First pass: strict comparisons only (-0 is normalised to +0 in `key`). Without equal keys
-// (almost always) the counts are the ranks; equal keys share a count, which the scatter
-// detects, and then the second pass breaks ties by index.
 // For each lane l, the number of keys key[0..n) smaller than vj[l]: the sign of
 // key_k - key_j (exact in IEEE arithmetic for finite keys) as 0 / -1, summed in two chains.
 inline vi count_smaller(const float* key, int64_t n, vf vj) {
@@ -182,6 +175,12 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
     }
 }
 
+// Short float rows: the ascending rank of each element is the number of elements before it,
+// counted for 16 elements at once (O(n^2) comparisons, but branch-free, 16 an instruction and
+// with no horizontal sums). First pass: strict comparisons only (-0 is normalised to +0 in
+// `key`). Without equal keys (almost always) the counts are the ranks; equal keys share a count,
+// which the scatter detects, and then the second pass breaks ties by index. Every count lies in
+// [0, n), and n distinct counts are a permutation, so `order` is always one.
 inline void count_order(const Scratch<float>& sc, int64_t n, int64_t* order) {
     if (!count_order_distinct(sc.key.data(), n, order)) count_order_ties(sc.key.data(), n, order);
 }
