@@ -417,8 +417,41 @@ inline void reduce_rows(const double* g, const double* p, int64_t n, const doubl
     }
 }
 
+// Rows of V whole vectors: u and v stay in registers across all m rows.
+template <int V>
+void reduce_rows_in_registers(const float* g, const float* p, const float* coef, int64_t m,
+                              float* u, float* v) {
+    constexpr int64_t n = V * kLanes;
+    vf U[V] = {}, W[V] = {};
+    for (int64_t i = 0; i < m; ++i) {
+        vf G[V], P[V], acc = {};
+        for (int k = 0; k < V; ++k) {
+            G[k] = load(g + i * n + k * kLanes);
+            P[k] = load(p + i * n + k * kLanes);
+            acc += G[k] * P[k];
+        }
+        const float gp = lane_sum<float>(acc), ci = coef[i];
+        for (int k = 0; k < V; ++k) {
+            const vf l = P[k] * (G[k] - gp);
+            U[k] += l * ci;
+            W[k] -= l;
+        }
+    }
+    for (int k = 0; k < V; ++k) {
+        store(u + k * kLanes, U[k]);
+        store(v + k * kLanes, W[k]);
+    }
+}
+
 inline void reduce_rows(const float* g, const float* p, int64_t n, const float* coef,
                         int64_t m, float* u, float* v) {
+    switch (n) {
+        case 16: return reduce_rows_in_registers<1>(g, p, coef, m, u, v);
+        case 32: return reduce_rows_in_registers<2>(g, p, coef, m, u, v);
+        case 48: return reduce_rows_in_registers<3>(g, p, coef, m, u, v);
+        case 64: return reduce_rows_in_registers<4>(g, p, coef, m, u, v);
+        default: break;
+    }
     const int64_t whole = n / kLanes * kLanes;
     std::fill(u, u + n, 0.0f);
     std::fill(v, v + n, 0.0f);
