@@ -264,6 +264,19 @@ void rows_buffered(const RowSetup<T>& rs, const Scratch<T>& sc, int64_t n, const
     }
 }
 
+// Rows of n = 16 V floats, V = 1..4, fit in registers: calls fn(integral_constant<int, V>)
+// and returns true for those n, false for any other.
+template <typename F>
+bool in_whole_vectors(int64_t n, F&& fn) {
+    switch (n) {
+        case 16: fn(std::integral_constant<int, 1>{}); return true;
+        case 32: fn(std::integral_constant<int, 2>{}); return true;
+        case 48: fn(std::integral_constant<int, 3>{}); return true;
+        case 64: fn(std::integral_constant<int, 4>{}); return true;
+        default: return false;
+    }
+}
+
 // Rows of V whole vectors (n = 16 V) stay in registers from exp to store, and successive rows
 // are independent, so their latencies overlap.
 template <int V>
@@ -352,13 +365,10 @@ template <typename T>
 void rows(const RowSetup<T>& rs, Scratch<T>& sc, int64_t n, const T* coef,
           const int64_t* rank_of_row, int64_t m, T* p) {
     if constexpr (std::is_same_v<T, float>) {
-        switch (n) {
-            case 16: return rows_in_registers<1>(rs, sc, coef, rank_of_row, m, p);
-            case 32: return rows_in_registers<2>(rs, sc, coef, rank_of_row, m, p);
-            case 48: return rows_in_registers<3>(rs, sc, coef, rank_of_row, m, p);
-            case 64: return rows_in_registers<4>(rs, sc, coef, rank_of_row, m, p);
-            default: break;
-        }
+        if (in_whole_vectors(n, [&](auto v) {
+                rows_in_registers<decltype(v)::value>(rs, sc, coef, rank_of_row, m, p);
+            }))
+            return;
     }
     rows_buffered(rs, sc, n, coef, rank_of_row, m, p, sc.row.data());
 }
@@ -445,13 +455,10 @@ void reduce_rows_in_registers(const float* g, const float* p, const float* coef,
 
 inline void reduce_rows(const float* g, const float* p, int64_t n, const float* coef,
                         int64_t m, float* u, float* v) {
-    switch (n) {
-        case 16: return reduce_rows_in_registers<1>(g, p, coef, m, u, v);
-        case 32: return reduce_rows_in_registers<2>(g, p, coef, m, u, v);
-        case 48: return reduce_rows_in_registers<3>(g, p, coef, m, u, v);
-        case 64: return reduce_rows_in_registers<4>(g, p, coef, m, u, v);
-        default: break;
-    }
+    if (in_whole_vectors(n, [&](auto vectors) {
+            reduce_rows_in_registers<decltype(vectors)::value>(g, p, coef, m, u, v);
+        }))
+        return;
     const int64_t whole = n / kLanes * kLanes;
     std::fill(u, u + n, 0.0f);
     std::fill(v, v + n, 0.0f);
