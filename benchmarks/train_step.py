@@ -20,6 +20,11 @@ Usage::
     python benchmarks/train_step.py                  # 1 and 2 processes, AMP off and bf16
     python benchmarks/train_step.py --device cuda --procs 1 2 4 8 --amp off bf16 fp16
     python benchmarks/train_step.py --procs 1 2 --threads 1 --steps 5 --warmup 2   # quick, CPU
+    python benchmarks/train_step.py --backends --procs 1 --amp off   # native CPU operator vs torch
+
+``--backends`` times, in one process, every step twice in turn: once with the native CPU
+operator and once on the pure-PyTorch path (:mod:`neuralsort.backends`), and reports the median
+step time of each and the ratio (side by side, so machine noise hits both alike).
 
 Writes ``benchmarks/results/train_step_<device>-<threads>threads.csv`` and prints a Markdown table.
 """
@@ -28,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +126,20 @@ def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) ->
     return step, batch * n
 
 
+def _time_backends(step: Any, spec: dict[str, Any]) -> dict[str, float]:
+    """Median seconds per step with the native CPU operator and on the PyTorch path, in turn."""
+    import neuralsort as ns
+
+    times: dict[str, list[float]] = {"native": [], "torch": []}
+    for i in range(spec["steps"]):
+        for name in ("native", "torch") if i % 2 == 0 else ("torch", "native"):
+            with ns.backends.native(name == "native"):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file: str) -> None:
     from neuralsort.experiments import distributed
 
@@ -136,6 +157,9 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file:
         step, images = _multidigit_step(args, ctx, amp, spec["experiment"])
     for _ in range(spec["warmup"]):
         step()
+    if spec.get("backends"):
+        Path(result_file).write_text(json.dumps({"images": images, **_time_backends(step, spec)}))
+        return
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     distributed.barrier()
@@ -160,8 +184,34 @@ def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> tuple[int,
                 for p in ctx.processes:
                     p.terminate()
                 raise TimeoutError(f"{spec['experiment']} with {procs} processes took too long")
-        images, seconds = Path(out).read_text().split()
+        text = Path(out).read_text()
+        if spec.get("backends"):
+            return json.loads(text)  # type: ignore[return-value]
+        images, seconds = text.split()
         return int(images), float(seconds)
+
+
+def compare_backends(args: argparse.Namespace, amps: list[str], kept: dict[str, Any]) -> None:
+    """One process per experiment and precision; each step timed on both paths in turn."""
+    print(
+        f"# torch {torch.__version__}, cpu, {args.threads} thread(s), "
+        f"{platform.processor() or platform.machine()}; {args.steps} steps on each path, "
+        f"alternating, after {args.warmup} warm-up"
+    )
+    print("| experiment | amp | images/step | native ms/step | torch ms/step | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for exp in args.experiments:
+        for amp in amps:
+            spec = {
+                "experiment": exp, "device": "cpu", "amp": amp, "threads": args.threads,
+                "steps": args.steps, "warmup": args.warmup, "args": kept, "backends": True,
+            }  # fmt: skip
+            r = run_config(spec, 1, args.timeout_s)
+            print(
+                f"| {exp} | {amp} | {r['images']} | {r['native'] * 1e3:.1f} | "
+                f"{r['torch'] * 1e3:.1f} | {r['torch'] / r['native']:.2f}x |",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sort_batch", type=int, default=20, help="sequences per process")
     parser.add_argument("--quantile_batch", type=int, default=5, help="sequences per process")
     parser.add_argument("--timeout_s", type=float, default=600.0, help="per configuration")
+    parser.add_argument(
+        "--backends", action="store_true",
+        help="CPU, one process: native operator vs pure-PyTorch path, step by step in turn",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
 
@@ -194,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and "bf16" in amps and not torch.cuda.is_bf16_supported():
         amps = [a for a in amps if a != "bf16"]
     kept = {k: getattr(args, k) for k in ("dknn_batch", "sort_batch", "quantile_batch")}
+    if args.backends:
+        if args.device != "cpu":
+            parser.error("--backends compares the CPU operator; use --device cpu")
+        compare_backends(args, amps, kept)
+        return
 
     rows: list[dict[str, Any]] = []
     for exp in args.experiments:
