@@ -186,9 +186,7 @@ def status() -> str:
 
 def usable(x: Tensor) -> bool:
     """Whether the fused operator handles ``x``: CPU float32/float64, enabled and built."""
-    if not (_enabled and x.is_cpu and x.dtype in _DTYPES):
-        return False
-    return _state["op"] is not None or _load() is not None
+    return _enabled and x.is_cpu and x.dtype in _DTYPES and _load() is not None
 
 
 def relaxed_rows(

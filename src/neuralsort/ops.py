@@ -253,8 +253,7 @@ def _relaxed_rows(
     with ``times_x`` the rows applied to ``x`` itself, ``(..., m)``: the relaxed sorted values.
     """
     n = x.shape[-1]
-    cdt = compute_dtype(x.dtype)
-    xc = x if x.dtype == cdt else x.to(cdt)
+    xc = _as_dtype(x, compute_dtype(x.dtype))
     if isinstance(rows, int):
         coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
     else:

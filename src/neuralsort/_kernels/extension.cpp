@@ -93,16 +93,17 @@ Tensor abs_dev_rowsum_backward(const Tensor& v, const Tensor& order) {
 // fake tensors run)
 // ---------------------------------------------------------------------------------------------
 
-std::vector<int64_t> rows_shape(const Tensor& x, int64_t m) {
-    std::vector<int64_t> sizes = x.sizes().vec();
-    sizes.back() = m;
-    sizes.push_back(x.size(-1));
-    return sizes;
-}
-
+// x (..., n) -> y (..., m)
 std::vector<int64_t> values_shape(const Tensor& x, int64_t m) {
     std::vector<int64_t> sizes = x.sizes().vec();
     sizes.back() = m;
+    return sizes;
+}
+
+// x (..., n) -> p (..., m, n)
+std::vector<int64_t> rows_shape(const Tensor& x, int64_t m) {
+    std::vector<int64_t> sizes = values_shape(x, m);
+    sizes.push_back(x.size(-1));
     return sizes;
 }
 

@@ -408,25 +408,6 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
         for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n) + mean;
 }
 
-// u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
-// (the softmax backward), without storing L.
-inline void reduce_rows(const double* g, const double* p, int64_t n, const double* coef,
-                        int64_t m, double* u, double* v) {
-    std::fill(u, u + n, 0.0);
-    std::fill(v, v + n, 0.0);
-    for (int64_t i = 0; i < m; ++i) {
-        const double* gi = g + i * n;
-        const double* pi = p + i * n;
-        double gp = 0.0;
-        for (int64_t j = 0; j < n; ++j) gp += gi[j] * pi[j];
-        for (int64_t j = 0; j < n; ++j) {
-            const double l = pi[j] * (gi[j] - gp);
-            u[j] += coef[i] * l;
-            v[j] -= l;
-        }
-    }
-}
-
 // Rows of V whole vectors: u and v stay in registers across all m rows.
 template <int V>
 void reduce_rows_in_registers(const float* g, const float* p, const float* coef, int64_t m,
@@ -453,31 +434,34 @@ void reduce_rows_in_registers(const float* g, const float* p, const float* coef,
     }
 }
 
-inline void reduce_rows(const float* g, const float* p, int64_t n, const float* coef,
-                        int64_t m, float* u, float* v) {
-    if (in_whole_vectors(n, [&](auto vectors) {
-            reduce_rows_in_registers<decltype(vectors)::value>(g, p, coef, m, u, v);
-        }))
-        return;
-    const int64_t whole = n / kLanes * kLanes;
-    std::fill(u, u + n, 0.0f);
-    std::fill(v, v + n, 0.0f);
+// u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
+// (the softmax backward), without storing L.
+template <typename T>
+void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T* u, T* v) {
+    int64_t whole = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        if (in_whole_vectors(n, [&](auto vectors) {
+                reduce_rows_in_registers<decltype(vectors)::value>(g, p, coef, m, u, v);
+            }))
+            return;
+        whole = n / kLanes * kLanes;
+    }
+    std::fill(u, u + n, T(0));
+    std::fill(v, v + n, T(0));
     for (int64_t i = 0; i < m; ++i) {
-        const float* gi = g + i * n;
-        const float* pi = p + i * n;
-        vf acc = {};
-        for (int64_t j = 0; j < whole; j += kLanes) acc += load(gi + j) * load(pi + j);
-        float gp = lane_sum<float>(acc);
-        for (int64_t j = whole; j < n; ++j) gp += gi[j] * pi[j];
-        const float ci = coef[i];
-        for (int64_t j = 0; j < whole; j += kLanes) {
-            const vf l = load(pi + j) * (load(gi + j) - gp);
-            store(u + j, load(u + j) + l * ci);
-            store(v + j, load(v + j) - l);
+        const T* gi = g + i * n;
+        const T* pi = p + i * n;
+        const T gp = dot(gi, pi, n), c = coef[i];
+        if constexpr (std::is_same_v<T, float>) {
+            for (int64_t j = 0; j < whole; j += kLanes) {
+                const vf l = load(pi + j) * (load(gi + j) - gp);
+                store(u + j, load(u + j) + l * c);
+                store(v + j, load(v + j) - l);
+            }
         }
         for (int64_t j = whole; j < n; ++j) {
-            const float l = pi[j] * (gi[j] - gp);
-            u[j] += ci * l;
+            const T l = pi[j] * (gi[j] - gp);
+            u[j] += c * l;
             v[j] -= l;
         }
     }
