@@ -2,9 +2,9 @@
 
 ``_kernels/extension.cpp`` (with the kernels in ``_kernels/relaxed_rows.h``) is compiled on first
 use with the system C++ compiler against the installed torch, once per machine and torch
-version (about 20 s), into ``$NEURALSORT_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuralsort``, else
-``~/.cache/neuralsort``; the file name is a hash of the sources, torch, the compiler and the
-CPU. Processes that start together (one per GPU) wait for one build under a file lock.
+version (about 30 s on two cores), into ``$NEURALSORT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/neuralsort``, else ``~/.cache/neuralsort``; the file name is a hash of the
+sources, torch, the compiler and the CPU. Processes that start together (one per GPU) wait for one build under a file lock.
 
 Where the build fails (no compiler, no torch headers) the operators keep their pure-PyTorch
 path, with the same results, and one warning says why. ``NEURALSORT_NATIVE=0`` skips the
@@ -97,7 +97,7 @@ def _build(cxx: str) -> Path:
             return target
         print(
             f"neuralsort: compiling the fused CPU kernel into {out_dir} (once per machine and "
-            "torch version, ~20 s; NEURALSORT_NATIVE=0 skips it)",
+            "torch version, ~30 s; NEURALSORT_NATIVE=0 skips it)",
             file=sys.stderr,
         )
         errors = []
