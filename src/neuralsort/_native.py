@@ -4,7 +4,8 @@
 use with the system C++ compiler against the installed torch, once per machine and torch
 version (about 30 s on two cores), into ``$NEURALSORT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/neuralsort``, else ``~/.cache/neuralsort``; the file name is a hash of the
-sources, torch, the compiler and the CPU. Processes that start together (one per GPU) wait for one build under a file lock.
+sources, torch, the compiler and the CPU. Processes that start together (one per GPU) wait for
+one build under a file lock.
 
 Where the build fails (no compiler, no torch headers) the operators keep their pure-PyTorch
 path, with the same results, and one warning says why. ``NEURALSORT_NATIVE=0`` skips the
