@@ -115,8 +115,9 @@ def _build(cxx: str) -> Path:
                 os.replace(tmp, target)  # atomic: nobody sees a half-written library
                 return target
             os.unlink(tmp)
-            errors.append(f"{' '.join(flags)}: {proc.stderr.strip()[-400:]}")
-    raise RuntimeError("the compiler failed with every flag set:\n" + "\n".join(errors))
+            output = proc.stderr.strip()[-400:] or "no output"
+            errors.append(f"{cxx} {' '.join(flags)} (exit {proc.returncode}): {output}")
+    raise RuntimeError(f"{cxx} failed with every flag set:\n" + "\n".join(errors))
 
 
 @contextlib.contextmanager
@@ -155,7 +156,8 @@ def _load():
             warnings.warn(
                 "neuralsort: the fused CPU kernel could not be built, so the operators use their "
                 "pure-PyTorch path (same results, slower for small inputs). Reason: "
-                f"{_state['reason']}. Set NEURALSORT_NATIVE=0 to skip the attempt.",
+                f"{_state['reason']}. A working g++ or clang++ (or CXX naming one) enables it; "
+                "NEURALSORT_NATIVE=0 skips the attempt.",
                 RuntimeWarning,
                 stacklevel=4,
             )
