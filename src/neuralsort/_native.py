@@ -7,6 +7,11 @@ version (about 30 s on two cores), into ``$NEURALSORT_CACHE_DIR``, else
 sources, torch, the compiler and the CPU. Processes that start together (one per GPU) wait for
 one build under a file lock.
 
+``$NEURALSORT_CXXFLAGS`` is appended to the compiler flags: ``-march=native`` makes a library for
+this CPU only, so a cache shared by machines of different kinds (a cluster's home directory)
+holds one build per kind; ``NEURALSORT_CXXFLAGS=-march=x86-64-v3`` makes one that runs on any AVX2
+machine instead.
+
 Where the build fails (no compiler, no torch headers) the operators keep their pure-PyTorch
 path, with the same results, and one warning says why. ``NEURALSORT_NATIVE=0`` skips the
 kernel; :mod:`neuralsort.backends` reports on it and switches it at run time.
@@ -18,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,6 +67,11 @@ def _compiler() -> str | None:
     return None
 
 
+def _extra_flags() -> list[str]:
+    """``$NEURALSORT_CXXFLAGS``, appended to every flag set (so a later ``-march`` wins)."""
+    return shlex.split(os.environ.get("NEURALSORT_CXXFLAGS", ""))
+
+
 def _cpu_fingerprint() -> str:
     """What ``-march=native`` depends on: a library built on one CPU may not run on another."""
     text = platform.machine() + platform.processor()
@@ -84,9 +95,10 @@ def _build(cxx: str) -> Path:
         raise RuntimeError(f"torch's C++ headers are missing (looked in {includes[0]})")
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    extra = _extra_flags()
     key = hashlib.sha256()
     for part in (*(p.read_bytes() for p in _SOURCES), torch.__version__, str(abi), version,
-                 _cpu_fingerprint(), str(_FLAG_SETS)):  # fmt: skip
+                 _cpu_fingerprint(), str(_FLAG_SETS), str(extra)):  # fmt: skip
         key.update(part if isinstance(part, bytes) else part.encode())
     out_dir = cache_dir()
     target = out_dir / f"neuralsort_ops-{key.hexdigest()[:20]}.so"
@@ -102,7 +114,7 @@ def _build(cxx: str) -> Path:
             file=sys.stderr,
         )
         errors = []
-        for flags in _FLAG_SETS:
+        for flags in (base + extra for base in _FLAG_SETS):
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
             os.close(fd)
             cmd = [

@@ -18,9 +18,12 @@
 // is written.
 //
 // No torch types here: plain arrays in, plain arrays out. Single precision is written with
-// GCC/Clang vector extensions (16 lanes, lowered to whatever vector width the CPU has) and its
-// own exp: range reduction by ln 2, degree-7 Taylor polynomial, relative error < 2e-7. Double precision (used for
-// gradient checks more than for speed) is plain scalar code with std::exp.
+// GCC/Clang vector extensions as wide as the target's registers (16 lanes with AVX-512, 8 with
+// AVX, 4 otherwise: SSE2 or NEON; wider ones would be split by the compiler through the stack,
+// several times slower) and its own exp: range reduction by ln 2, degree-7 Taylor polynomial,
+// relative error < 2e-7. A few steps have AVX-512 / AVX2 versions (masked loads and stores,
+// the counting sort, the rank-order prefix sums). Double precision (used for gradient checks
+// more than for speed) is plain scalar code with std::exp.
 
 #include <algorithm>
 #include <cmath>
@@ -32,46 +35,97 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace neuralsort_kernels {
 
 // ------------------------------------------------------------------------------------------
-// single precision: 16-lane vectors
+// single precision: vectors of kLanes floats
 // ------------------------------------------------------------------------------------------
 
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;
+#else
+constexpr int64_t kLanes = 4;
+#endif
+// rows of up to this many vectors are kept in registers (32 vector registers with AVX-512 and
+// on AArch64, 16 on other x86 targets)
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int64_t kRegisterVectors = 8;
+#else
+constexpr int64_t kRegisterVectors = 4;
+#endif
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-// (written out: `vf{} + x` would cost an add, as 0 + x is not x for x = -0)
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+// (x - 0 is x for every x, -0 included, so this is a plain broadcast; 0 + x would not be)
+inline vf splat(float x) { return x - vf{}; }
 inline vf load(const float* p) {
     vf v;
     std::memcpy(&v, p, sizeof(v));
     return v;
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+// The first `count` (1..kLanes) lanes only: the others load as 0 / are not written. Nothing
+// past p + count is touched (masked moves do not fault there).
+#if defined(__AVX2__) && !defined(__AVX512F__)
+inline __m256i first_lanes(int64_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+inline vf load_first(const float* p, int64_t count) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p);
+#elif defined(__AVX2__)
+    return (vf)_mm256_maskload_ps(p, first_lanes(count));
+#else
+    vf v = {};
+    std::memcpy(&v, p, static_cast<size_t>(count) * sizeof(float));
+    return v;
+#endif
+}
+inline void store_first(float* p, vf v, int64_t count) {
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), (__m512)v);
+#elif defined(__AVX2__)
+    _mm256_maskstore_ps(p, first_lanes(count), (__m256)v);
+#else
+    std::memcpy(p, &v, static_cast<size_t>(count) * sizeof(float));
+#endif
+}
 inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 inline vf clamp(vf t, float lo, float hi) {
     t = select(t < splat(lo), splat(lo), t);
     return select(t > splat(hi), splat(hi), t);
 }
-// Sum of the 16 lanes as a tree (4 steps, not a chain of 16 dependent adds).
+// Sum of the lanes as a tree (log2(lanes) steps, not a chain of dependent adds): the upper half
+// added to the lower until four lanes are left, then (q0 + q2) + (q1 + q3).
 template <typename S, typename V>
 inline S lane_sum(V v) {
+    constexpr int lanes = static_cast<int>(sizeof(V) / sizeof(S));
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
     typedef S v8 __attribute__((vector_size(8 * sizeof(S))));
     typedef S v4 __attribute__((vector_size(4 * sizeof(S))));
-    const v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (q[0] + q[2]) + (q[1] + q[3]);
-#else
-    S lanes[kLanes];
-    std::memcpy(lanes, &v, sizeof(lanes));
-    for (int64_t w = kLanes / 2; w >= 1; w /= 2)
-        for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
-    return lanes[0];
+    if constexpr (lanes == 16) {
+        return lane_sum<S>(v8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
+    } else if constexpr (lanes == 8) {
+        return lane_sum<S>(v4(__builtin_shufflevector(v, v, 0, 1, 2, 3) +
+                              __builtin_shufflevector(v, v, 4, 5, 6, 7)));
+    } else if constexpr (lanes == 4) {
+        return (v[0] + v[2]) + (v[1] + v[3]);
+    }
 #endif
+    S values[lanes];
+    std::memcpy(values, &v, sizeof(values));
+    for (int w = lanes / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) values[l] += values[l + w];
+    return values[0];
 }
 
 // exp(t) for t in [-88, 88]: t = k ln2 + r with |r| <= ln2 / 2, exp(r) by Horner, 2^k from
@@ -117,7 +171,7 @@ struct Scratch {
         a.assign(size, std::numeric_limits<T>::infinity());
         key.assign(size, std::numeric_limits<T>::infinity());
         row.assign(size, T(0));
-        prefix.assign(size, 0.0);
+        prefix.assign(2 * size, 0.0);
     }
 };
 
@@ -130,9 +184,25 @@ void sort_order(const T* v, int64_t n, int64_t* order) {
     for (int64_t r = 0; r < n; ++r) order[r] = pairs[r].second;
 }
 
-// For each lane l, the number of keys key[0..n) smaller than vj[l]: the sign of
-// key_k - key_j (exact in IEEE arithmetic for finite keys) as 0 / -1, summed in two chains.
+// For each lane l, the number of keys key[0..n) smaller than vj[l], in two chains. AVX-512: a
+// compare into a mask register and a masked increment (two instructions a key). Otherwise: the
+// sign of key_k - key_j (exact in IEEE arithmetic for finite keys) as 0 / -1.
 inline vi count_smaller(const float* key, int64_t n, vf vj) {
+#if defined(__AVX512F__)
+    const __m512 j = (__m512)vj;
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0;
+    const auto step = [&](__m512i c, float kk) {
+        return _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(_mm512_set1_ps(kk), j, _CMP_LT_OQ), c, one);
+    };
+    int64_t k = 0;
+    for (; k + 1 < n; k += 2) {
+        c0 = step(c0, key[k]);
+        c1 = step(c1, key[k + 1]);
+    }
+    if (k < n) c0 = step(c0, key[k]);
+    return (vi)_mm512_add_epi32(c0, c1);
+#else
     vi c0 = {}, c1 = {};
     int64_t k = 0;
     for (; k + 1 < n; k += 2) {
@@ -141,6 +211,7 @@ inline vi count_smaller(const float* key, int64_t n, vf vj) {
     }
     if (k < n) c0 += (vi)(splat(key[k]) - vj) >> 31;
     return -(c0 + c1);
+#endif
 }
 
 inline bool count_order_distinct(const float* key, int64_t n, int64_t* order) {
@@ -162,7 +233,7 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
         vi jj;
         for (int64_t l = 0; l < kLanes; ++l) jj[l] = static_cast<int32_t>(j0 + l);
         // element k precedes element j if key_k < key_j, or key_k == key_j and k < j; away
-        // from the diagonal block the index comparison is the same for all 16 lanes
+        // from the diagonal block the index comparison is the same for all lanes
         vi count = {};  // comparisons give -1 for true
         const int64_t diag_end = std::min(j0 + kLanes, n);
         for (int64_t k = 0; k < j0; ++k) count -= splat(key[k]) <= vj;
@@ -176,8 +247,8 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
 }
 
 // Short float rows: the ascending rank of each element is the number of elements before it,
-// counted for 16 elements at once (O(n^2) comparisons, but branch-free, 16 an instruction and
-// with no horizontal sums). First pass: strict comparisons only (-0 is normalised to +0 in
+// counted for kLanes elements at once (O(n^2) comparisons, but branch-free, a vector of them
+// an instruction or two and with no horizontal sums). First pass: strict comparisons only (-0 is normalised to +0 in
 // `key`). Without equal keys (almost always) the counts are the ranks; equal keys share a count,
 // which the scatter detects, and then the second pass breaks ties by index. Every count lies in
 // [0, n), and n distinct counts are a permutation, so `order` is always one.
@@ -264,25 +335,33 @@ void rows_buffered(const RowSetup<T>& rs, const Scratch<T>& sc, int64_t n, const
     }
 }
 
-// Rows of n = 16 V floats, V = 1..4, fit in registers: calls fn(integral_constant<int, V>)
-// and returns true for those n, false for any other.
+// Rows of up to kRegisterVectors vectors (n <= 128 with AVX-512) fit in registers: calls
+// fn(integral_constant<int, V>) with V = ceil(n / kLanes) and returns true for those n, false
+// for longer rows.
 template <typename F>
-bool in_whole_vectors(int64_t n, F&& fn) {
-    switch (n) {
-        case 16: fn(std::integral_constant<int, 1>{}); return true;
-        case 32: fn(std::integral_constant<int, 2>{}); return true;
-        case 48: fn(std::integral_constant<int, 3>{}); return true;
-        case 64: fn(std::integral_constant<int, 4>{}); return true;
+bool in_registers(int64_t n, F&& fn) {
+    const int64_t vectors = (n + kLanes - 1) / kLanes;
+    if (vectors > kRegisterVectors) return false;
+    switch (vectors) {
+        case 1: fn(std::integral_constant<int, 1>{}); return true;
+        case 2: fn(std::integral_constant<int, 2>{}); return true;
+        case 3: fn(std::integral_constant<int, 3>{}); return true;
+        case 4: fn(std::integral_constant<int, 4>{}); return true;
+        case 5: fn(std::integral_constant<int, 5>{}); return true;
+        case 6: fn(std::integral_constant<int, 6>{}); return true;
+        case 7: fn(std::integral_constant<int, 7>{}); return true;
+        case 8: fn(std::integral_constant<int, 8>{}); return true;
         default: return false;
     }
 }
 
-// Rows of V whole vectors (n = 16 V) stay in registers from exp to store, and successive rows
-// are independent, so their latencies overlap.
+// Rows of V vectors (n in (kLanes (V - 1), kLanes V]) stay in registers from exp to store, and
+// successive rows are independent, so their latencies overlap. The padding lanes of the last
+// vector are computed (exp(-logit_range), as in exp_row) but never stored.
 template <int V>
-void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, const float* coef,
-                       const int64_t* rank_of_row, int64_t m, float* p) {
-    constexpr int64_t n = V * kLanes;
+void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, int64_t n,
+                       const float* coef, const int64_t* rank_of_row, int64_t m, float* p) {
+    const int64_t tail = n - (V - 1) * kLanes;
     vf xc[V], a[V];
     for (int v = 0; v < V; ++v) {
         xc[v] = load(sc.xc.data() + v * kLanes);
@@ -304,7 +383,9 @@ void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, cons
             shift = rs.true_max(c, n);
         }
         const float inv_sum = 1.0f / sum;
-        for (int v = 0; v < V; ++v) store(p + i * n + v * kLanes, e[v] * inv_sum);
+        float* row = p + i * n;
+        for (int v = 0; v < V - 1; ++v) store(row + v * kLanes, e[v] * inv_sum);
+        store_first(row + (V - 1) * kLanes, e[V - 1] * inv_sum, tail);
     }
 }
 
@@ -347,6 +428,74 @@ double sorted_prefix_sums(const T* values, const int64_t* order, int64_t n, doub
     return s2 + s3;
 }
 
+#if defined(__AVX512F__)
+// rank_combine for float on AVX-512, 8 ranks at a time: gathers in sorted order, an in-register
+// scan (three shifted adds) carried across blocks, a scatter back to the elements.
+inline void rank_combine_avx512(const float* values, const float* add, const int64_t* order,
+                                int64_t n, double sign, int64_t offset, double scale,
+                                double* work, float* out) {
+    double* sorted = work;
+    double* inclusive = work + n;
+    const auto block_mask = [n](int64_t r0) {
+        return static_cast<__mmask8>(n - r0 >= 8 ? 0xFF : (1u << (n - r0)) - 1);
+    };
+    const __m512i shift1 = _mm512_set_epi64(6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i shift2 = _mm512_set_epi64(5, 4, 3, 2, 1, 0, 0, 0);
+    const __m512i shift4 = _mm512_set_epi64(3, 2, 1, 0, 0, 0, 0, 0);
+    __m512d carry = _mm512_setzero_pd();  // the running total in every lane
+    for (int64_t r0 = 0; r0 < n; r0 += 8) {
+        const __mmask8 mask = block_mask(r0);
+        const __m512i idx = _mm512_maskz_loadu_epi64(mask, order + r0);
+        const __m512d v =
+            _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask, idx, values, 4));
+        __m512d s = _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(0xFE, shift1, v));
+        s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xFC, shift2, s));
+        s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xF0, shift4, s));
+        s = _mm512_add_pd(s, carry);  // masked-out lanes gathered 0, so lane 7 is the total
+        _mm512_mask_storeu_pd(sorted + r0, mask, v);
+        _mm512_mask_storeu_pd(inclusive + r0, mask, s);
+        carry = _mm512_permutexvar_pd(_mm512_set1_epi64(7), s);
+    }
+    const __m512d total = carry, two = _mm512_set1_pd(2.0), sgn = _mm512_set1_pd(sign);
+    const __m512d lanes = _mm512_set_pd(14, 12, 10, 8, 6, 4, 2, 0), sc = _mm512_set1_pd(scale);
+    for (int64_t r0 = 0; r0 < n; r0 += 8) {
+        const __mmask8 mask = block_mask(r0);
+        const __m512i idx = _mm512_maskz_loadu_epi64(mask, order + r0);
+        const __m512d v = _mm512_maskz_loadu_pd(mask, sorted + r0);
+        const __m512d inc = _mm512_maskz_loadu_pd(mask, inclusive + r0);
+        const __m512d coef = _mm512_add_pd(_mm512_set1_pd(static_cast<double>(2 * r0 - n + offset)), lanes);
+        __m512d t = _mm512_fmadd_pd(coef, v, _mm512_mul_pd(sgn, _mm512_fnmadd_pd(two, inc, total)));
+        if (add != nullptr)
+            t = _mm512_add_pd(t, _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask,
+                                                                          idx, add, 4)));
+        _mm512_mask_i64scatter_ps(out, mask, idx, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)), 4);
+    }
+}
+#endif
+
+// The O(n) step shared by forward (a = A 1) and backward (J_a^T v): with the values in
+// ascending order of the scores, v_r = values[order[r]], and their inclusive prefix sums inc_r
+// (in double: cancellation when |x| is large),
+//     out[order[r]] = (add[order[r]] + sign (total - 2 inc_r) + (2r - n + offset) v_r) * scale
+// (add may be null). `work` holds 2n doubles.
+template <typename T>
+void rank_combine(const T* values, const T* add, const int64_t* order, int64_t n, double sign,
+                  int64_t offset, double scale, double* work, T* out) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>)
+        return rank_combine_avx512(values, add, order, n, sign, offset, scale, work, out);
+#endif
+    double* inclusive = work;
+    const double total = sorted_prefix_sums(values, order, n, inclusive);
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t j = order[r];
+        double t = sign * (total - 2.0 * inclusive[r]) +
+                   static_cast<double>(2 * r - n + offset) * static_cast<double>(values[j]);
+        if (add != nullptr) t += static_cast<double>(add[j]);
+        out[j] = static_cast<T>(t * scale);
+    }
+}
+
 template <typename T>
 inline T dot(const T* x, const T* y, int64_t n) {
     T s = 0;
@@ -365,8 +514,8 @@ template <typename T>
 void rows(const RowSetup<T>& rs, Scratch<T>& sc, int64_t n, const T* coef,
           const int64_t* rank_of_row, int64_t m, T* p) {
     if constexpr (std::is_same_v<T, float>) {
-        if (in_whole_vectors(n, [&](auto v) {
-                rows_in_registers<decltype(v)::value>(rs, sc, coef, rank_of_row, m, p);
+        if (in_registers(n, [&](auto v) {
+                rows_in_registers<decltype(v)::value>(rs, sc, n, coef, rank_of_row, m, p);
             }))
             return;
     }
@@ -392,14 +541,8 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
     std::copy(xc, xc + n, sc.xc.data());
     for (int64_t j = 0; j < n; ++j) sc.key[j] = xc[j] + T(0);  // (-0 + 0 = +0)
     ascending_order(sc, n, order);
-    // element of ascending rank r: sum_k |v_r - v_k| = (2r - n + 2) v_r + total - 2 inclusive_r,
-    // with prefix sums in double (cancellation when |x| is large)
-    double* inclusive = sc.prefix.data();
-    const double total = sorted_prefix_sums(xc, order, n, inclusive);
-    for (int64_t r = 0; r < n; ++r) {
-        const double v = static_cast<double>(xc[order[r]]);
-        a[order[r]] = static_cast<T>(static_cast<double>(2 * r - n + 2) * v + total - 2.0 * inclusive[r]);
-    }
+    // element of ascending rank r: sum_k |v_r - v_k| = (2r - n + 2) v_r + total - 2 inclusive_r
+    rank_combine<T>(xc, nullptr, order, n, 1.0, 2, 1.0, sc.prefix.data(), a);
     std::copy(a, a + n, sc.a.data());
     // with the shift at the true maximum the sum lies in [1, n]; far above means it was not
     const RowSetup<T> rs{xc, a, order, inv_tau, logit_range, T(4) * static_cast<T>(n) * std::exp(T(8))};
@@ -408,17 +551,20 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
         for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n) + mean;
 }
 
-// Rows of V whole vectors: u and v stay in registers across all m rows.
+// Rows of V vectors (n <= kLanes V): u and v stay in registers across all m rows; the padding
+// lanes of the last vector load as 0 and are not stored.
 template <int V>
-void reduce_rows_in_registers(const float* g, const float* p, const float* coef, int64_t m,
-                              float* u, float* v) {
-    constexpr int64_t n = V * kLanes;
+void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const float* coef,
+                              int64_t m, float* u, float* v) {
+    const int64_t tail = n - (V - 1) * kLanes;
     vf U[V] = {}, W[V] = {};
     for (int64_t i = 0; i < m; ++i) {
+        const float* gi = g + i * n;
+        const float* pi = p + i * n;
         vf G[V], P[V], acc = {};
         for (int k = 0; k < V; ++k) {
-            G[k] = load(g + i * n + k * kLanes);
-            P[k] = load(p + i * n + k * kLanes);
+            G[k] = k < V - 1 ? load(gi + k * kLanes) : load_first(gi + k * kLanes, tail);
+            P[k] = k < V - 1 ? load(pi + k * kLanes) : load_first(pi + k * kLanes, tail);
             acc += G[k] * P[k];
         }
         const float gp = lane_sum<float>(acc), ci = coef[i];
@@ -428,10 +574,12 @@ void reduce_rows_in_registers(const float* g, const float* p, const float* coef,
             W[k] -= l;
         }
     }
-    for (int k = 0; k < V; ++k) {
+    for (int k = 0; k < V - 1; ++k) {
         store(u + k * kLanes, U[k]);
         store(v + k * kLanes, W[k]);
     }
+    store_first(u + (V - 1) * kLanes, U[V - 1], tail);
+    store_first(v + (V - 1) * kLanes, W[V - 1], tail);
 }
 
 // u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
@@ -440,8 +588,8 @@ template <typename T>
 void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T* u, T* v) {
     int64_t whole = 0;
     if constexpr (std::is_same_v<T, float>) {
-        if (in_whole_vectors(n, [&](auto vectors) {
-                reduce_rows_in_registers<decltype(vectors)::value>(g, p, coef, m, u, v);
+        if (in_registers(n, [&](auto vectors) {
+                reduce_rows_in_registers<decltype(vectors)::value>(g, p, n, coef, m, u, v);
             }))
             return;
         whole = n / kLanes * kLanes;
@@ -503,20 +651,14 @@ void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T
 template <typename T>
 void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T inv_tau,
                   const int64_t* order, const T* xc, const T* a, T* gx, double* tau_part,
-                  T* u, T* v, double* inclusive, T* direct = nullptr) {
+                  T* u, T* v, double* work, T* direct = nullptr) {
     // `direct` given: g is the gradient of y = P x (length m), else of P (m x n)
     if (direct != nullptr)
         reduce_rows_values(g, p, xc, n, coef, m, u, v, direct);
     else
         reduce_rows(g, p, n, coef, m, u, v);
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
-    const double total = sorted_prefix_sums(v, order, n, inclusive);
-    for (int64_t r = 0; r < n; ++r) {
-        const int64_t j = order[r];
-        const double vr = static_cast<double>(v[j]);
-        const double through_a = 2.0 * inclusive[r] - total + vr * static_cast<double>(2 * r - n);
-        gx[j] = static_cast<T>((static_cast<double>(u[j]) + through_a) * static_cast<double>(inv_tau));
-    }
+    rank_combine<T>(v, u, order, n, -1.0, 0, static_cast<double>(inv_tau), work, gx);
     if (direct != nullptr)
         for (int64_t j = 0; j < n; ++j) gx[j] += direct[j];
     if (tau_part != nullptr) {
