@@ -184,9 +184,10 @@ void sort_order(const T* v, int64_t n, int64_t* order) {
     for (int64_t r = 0; r < n; ++r) order[r] = pairs[r].second;
 }
 
-// For each lane l, the number of keys key[0..n) smaller than vj[l], in two chains. AVX-512: a
-// compare into a mask register and a masked increment (two instructions a key). Otherwise: the
-// sign of key_k - key_j (exact in IEEE arithmetic for finite keys) as 0 / -1.
+// For each lane l, the number of keys key[0..n) smaller than vj[l], in two chains: a compare and
+// an increment a key. AVX-512 compares into a mask register and increments under the mask;
+// elsewhere the compare gives -1 / 0 lanes, subtracted. Finite keys are compared exactly; the
+// +inf padding never counts as smaller.
 inline vi count_smaller(const float* key, int64_t n, vf vj) {
 #if defined(__AVX512F__)
     const __m512 j = (__m512)vj;
@@ -206,11 +207,11 @@ inline vi count_smaller(const float* key, int64_t n, vf vj) {
     vi c0 = {}, c1 = {};
     int64_t k = 0;
     for (; k + 1 < n; k += 2) {
-        c0 += (vi)(splat(key[k]) - vj) >> 31;
-        c1 += (vi)(splat(key[k + 1]) - vj) >> 31;
+        c0 -= splat(key[k]) < vj;
+        c1 -= splat(key[k + 1]) < vj;
     }
-    if (k < n) c0 += (vi)(splat(key[k]) - vj) >> 31;
-    return -(c0 + c1);
+    if (k < n) c0 -= splat(key[k]) < vj;
+    return c0 + c1;
 #endif
 }
 
