@@ -34,3 +34,16 @@ def test_switched_off_means_no_native_node_in_the_graph():
     with ns.backends.native(False):
         p = ns.neural_sort(x, 1.0)
     assert type(p.grad_fn).__name__.startswith("_RelaxedRows")
+
+
+def test_triton_switch_restores_and_leaves_cpu_tensors_alone():
+    from neuralsort import _triton  # noqa: PLC0415
+
+    before = _triton._enabled
+    x = torch.randn(2, 6)
+    with ns.backends.triton(not before):
+        assert _triton._enabled is (not before)
+        torch.testing.assert_close(ns.neural_sort(x, 1.0).sum(-1), torch.ones(2, 6))
+    assert _triton._enabled is before
+    with pytest.raises(TypeError, match="enabled"):
+        ns.backends.triton(1)  # type: ignore[arg-type]

@@ -17,6 +17,12 @@ on top) has two implementations with the same results:
 ``NEURALSORT_NATIVE=0`` in the environment switches the native operator off before anything is
 compiled.
 
+On CUDA there is a third, **experimental** implementation, off by default: fused Triton kernels
+(one launch forward, one backward) for float32 rows of up to 256 elements, where the PyTorch
+path is bound by kernel launches. They are tested against the PyTorch path through Triton's CPU
+interpreter but have not yet been run or timed on a GPU. ``NEURALSORT_TRITON=1`` switches them
+on for the process, :func:`triton` inside a block.
+
 Example:
     >>> import neuralsort as ns
     >>> with ns.backends.native(False):   # pure PyTorch inside the block
@@ -28,9 +34,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from . import _native
+from . import _native, _triton
 
-__all__ = ["is_available", "is_enabled", "set_enabled", "native", "status"]
+__all__ = [
+    "is_available",
+    "is_enabled",
+    "set_enabled",
+    "native",
+    "status",
+    "triton",
+    "triton_status",
+]
 
 
 def is_available() -> bool:
@@ -66,3 +80,16 @@ def status() -> str:
     if not _native.enabled():
         return "switched off (NEURALSORT_NATIVE=0 or backends.set_enabled(False))"
     return _native.status()
+
+
+def triton(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Context manager: use (or avoid) the experimental Triton kernels for CUDA tensors inside
+    (they need the ``triton`` package; without it the PyTorch path runs)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"triton: `enabled` must be a bool, got {type(enabled).__name__}")
+    return _triton.enabled(enabled)
+
+
+def triton_status() -> str:
+    """One line: whether the experimental Triton kernels are switched on, and Triton's version."""
+    return _triton.status()

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _native, _triton
 from ._checks import (
     TauLike,
     check_positive_int,
@@ -176,20 +176,60 @@ class _RelaxedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_p: Tensor):  # type: ignore[override]
         p, xc, a, coef, tau, order, x = ctx.saved_tensors
-        if torch.is_grad_enabled() and ctx.needs_input_grad[2]:
-            # create_graph=True: grad_tau depends on x through xc and a as well
-            xc, a = _centred_abs_dev_differentiable(x)
-        grad_logits = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
-        weights = torch.stack((coef, -torch.ones_like(coef)))
-        u, v = torch.matmul(weights, grad_logits).unbind(-2)
-        inv_tau = tau.reciprocal()
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (u + _abs_dev_rowsum_backward(v, order)) * inv_tau
-        grad_tau = None
-        if ctx.needs_input_grad[2]:
-            grad_tau = -((xc * u).sum() + (a * v).sum()) * inv_tau * inv_tau
+        need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_x, grad_tau = _rows_backward(grad_p, p, xc, a, coef, tau, order, x, need_x, need_tau)
         return grad_x, None, grad_tau, None
+
+
+def _rows_backward(
+    grad_p: Tensor,
+    p: Tensor,
+    xc: Tensor,
+    a: Tensor,
+    coef: Tensor,
+    tau: Tensor,
+    order: Tensor,
+    x: Tensor,
+    need_x: bool,
+    need_tau: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(grad_x, grad_tau)`` of the rows ``p`` (``None`` where not needed), with differentiable
+    ops throughout, so that ``create_graph=True`` gives second derivatives."""
+    if torch.is_grad_enabled() and need_tau:
+        # create_graph=True: grad_tau depends on x through xc and a as well
+        xc, a = _centred_abs_dev_differentiable(x)
+    grad_logits = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+    weights = torch.stack((coef, -torch.ones_like(coef)))
+    u, v = torch.matmul(weights, grad_logits).unbind(-2)
+    inv_tau = tau.reciprocal()
+    grad_x = (u + _abs_dev_rowsum_backward(v, order)) * inv_tau if need_x else None
+    grad_tau = -((xc * u).sum() + (a * v).sum()) * inv_tau * inv_tau if need_tau else None
+    return grad_x, grad_tau
+
+
+class _TritonRows(torch.autograd.Function):
+    """The rows by the fused Triton kernels of :mod:`neuralsort._triton` (CUDA, short rows,
+    experimental); second derivatives through :func:`_rows_backward`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, coef: Tensor, tau: Tensor) -> Tensor:  # type: ignore[override]
+        p, xc, a = _triton.forward(x, coef, tau, _LOGIT_RANGE[x.dtype])
+        ctx.save_for_backward(p, xc, a, coef, tau, x)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad_p: Tensor):  # type: ignore[override]
+        p, xc, a, coef, tau, x = ctx.saved_tensors
+        need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        if torch.is_grad_enabled():  # create_graph=True
+            order = torch.sort(xc.detach(), dim=-1, stable=True).indices
+            grads = _rows_backward(grad_p, p, xc, a, coef, tau, order, x, need_x, need_tau)
+            return grads[0], None, grads[1]
+        grad_x, tau_part = _triton.backward(grad_p, p, coef, xc, a, tau, need_tau)
+        grad_tau = None
+        if need_tau:
+            grad_tau = (-tau_part / (tau.double() * tau.double())).to(tau.dtype)
+        return (grad_x if need_x else None), None, grad_tau
 
 
 def _centred_abs_dev_differentiable(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -259,6 +299,9 @@ def _relaxed_rows(
     else:
         coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
     tau_t = _as_tau_tensor(tau, xc)
+    if _triton.usable(xc) and not is_compiling():
+        p = _TritonRows.apply(xc, coef, tau_t)
+        return _rows_times(p, xc) if times_x else p
     if _native.usable(xc):
         # the fused C++ operators (see _kernels/): one pass, backward in C++; applied to x, the
         # backward never forms the (..., m, n) gradient of the rows

@@ -9,3 +9,4 @@ def test_info_reports_versions_and_the_native_operator(capsys):
     assert out.startswith("neuralsort ")
     assert "torch " in out
     assert "native CPU operator:" in out
+    assert "Triton kernels for CUDA (experimental): off" in out

@@ -37,5 +37,6 @@ def main(args: argparse.Namespace) -> int:
     available = ns.backends.is_available() if ns.backends.is_enabled() else False
     lines.append(f"native CPU operator: {'in use' if available else 'not in use'}")
     lines.append(f"  {ns.backends.status()}")
+    lines.append(f"Triton kernels for CUDA (experimental): {ns.backends.triton_status()}")
     print("\n".join(lines))
     return 0

@@ -1,0 +1,209 @@
+"""Fused GPU kernels (Triton) for the relaxed permutation rows of short score vectors.
+
+EXPERIMENTAL, off by default: ``NEURALSORT_TRITON=1`` switches them on for CUDA tensors. They
+have been checked against the PyTorch path only through Triton's CPU interpreter
+(``TRITON_INTERPRET=1``, see tests/test_triton.py), not yet timed or run on a GPU.
+
+Why: on CUDA the PyTorch path launches a dozen small kernels per call (sort, gathers, prefix
+sums, the softmax and its clamp), so for short rows it is bound by launches, not by arithmetic.
+Here one program per batch element does everything for ``n <= MAX_N``, in one launch forward
+and one backward, with the same formulas as the fused CPU kernel (``_kernels/relaxed_rows.h``):
+
+* forward: ``xc = x - mean(x)``, ``a_j = sum_k |xc_j - xc_k|`` directly (O(n^2): differences
+  in float32, their sum in float64), then for each row ``i`` the logits
+  ``(coef_i xc_j - a_j) / tau``, floored at ``max - logit_range`` like the other paths, and
+  their softmax;
+* backward: with ``L = P (G - <G_i, P_i>)`` (the softmax backward),
+  ``u_j = sum_i coef_i L_ij`` and ``v_j = -sum_i L_ij``; the gradient of ``x`` is
+  ``(u + J_a^T v) / tau`` with ``(J_a^T v)_k = sum_j (v_k + v_j) s_kj``, ``s_kj = +1`` when
+  ``k`` comes after ``j`` in the stable ascending order, ``-1`` when before (at ties, the
+  subgradient the native CPU kernel's stable-order prefix sums take).
+
+Second derivatives (``create_graph=True``) go through the PyTorch path's formulas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+MAX_N = 256  # longer rows keep the PyTorch path (one program per batch element would idle the GPU)
+_TILE = 4096  # elements per 2-D tile a program holds at once
+
+_enabled = os.environ.get("NEURALSORT_TRITON", "0").strip().lower() in ("1", "true", "yes")
+_interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"  # CPU tensors too (tests)
+
+
+@functools.cache
+def _kernels():
+    """The jitted kernels, or ``None`` where Triton cannot be imported."""
+    try:
+        import triton  # noqa: PLC0415
+        import triton.language as tl  # noqa: PLC0415
+    except ImportError:
+        return None
+
+    @triton.jit
+    def forward_kernel(
+        x_ptr, coef_ptr, tau_ptr, p_ptr, xc_ptr, a_ptr, logit_range, n, m,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0).to(tl.int64)
+        inv_tau = 1.0 / tl.load(tau_ptr)
+        cols = tl.arange(0, BLOCK_N)
+        valid = cols < n
+        row = x_ptr + b * n
+        x = tl.load(row + cols, mask=valid, other=0.0)
+        mean = tl.sum(x, axis=0) / n
+        xc = tl.where(valid, x - mean, 0.0)
+        a = tl.zeros([BLOCK_N], dtype=tl.float64)
+        for k0 in range(0, n, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            xk = tl.load(row + ks, mask=ks < n, other=0.0) - mean
+            d = tl.where((ks < n)[None, :], tl.abs(xc[:, None] - xk[None, :]), 0.0)
+            a += tl.sum(d.to(tl.float64), axis=1)
+        a32 = a.to(tl.float32)
+        tl.store(xc_ptr + b * n + cols, xc, mask=valid)
+        tl.store(a_ptr + b * n + cols, a32, mask=valid)
+        neg_a = a32 * -inv_tau
+        for i0 in range(0, m, BLOCK_M):
+            rows = i0 + tl.arange(0, BLOCK_M)
+            c = tl.load(coef_ptr + rows, mask=rows < m, other=0.0) * inv_tau
+            t = tl.where(valid[None, :], c[:, None] * xc[None, :] + neg_a[None, :], float("-inf"))
+            top = tl.max(t, axis=1)
+            t = tl.maximum(t, (top - logit_range)[:, None])
+            e = tl.where(valid[None, :], tl.exp(t - top[:, None]), 0.0)
+            p = e / tl.sum(e, axis=1)[:, None]
+            offsets = (b * m + rows[:, None]) * n + cols[None, :]
+            tl.store(p_ptr + offsets, p, mask=(rows < m)[:, None] & valid[None, :])
+
+    @triton.jit
+    def backward_kernel(
+        g_ptr, p_ptr, coef_ptr, tau_ptr, xc_ptr, a_ptr, gx_ptr, tau_part_ptr, v_ptr, n, m,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+        NEED_TAU: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0).to(tl.int64)
+        inv_tau = 1.0 / tl.load(tau_ptr)
+        cols = tl.arange(0, BLOCK_N)
+        valid = cols < n
+        u = tl.zeros([BLOCK_N], dtype=tl.float32)
+        v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for i0 in range(0, m, BLOCK_M):
+            rows = i0 + tl.arange(0, BLOCK_M)
+            mask = (rows < m)[:, None] & valid[None, :]
+            offsets = (b * m + rows[:, None]) * n + cols[None, :]
+            g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
+            p = tl.load(p_ptr + offsets, mask=mask, other=0.0)
+            l = p * (g - tl.sum(g * p, axis=1)[:, None])  # noqa: E741
+            c = tl.load(coef_ptr + rows, mask=rows < m, other=0.0)
+            u += tl.sum(c[:, None] * l, axis=0)
+            v -= tl.sum(l, axis=0)
+        # v is read back by every thread of the program in chunks along the other axis
+        tl.store(v_ptr + b * n + cols, v, mask=valid)
+        tl.debug_barrier()
+        xc = tl.load(xc_ptr + b * n + cols, mask=valid, other=0.0)
+        through_a = tl.zeros([BLOCK_N], dtype=tl.float64)
+        for j0 in range(0, n, BLOCK_K):
+            js = j0 + tl.arange(0, BLOCK_K)
+            inside = js < n
+            vj = tl.load(v_ptr + b * n + js, mask=inside, other=0.0)
+            xj = tl.load(xc_ptr + b * n + js, mask=inside, other=0.0)
+            same = xc[:, None] == xj[None, :]
+            after = (xc[:, None] > xj[None, :]) | (same & (cols[:, None] > js[None, :]))
+            before = (xc[:, None] < xj[None, :]) | (same & (cols[:, None] < js[None, :]))
+            sign = tl.where(inside[None, :], after.to(tl.float32) - before.to(tl.float32), 0.0)
+            through_a += tl.sum(((v[:, None] + vj[None, :]) * sign).to(tl.float64), axis=1)
+        gx = (u.to(tl.float64) + through_a) * inv_tau
+        tl.store(gx_ptr + b * n + cols, gx.to(tl.float32), mask=valid)
+        if NEED_TAU:
+            a = tl.load(a_ptr + b * n + cols, mask=valid, other=0.0)
+            part = tl.sum(xc.to(tl.float64) * u + a.to(tl.float64) * v, axis=0)
+            tl.store(tau_part_ptr + b, part)
+
+    return forward_kernel, backward_kernel
+
+
+def usable(x: Tensor) -> bool:
+    """Whether these kernels take ``x``: switched on, a float32 CUDA tensor (any device under
+    the interpreter), rows of at most ``MAX_N``, Triton importable."""
+    return (
+        _enabled
+        and (x.is_cuda or _interpret)
+        and x.dtype == torch.float32
+        and 0 < x.shape[-1] <= MAX_N
+        and _kernels() is not None
+    )
+
+
+def status() -> str:
+    """One line: switched on or off, and whether Triton can be imported."""
+    try:
+        import triton  # noqa: PLC0415
+
+        found = f"triton {triton.__version__}"
+    except ImportError:
+        found = "triton not installed"
+    state = "on" if _enabled else "off (NEURALSORT_TRITON=1 switches them on)"
+    return f"{state}; {found}"
+
+
+@contextlib.contextmanager
+def enabled(value: bool):
+    """Switch the kernels on or off inside a block (tests compare them with the other paths)."""
+    global _enabled
+    before, _enabled = _enabled, value
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def _blocks(n: int, m: int) -> tuple[int, int, int]:
+    block_n = max(16, 1 << (n - 1).bit_length())
+    block_m = min(max(1, _TILE // block_n), max(1, 1 << (m - 1).bit_length()))
+    return block_n, block_m, min(_TILE // block_n, block_n)
+
+
+def forward(x: Tensor, coef: Tensor, tau: Tensor, logit_range: float) -> tuple[Tensor, ...]:
+    """``(p, xc, a)`` for ``x`` ``(..., n)`` float32, ``coef`` ``(m,)`` and a scalar tensor
+    ``tau`` (read on the device: no synchronisation); ``p`` is ``(..., m, n)``."""
+    forward_kernel, _ = _kernels()
+    x = x.contiguous()
+    n, m = x.shape[-1], coef.shape[0]
+    batch = x.numel() // n
+    p = torch.empty((*x.shape[:-1], m, n), dtype=x.dtype, device=x.device)
+    xc, a = torch.empty_like(x), torch.empty_like(x)
+    if batch:
+        block_n, block_m, block_k = _blocks(n, m)
+        forward_kernel[(batch,)](
+            x, coef.to(x.dtype).contiguous(), tau.to(x.dtype), p, xc, a, logit_range, n, m,
+            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=4 if block_n <= 128 else 8,
+        )  # fmt: skip
+    return p, xc, a
+
+
+def backward(
+    grad_p: Tensor, p: Tensor, coef: Tensor, xc: Tensor, a: Tensor, tau: Tensor, need_tau: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``(grad_x, sum_b tau_part_b)``; the gradient of tau is ``-tau_part / tau^2``."""
+    _, backward_kernel = _kernels()
+    n, m = xc.shape[-1], coef.shape[0]
+    batch = xc.numel() // n
+    grad_x = torch.empty_like(xc)
+    scratch = torch.empty_like(xc)
+    tau_part = torch.zeros(max(batch, 1), dtype=torch.float64, device=xc.device)
+    if batch:
+        block_n, block_m, block_k = _blocks(n, m)
+        backward_kernel[(batch,)](
+            grad_p.to(p.dtype).contiguous(), p, coef.to(p.dtype).contiguous(), tau.to(p.dtype),
+            xc, a, grad_x, tau_part, scratch, n, m,
+            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, NEED_TAU=need_tau,
+            num_warps=4 if block_n <= 128 else 8,
+        )  # fmt: skip
+    return grad_x, (tau_part.sum() if need_tau else None)
