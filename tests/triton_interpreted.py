@@ -1,8 +1,10 @@
-"""The Triton kernels (src/neuralsort/_triton.py) against the PyTorch path, on the CPU.
+"""The Triton kernels (src/neuralsort/_triton.py) against the PyTorch path.
 
 Not collected on its own (no ``test_`` prefix): tests/test_triton.py runs this module in a fresh
 process with ``TRITON_INTERPRET=1`` (Triton's interpreter executes the kernels with numpy, so
-they take CPU tensors), ``NEURALSORT_TRITON=1`` and the native CPU operator off.
+they take CPU tensors), ``NEURALSORT_TRITON=1`` and the native CPU operator off. On a GPU
+machine, ``NEURALSORT_TEST_DEVICE=cuda NEURALSORT_TRITON=1 pytest tests/triton_interpreted.py``
+runs the same checks on the compiled kernels (benchmarks/gpu_check.sh does).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import torch
 import neuralsort as ns
 from neuralsort import _triton
 
-assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_triton.py"
+DEVICE = torch.device(os.environ.get("NEURALSORT_TEST_DEVICE", "cpu"))
+assert DEVICE.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1", (
+    "run through tests/test_triton.py (or with NEURALSORT_TEST_DEVICE=cuda on a GPU)"
+)
 
 
 def both_paths(fn, *args):
@@ -27,7 +32,7 @@ def both_paths(fn, *args):
             assert _triton.usable(leaves[0]) is (use and leaves[0].dtype == torch.float32)
             out = fn(*leaves)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
-        out.backward(upstream)
+        out.backward(upstream.to(out.device, out.dtype))
         results.append((out.detach(), [leaf.grad for leaf in leaves]))
     return results
 
@@ -47,13 +52,13 @@ def assert_agree(fn, *args):
 
 
 def scores(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 40, 100, 129, 256])
 def test_neural_sort_matches_the_torch_path(n):
     x = scores(3, n, seed=n) * 2
-    tau = torch.tensor(0.7)
+    tau = torch.tensor(0.7, device=DEVICE)
     for descending in (False, True):
         assert_agree(lambda x, t, d=descending: ns.neural_sort(x, t, descending=d), x, tau)
 
@@ -73,7 +78,7 @@ def test_topk_sort_rank_quantile_match_the_torch_path(n, k):
 
 def test_ties_give_the_same_matrix_and_finite_gradients():
     # (at ties |x_j - x_k| has no derivative: each path takes a subgradient of its own)
-    x = torch.tensor([[2.0, 1.0, 2.0, 1.0, 3.0, 2.0, -0.0, 0.0] * 3])
+    x = torch.tensor([[2.0, 1.0, 2.0, 1.0, 3.0, 2.0, -0.0, 0.0] * 3], device=DEVICE)
     (p1, (g1,)), (p2, _) = both_paths(lambda x: ns.neural_sort(x, 0.5), x)
     torch.testing.assert_close(p1, p2)
     assert torch.isfinite(g1).all()
@@ -94,16 +99,16 @@ def test_a_nan_row_stays_in_its_row_and_extreme_scales_stay_finite():
         big = ns.neural_sort(scores(2, 20, seed=3) * 1e6, 1e-3)
     assert torch.isnan(p[1]).all() and torch.isfinite(p[[0, 2]]).all()
     assert torch.isfinite(big).all()
-    torch.testing.assert_close(big.sum(-1), torch.ones(2, 20))
+    torch.testing.assert_close(big.sum(-1), torch.ones(2, 20, device=DEVICE))
 
 
 def test_second_derivatives_take_the_torch_formulas():
     def second(use):
         x = scores(2, 12, seed=4).requires_grad_()
-        tau = torch.tensor(0.8, requires_grad=True)
+        tau = torch.tensor(0.8, device=DEVICE, requires_grad=True)
         with _triton.enabled(use):
             p = ns.neural_sort(x, tau)
-        w = torch.randn(p.shape, generator=torch.Generator().manual_seed(6))
+        w = torch.randn(p.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
         gx, gt = torch.autograd.grad((p * w).sum(), (x, tau), create_graph=True)
         (gx.pow(2).sum() + gt).backward()
         return x.grad, tau.grad
@@ -114,6 +119,6 @@ def test_second_derivatives_take_the_torch_formulas():
 
 def test_float64_and_long_rows_keep_the_other_paths():
     with _triton.enabled(True):
-        assert not _triton.usable(torch.zeros(2, 8, dtype=torch.float64))
-        assert not _triton.usable(torch.zeros(2, _triton.MAX_N + 1))
-        assert _triton.usable(torch.zeros(2, _triton.MAX_N))
+        assert not _triton.usable(torch.zeros(2, 8, dtype=torch.float64, device=DEVICE))
+        assert not _triton.usable(torch.zeros(2, _triton.MAX_N + 1, device=DEVICE))
+        assert _triton.usable(torch.zeros(2, _triton.MAX_N, device=DEVICE))
