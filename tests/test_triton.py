@@ -41,3 +41,19 @@ def test_off_by_default_and_never_for_cpu_tensors_without_the_interpreter():
     with _triton.enabled(True):
         assert not _triton.usable(x)  # a CPU tensor, no interpreter
         torch.testing.assert_close(ns.neural_sort(x, 1.0).sum(-1), torch.ones(2, 8))
+
+
+def test_a_failing_kernel_names_the_way_back(monkeypatch):
+    class Broken:  # stands in for a kernel Triton cannot compile for this GPU
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise ValueError("unsupported architecture")
+
+            return launch
+
+    monkeypatch.setattr(_triton, "_kernels", lambda: (Broken(), Broken()))
+    with pytest.raises(RuntimeError, match="forward kernel failed.*Unset NEURALSORT_TRITON"):
+        _triton.forward(torch.zeros(2, 8), torch.ones(3), torch.tensor(1.0), 64.0)
+    with pytest.raises(RuntimeError, match="backward kernel failed"):
+        p, xc, a = torch.zeros(2, 3, 8), torch.zeros(2, 8), torch.zeros(2, 8)
+        _triton.backward(p, p, torch.ones(3), xc, a, torch.tensor(1.0), False)

@@ -163,6 +163,19 @@ def enabled(value: bool):
         _enabled = before
 
 
+@contextlib.contextmanager
+def _hint_on_failure(which: str):
+    """Kernel compilation or launch errors name the way back to the PyTorch path."""
+    try:
+        yield
+    except Exception as err:
+        raise RuntimeError(
+            f"neuralsort: the experimental Triton {which} kernel failed ({type(err).__name__}: "
+            f"{err}). Unset NEURALSORT_TRITON (or leave `neuralsort.backends.triton()`) to use "
+            "the PyTorch path, and please report the GPU and versions (`neuralsort info`)."
+        ) from err
+
+
 def _blocks(n: int, m: int) -> tuple[int, int, int]:
     block_n = max(16, 1 << (n - 1).bit_length())
     block_m = min(max(1, _TILE // block_n), max(1, 1 << (m - 1).bit_length()))
@@ -180,11 +193,12 @@ def forward(x: Tensor, coef: Tensor, tau: Tensor, logit_range: float) -> tuple[T
     xc, a = torch.empty_like(x), torch.empty_like(x)
     if batch:
         block_n, block_m, block_k = _blocks(n, m)
-        forward_kernel[(batch,)](
-            x, coef.to(x.dtype).contiguous(), tau.to(x.dtype), p, xc, a, logit_range, n, m,
-            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=4 if block_n <= 128 else 8,
-        )  # fmt: skip
+        with _hint_on_failure("forward"):
+            forward_kernel[(batch,)](
+                x, coef.to(x.dtype).contiguous(), tau.to(x.dtype), p, xc, a, logit_range, n, m,
+                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
+                num_warps=4 if block_n <= 128 else 8,
+            )  # fmt: skip
     return p, xc, a
 
 
@@ -200,10 +214,11 @@ def backward(
     tau_part = torch.zeros(max(batch, 1), dtype=torch.float64, device=xc.device)
     if batch:
         block_n, block_m, block_k = _blocks(n, m)
-        backward_kernel[(batch,)](
-            grad_p.to(p.dtype).contiguous(), p, coef.to(p.dtype).contiguous(), tau.to(p.dtype),
-            xc, a, grad_x, tau_part, scratch, n, m,
-            BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, NEED_TAU=need_tau,
-            num_warps=4 if block_n <= 128 else 8,
-        )  # fmt: skip
+        with _hint_on_failure("backward"):
+            backward_kernel[(batch,)](
+                grad_p.to(p.dtype).contiguous(), p, coef.to(p.dtype).contiguous(),
+                tau.to(p.dtype), xc, a, grad_x, tau_part, scratch, n, m,
+                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, NEED_TAU=need_tau,
+                num_warps=4 if block_n <= 128 else 8,
+            )  # fmt: skip
     return grad_x, (tau_part.sum() if need_tau else None)
