@@ -170,11 +170,13 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file:
         torch.cuda.synchronize()
     slowest = max(distributed.all_gather_objects(time.perf_counter() - t0))
     if ctx.is_main:
-        Path(result_file).write_text(f"{images} {slowest}\n")
+        Path(result_file).write_text(json.dumps({"images": images, "seconds": slowest}))
 
 
-def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> tuple[int, float]:
-    """Spawn ``procs`` workers for ``spec``; returns (images per step per process, seconds)."""
+def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> dict[str, float]:
+    """Spawn ``procs`` workers for ``spec``; returns what the first one measured: ``images`` per
+    step per process and ``seconds`` for all steps (the slowest process), or with
+    ``spec["backends"]`` the median ``native`` and ``torch`` seconds per step."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.txt")
         ctx = mp.spawn(_worker, args=(procs, free_port(), spec, out), nprocs=procs, join=False)
@@ -184,11 +186,7 @@ def run_config(spec: dict[str, Any], procs: int, timeout_s: float) -> tuple[int,
                 for p in ctx.processes:
                     p.terminate()
                 raise TimeoutError(f"{spec['experiment']} with {procs} processes took too long")
-        text = Path(out).read_text()
-        if spec.get("backends"):
-            return json.loads(text)  # type: ignore[return-value]
-        images, seconds = text.split()
-        return int(images), float(seconds)
+        return json.loads(Path(out).read_text())
 
 
 def compare_backends(args: argparse.Namespace, amps: list[str], kept: dict[str, Any]) -> None:
@@ -268,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                     "warmup": args.warmup,
                     "args": kept,
                 }
-                images, seconds = run_config(spec, procs, args.timeout_s)
+                measured = run_config(spec, procs, args.timeout_s)
+                images, seconds = int(measured["images"]), measured["seconds"]
                 rate = images * procs * args.steps / seconds
                 if procs == args.procs[0]:
                     base = rate / procs

@@ -1,9 +1,11 @@
-"""benchmarks/ops.py runs end to end at a tiny size and judges the issue's targets correctly."""
+"""The benchmark scripts run end to end at tiny sizes; ops.py judges the issue's targets."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +13,18 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_ops", ROOT / "benchmarks" / "ops.py")
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load("ops")
 
 
 def test_writes_a_row_per_case_and_the_targets(bench, tmp_path, capsys):
@@ -45,3 +53,19 @@ def test_targets_are_judged_against_the_thresholds(bench):
     lines = bench.check_targets(rows)
     assert lines[0].endswith("1.30x  missed")
     assert "5.2x  met" in lines[1] and "takes 1.25x its time" in lines[1]
+
+
+def test_train_step_benchmark_writes_its_table(tmp_path):
+    # a subprocess: its workers are spawned, and they import the script by its module name
+    args = ["--device", "cpu", "--procs", "1", "--amp", "off", "--experiments", "dknn"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), *args, "--steps", "1"]
+        + ["--warmup", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "train_step_cpu-1threads.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["experiment"] == "dknn" and float(row["images_per_s"]) > 0
