@@ -11,8 +11,8 @@ and one backward, with the same formulas as the fused CPU kernel (``_kernels/rel
 
 * forward: ``xc = x - mean(x)``, ``a_j = sum_k |xc_j - xc_k|`` directly (O(n^2): differences
   in float32, their sum in float64), then for each row ``i`` the logits
-  ``(coef_i xc_j - a_j) / tau``, floored at ``max - logit_range`` like the other paths, and
-  their softmax;
+  ``(coef_i xc_j - a_j) / tau``, floored at ``max - logit_range`` like the CPU paths (free
+  here), and their softmax;
 * backward: with ``L = P (G - <G_i, P_i>)`` (the softmax backward),
   ``u_j = sum_i coef_i L_ij`` and ``v_j = -sum_i L_ij``; the gradient of ``x`` is
   ``(u + J_a^T v) / tau`` with ``(J_a^T v)_k = sum_j (v_k + v_j) s_kj``, ``s_kj = +1`` when

@@ -146,9 +146,10 @@ class _RelaxedRows(torch.autograd.Function):
       reductions over rows, and O(n) prefix sums for the path through ``A_x 1``.
 
     ``rank_of_row`` holds, for each row, the ascending rank of the element it peaks at (the
-    unimodality theorem). Logits further than ``_LOGIT_RANGE`` below their row's maximum are
-    raised to that bound, so the softmax never produces subnormal numbers (which slow CPU
-    arithmetic several-fold); the mass this adds is below ``n * 1e-27``.
+    unimodality theorem). On the CPU, logits further than ``_LOGIT_RANGE`` below their row's
+    maximum are raised to that bound, so the softmax never produces subnormal numbers (which
+    slow CPU arithmetic several-fold); the mass this adds is below ``n * 1e-27``. Other devices
+    compute subnormals at full speed and skip the six kernel launches this takes.
     """
 
     @staticmethod
@@ -160,9 +161,10 @@ class _RelaxedRows(torch.autograd.Function):
         scaled_coef = coef * inv_tau
         scaled_a = a * -inv_tau
         logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
-        argmax = order[..., rank_of_row]
-        row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
-        torch.maximum(logits, (row_max - _LOGIT_RANGE[x.dtype]).unsqueeze(-1), out=logits)
+        if logits.device.type == "cpu":
+            argmax = order[..., rank_of_row]
+            row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
+            torch.maximum(logits, (row_max - _LOGIT_RANGE[x.dtype]).unsqueeze(-1), out=logits)
         if logits.device.type == "cpu" and logits.is_contiguous():
             # in place (only safe on contiguous memory): saves one (..., m, n) allocation
             # and its page faults per call
