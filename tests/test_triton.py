@@ -18,21 +18,35 @@ import neuralsort as ns
 from neuralsort import _triton
 
 
-def test_kernels_agree_with_the_torch_path_in_the_interpreter():
-    pytest.importorskip("triton", reason="Triton is Linux-only; the dev extra installs it there")
+def _interpreted(test_file: str) -> subprocess.CompletedProcess:
+    """``pytest tests/<test_file>`` in a fresh process with the Triton kernels taking every
+    float32 CPU tensor of up to 256 elements a row (through the interpreter)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEURALSORT_", "TRITON_"))}
     env.update(TRITON_INTERPRET="1", NEURALSORT_TRITON="1", NEURALSORT_NATIVE="0")
-    here = Path(__file__).parent
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "triton_interpreted.py"],
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
         capture_output=True,
         text=True,
         env=env,
-        cwd=here,
+        cwd=Path(__file__).parent,
         timeout=1200,
     )
+
+
+def test_kernels_agree_with_the_torch_path_in_the_interpreter():
+    pytest.importorskip("triton", reason="Triton is Linux-only; the dev extra installs it there")
+    proc = _interpreted("triton_interpreted.py")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+def test_every_operator_test_passes_on_the_kernels_in_the_interpreter():
+    # tests/test_ops.py's float32 cases (properties, reference, convergence, bad input, NaN
+    # rows, dims, half precision) then run on the Triton kernels
+    pytest.importorskip("triton", reason="Triton is Linux-only; the dev extra installs it there")
+    proc = _interpreted("test_ops.py")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_off_by_default_and_never_for_cpu_tensors_without_the_interpreter():
