@@ -77,15 +77,22 @@ void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_ta
     });
 }
 
-// J^T v of a_j = sum_k |x_j - x_k| with differentiable ops (the double-backward path), in
-// ascending order: 2 inclusive_r - total + v_r (2r - n).
-Tensor abs_dev_rowsum_backward(const Tensor& v, const Tensor& order) {
-    const int64_t n = v.size(-1);
-    const Tensor vs = v.gather(-1, order);
-    const Tensor inclusive = vs.cumsum(-1);
-    const Tensor ramp = at::arange(n, v.options()).mul(2).sub(n);
-    const Tensor sorted = inclusive.mul(2) - inclusive.narrow(-1, n - 1, 1) + vs * ramp;
-    return at::zeros_like(v).scatter(-1, order, sorted);
+// create_graph=True: the PyTorch path's differentiable formulas (neuralsort.ops._rows_backward,
+// registered from Python as neuralsort_py::rows_backward when neuralsort.ops is imported), so
+// that the maths of the second derivatives exists once. Returns (grad_x, grad_tau); a gradient
+// not asked for comes back as an empty tensor.
+std::tuple<Tensor, Tensor> differentiable_backward(const Tensor& grad_p, const Tensor& p,
+                                                   const Tensor& xc, const Tensor& a,
+                                                   const Tensor& coef, const Tensor& tau,
+                                                   const Tensor& order, const Tensor& x,
+                                                   bool need_x, bool need_tau) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("neuralsort_py::rows_backward", "")
+                         .typed<std::tuple<Tensor, Tensor>(
+                             const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
+                             bool)>();
+    return op.call(grad_p, p, xc, a, coef, tau, order, x, need_x, need_tau);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,28 +215,19 @@ struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
         const Tensor& grad = grads[0];
         if (!grad.defined() || !(need_x || need_tau)) return {grad_x, {}, {}, grad_tau, {}, {}};
         if (at::GradMode::is_enabled()) {
-            // create_graph=True: the same formulas with differentiable ops. P must depend on x
-            // in the graph: it does as this node's output; as an intermediate (values) it is
-            // built again by a differentiable call.
+            // create_graph=True: differentiable formulas. P must depend on x in the graph: it
+            // does as this node's output; as an intermediate (values) it is built again by a
+            // differentiable call.
             const Tensor pd =
                 values ? RelaxedRows::apply(x, coef, rank_of_row, tau,
                                             ctx->saved_data["logit_range"].toDouble(), false)
                        : p;
             const Tensor grad_p = values ? grad.unsqueeze(-1) * x.unsqueeze(-2) : grad;
-            const Tensor gl = at::_softmax_backward_data(grad_p, pd, -1, pd.scalar_type());
-            const Tensor u = at::matmul(coef.to(p.scalar_type()).unsqueeze(0), gl).squeeze(-2);
-            const Tensor v = gl.sum(-2).neg();
-            const Tensor inv = tau.reciprocal();
-            if (need_x) {
-                grad_x = (u + abs_dev_rowsum_backward(v, order)) * inv;
-                if (values) grad_x = grad_x + (grad.unsqueeze(-1) * pd).sum(-2);  // x as the values
-            }
-            if (need_tau) {  // grad_tau depends on x through xc and a as well
-                const Tensor xd = x - x.mean(-1, true);
-                const Tensor ad = (xd.unsqueeze(-1) - xd.unsqueeze(-2)).abs().sum(-1);
-                grad_tau = ((xd * u).sum() + (ad * v).sum()).neg() * inv * inv;
-            }
-            return {grad_x, {}, {}, grad_tau, {}, {}};
+            std::tie(grad_x, grad_tau) = differentiable_backward(
+                grad_p, pd, xc, a, coef.to(pd.scalar_type()), tau, order, x, need_x, need_tau);
+            if (need_x && values)  // x as the values, too
+                grad_x = grad_x + (grad.unsqueeze(-1) * pd).sum(-2);
+            return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}, {}};
         }
         std::tie(grad_x, grad_tau) =
             call_backward(grad, p, coef, tau, order, xc, a, need_tau, values);
