@@ -41,7 +41,7 @@ def scores(*shape, dtype=torch.float64, seed=0):
 @needs_native
 def test_builds_where_a_compiler_exists():
     assert ns.backends.is_available(), ns.backends.status()
-    assert "loaded" in ns.backends.status()
+    assert "loaded" in ns.backends.status() and "-float vectors (" in ns.backends.status()
     assert hasattr(torch.ops.neuralsort, "relaxed_rows")
 
 
@@ -219,9 +219,9 @@ print("STATUS", ns.backends.status())
 # The kernel's vectors are as wide as the build target's registers. This machine compiles the
 # AVX-512 variant; these builds compile the narrower ones here too and run the agreement tests
 # above against them in a fresh process each.
-NARROW_BUILDS = {
-    "avx2": "-mno-avx512f",  # 8 lanes, AVX2 masked loads and stores
-    "sse2": "-march=x86-64 -mtune=generic",  # 4 lanes, no intrinsics (what NEON compiles too)
+NARROW_BUILDS = {  # flags, and what the build reports
+    "avx2": ("-mno-avx512f", "8-float vectors (AVX2)"),  # AVX2 masked loads and stores
+    "sse2": ("-march=x86-64 -mtune=generic", "4-float vectors (SSE2)"),  # as NEON: no intrinsics
 }
 AGREEMENT_TESTS = (
     "builds_where or match_the_torch_path or matches_the_reference or ties or gradcheck"
@@ -235,7 +235,8 @@ AGREEMENT_TESTS = (
 @pytest.mark.parametrize("isa", sorted(NARROW_BUILDS))
 def test_narrower_vector_builds_pass_the_agreement_tests(isa, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "NEURALSORT_NATIVE")}
-    env.update(NEURALSORT_CXXFLAGS=NARROW_BUILDS[isa], NEURALSORT_CACHE_DIR=str(tmp_path))
+    flags, reported = NARROW_BUILDS[isa]
+    env.update(NEURALSORT_CXXFLAGS=flags, NEURALSORT_CACHE_DIR=str(tmp_path))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
     proc = subprocess.run(
         [*cmd, "-k", AGREEMENT_TESTS],
@@ -248,6 +249,18 @@ def test_narrower_vector_builds_pass_the_agreement_tests(isa, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
     assert len(list(tmp_path.glob("neuralsort_ops-*.so"))) == 1  # built with these flags
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import neuralsort as ns; ns.backends.is_available(); print(ns.backends.status())",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert status.stdout.strip().endswith(reported), status.stdout + status.stderr
 
 
 def test_without_a_compiler_the_torch_path_runs_and_says_why(tmp_path):

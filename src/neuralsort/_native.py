@@ -175,7 +175,7 @@ def _load():
             )
             op = None
         else:
-            _state["reason"] = f"loaded {path}"
+            _state["reason"] = f"loaded {path}: {torch.ops.neuralsort.build_info()}"
         _state["op"] = op
         _state["tried"] = True
         return op

@@ -15,6 +15,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "relaxed_rows.h"
 
 namespace {
@@ -247,7 +249,27 @@ Tensor relaxed_sorted_values(const Tensor& x, const Tensor& coef, const Tensor& 
 
 }  // namespace
 
+// What the build targets: the width of the kernel's float vectors and the instruction set.
+std::string build_info() {
+    const std::string isa =
+#if defined(__AVX512F__)
+        "AVX-512";
+#elif defined(__AVX2__)
+        "AVX2";
+#elif defined(__AVX__)
+        "AVX";
+#elif defined(__aarch64__)
+        "NEON";
+#elif defined(__SSE2__)
+        "SSE2";
+#else
+        "generic";
+#endif
+    return std::to_string(k::kLanes) + "-float vectors (" + isa + ")";
+}
+
 TORCH_LIBRARY(neuralsort, m) {
+    m.def("build_info() -> str", &build_info);
     // public, differentiable (their autograd is the C++ node above): the rows of P, or P x
     m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range)"
           " -> Tensor");
