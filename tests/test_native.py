@@ -314,3 +314,25 @@ def test_sorted_values_operator_second_derivatives():
             lambda x, t: ns.soft_quantile(x, [0.3, 0.5], t), (x, tau)
         )
         assert torch.autograd.gradcheck(lambda x, t: ns.soft_sort(x, t, descending=True), (x, tau))
+
+
+RELOAD_CHECK = """
+import importlib, torch, neuralsort as ns, neuralsort.ops as ops
+from torch.profiler import profile
+importlib.reload(ops)  # as Jupyter's autoreload does; the operator library is registered once
+x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+with ns.backends.native(True):
+    assert torch.autograd.gradgradcheck(lambda x: ops.neural_sort(x, 0.5), (x,))
+    p = ops.neural_sort(x, 0.5)
+    with profile() as prof:
+        torch.autograd.grad(p.sum(), x, create_graph=True)
+print("OK", "neuralsort_py::rows_backward" in {e.name for e in prof.events()})
+"""
+
+
+@needs_native
+def test_reloading_the_module_keeps_second_derivatives_working():
+    # the native node's create_graph path calls the Python-registered neuralsort_py::rows_backward
+    proc = _run_isolated(RELOAD_CHECK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OK True" in proc.stdout, proc.stdout

@@ -211,20 +211,19 @@ def _rows_backward(
 
 # The native operator's second derivatives take these same formulas: its C++ autograd node calls
 # them through the dispatcher as neuralsort_py::rows_backward (one copy of the maths).
-_LIBRARY = torch.library.Library("neuralsort_py", "DEF")
-_LIBRARY.define(
-    "rows_backward(Tensor grad_p, Tensor p, Tensor xc, Tensor a, Tensor coef, Tensor tau, "
-    "Tensor order, Tensor x, bool need_x, bool need_tau) -> (Tensor, Tensor)"
-)
-
-
 def _rows_backward_op(*args) -> tuple[Tensor, Tensor]:
     grad_x, grad_tau = _rows_backward(*args)
     unused = args[1].new_empty(0)  # the schema has no optional outputs
     return (unused if grad_x is None else grad_x), (unused if grad_tau is None else grad_tau)
 
 
-_LIBRARY.impl("rows_backward", _rows_backward_op, "CompositeImplicitAutograd")
+if not hasattr(torch.ops.neuralsort_py, "rows_backward"):  # (once: not again on a reload)
+    _LIBRARY = torch.library.Library("neuralsort_py", "DEF")  # kept: it unregisters when freed
+    _LIBRARY.define(
+        "rows_backward(Tensor grad_p, Tensor p, Tensor xc, Tensor a, Tensor coef, Tensor tau, "
+        "Tensor order, Tensor x, bool need_x, bool need_tau) -> (Tensor, Tensor)"
+    )
+    _LIBRARY.impl("rows_backward", _rows_backward_op, "CompositeImplicitAutograd")
 
 
 class _TritonRows(torch.autograd.Function):
