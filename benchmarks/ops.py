@@ -56,38 +56,41 @@ def published_formula(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.softmax(p_max / tau, dim=-1)
 
 
+def within(switch: Callable, enabled: bool, fn: Callable) -> Callable:
+    """``fn`` run inside the backend switch ``switch(enabled)`` (a context manager)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with switch(enabled):
+            return fn(x)
+
+    return run
+
+
 def make_cases(b: int, n: int, device: torch.device) -> dict[str, tuple[Callable, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(b, n, generator=g).to(device)
     logits = torch.randn(b, n, n, generator=g).to(device)
+
+    def full(x: torch.Tensor) -> torch.Tensor:
+        return ns.neural_sort(x, 1.0, descending=True)
+
+    def topk9(x: torch.Tensor) -> torch.Tensor:
+        return ns.soft_topk(x, 9, 1.0)
+
     cases: dict[str, tuple[Callable, torch.Tensor]] = {
         "floor: softmax(B,n,n)": (lambda x: torch.softmax(x, -1), logits),
-        "neural_sort": (lambda x: ns.neural_sort(x, 1.0, descending=True), scores),
+        "neural_sort": (full, scores),
         "published O(n^3)": (lambda x: published_formula(x, 1.0), scores),
         "soft_sort": (lambda x: ns.soft_sort(x, 1.0), scores),
         "softsort": (lambda x: ns.softsort(x, 1.0), scores),
     }
     if device.type == "cpu" and ns.backends.is_available():
-
-        def torch_path(x: torch.Tensor) -> torch.Tensor:
-            with ns.backends.native(False):
-                return ns.neural_sort(x, 1.0, descending=True)
-
-        cases["neural_sort (torch path)"] = (torch_path, scores)
+        cases["neural_sort (torch path)"] = (within(ns.backends.native, False, full), scores)
     if device.type == "cuda" and n <= 256 and importlib.util.find_spec("triton") is not None:
         # the experimental fused kernels (off by default), beside the PyTorch path they replace
-
-        def triton_path(x: torch.Tensor) -> torch.Tensor:
-            with ns.backends.triton(True):
-                return ns.neural_sort(x, 1.0, descending=True)
-
-        def triton_topk(x: torch.Tensor) -> torch.Tensor:
-            with ns.backends.triton(True):
-                return ns.soft_topk(x, 9, 1.0)
-
-        cases["neural_sort (Triton)"] = (triton_path, scores)
+        cases["neural_sort (Triton)"] = (within(ns.backends.triton, True, full), scores)
         if 9 <= n:
-            cases["soft_topk k=9 (Triton)"] = (triton_topk, scores)
+            cases["soft_topk k=9 (Triton)"] = (within(ns.backends.triton, True, topk9), scores)
     for k in (9, 16):
         if k <= n:
             cases[f"soft_topk k={k}"] = (lambda x, k=k: ns.soft_topk(x, k, 1.0), scores)

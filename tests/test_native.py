@@ -193,11 +193,20 @@ def test_extreme_scales_stay_finite_and_sharp(dtype):
     torch.testing.assert_close(p.sum(-1), torch.ones(4, 37, dtype=dtype))
 
 
-def _run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
+def _isolated_env(**env: str) -> dict[str, str]:
+    """This environment without the switches a test must not inherit, plus ``env``."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("CXX", "NEURALSORT_NATIVE")}
     full_env.update(env)
+    return full_env
+
+
+def _run_isolated(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_isolated_env(**env),
+        timeout=300,
     )
 
 
@@ -234,31 +243,22 @@ AGREEMENT_TESTS = (
 )
 @pytest.mark.parametrize("isa", sorted(NARROW_BUILDS))
 def test_narrower_vector_builds_pass_the_agreement_tests(isa, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "NEURALSORT_NATIVE")}
     flags, reported = NARROW_BUILDS[isa]
-    env.update(NEURALSORT_CXXFLAGS=flags, NEURALSORT_CACHE_DIR=str(tmp_path))
+    env = {"NEURALSORT_CXXFLAGS": flags, "NEURALSORT_CACHE_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
     proc = subprocess.run(
         [*cmd, "-k", AGREEMENT_TESTS],
         capture_output=True,
         text=True,
-        env=env,
+        env=_isolated_env(**env),
         cwd=Path(__file__).parents[1],
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
     assert len(list(tmp_path.glob("neuralsort_ops-*.so"))) == 1  # built with these flags
-    status = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import neuralsort as ns; ns.backends.is_available(); print(ns.backends.status())",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    status = _run_isolated(
+        "import neuralsort as ns; ns.backends.is_available(); print(ns.backends.status())", **env
     )
     assert status.stdout.strip().endswith(reported), status.stdout + status.stderr
 

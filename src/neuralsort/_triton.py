@@ -96,10 +96,13 @@ def _hint_on_failure(which: str):
         ) from err
 
 
-def _blocks(n: int, m: int) -> tuple[int, int, int]:
+def _launch_meta(n: int, m: int) -> dict[str, int]:
+    """Tile sizes (powers of two) and warps for rows of ``n`` and ``m`` rows, both kernels."""
     block_n = max(16, 1 << (n - 1).bit_length())
     block_m = min(max(1, _TILE // block_n), max(1, 1 << (m - 1).bit_length()))
-    return block_n, block_m, min(_TILE // block_n, block_n)
+    block_k = min(_TILE // block_n, block_n)
+    warps = 4 if block_n <= 128 else 8
+    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_K": block_k, "num_warps": warps}
 
 
 def forward(x: Tensor, coef: Tensor, tau: Tensor, logit_range: float) -> tuple[Tensor, ...]:
@@ -112,12 +115,10 @@ def forward(x: Tensor, coef: Tensor, tau: Tensor, logit_range: float) -> tuple[T
     p = torch.empty((*x.shape[:-1], m, n), dtype=x.dtype, device=x.device)
     xc, a = torch.empty_like(x), torch.empty_like(x)
     if batch:
-        block_n, block_m, block_k = _blocks(n, m)
         with _hint_on_failure("forward"):
             forward_kernel[(batch,)](
                 x, coef.to(x.dtype).contiguous(), tau.to(x.dtype), p, xc, a, logit_range, n, m,
-                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
-                num_warps=4 if block_n <= 128 else 8,
+                **_launch_meta(n, m),
             )  # fmt: skip
     return p, xc, a
 
@@ -133,12 +134,10 @@ def backward(
     scratch = torch.empty_like(xc)
     tau_part = torch.zeros(max(batch, 1), dtype=torch.float64, device=xc.device)
     if batch:
-        block_n, block_m, block_k = _blocks(n, m)
         with _hint_on_failure("backward"):
             backward_kernel[(batch,)](
                 grad_p.to(p.dtype).contiguous(), p, coef.to(p.dtype).contiguous(),
                 tau.to(p.dtype), xc, a, grad_x, tau_part, scratch, n, m,
-                BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, NEED_TAU=need_tau,
-                num_warps=4 if block_n <= 128 else 8,
+                NEED_TAU=need_tau, **_launch_meta(n, m),
             )  # fmt: skip
     return grad_x, (tau_part.sum() if need_tau else None)

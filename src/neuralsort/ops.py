@@ -161,11 +161,12 @@ class _RelaxedRows(torch.autograd.Function):
         scaled_coef = coef * inv_tau
         scaled_a = a * -inv_tau
         logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
-        if logits.device.type == "cpu":
+        on_cpu = logits.device.type == "cpu"
+        if on_cpu:
             argmax = order[..., rank_of_row]
             row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
             torch.maximum(logits, (row_max - _LOGIT_RANGE[x.dtype]).unsqueeze(-1), out=logits)
-        if logits.device.type == "cpu" and logits.is_contiguous():
+        if on_cpu and logits.is_contiguous():
             # in place (only safe on contiguous memory): saves one (..., m, n) allocation
             # and its page faults per call
             p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
@@ -241,7 +242,7 @@ class _TritonRows(torch.autograd.Function):
         p, xc, a, coef, tau, x = ctx.saved_tensors
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if torch.is_grad_enabled():  # create_graph=True
-            order = torch.sort(xc.detach(), dim=-1, stable=True).indices
+            order = _sort_order(xc.detach(), descending=False)  # stable, as the kernels
             grads = _rows_backward(grad_p, p, xc, a, coef, tau, order, x, need_x, need_tau)
             return grads[0], None, grads[1]
         grad_x, tau_part = _triton.backward(grad_p, p, coef, xc, a, tau, need_tau)
