@@ -276,6 +276,18 @@ def test_without_a_compiler_the_torch_path_runs_and_says_why(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@needs_native
+def test_bad_extra_flags_fall_back_and_name_the_variable(tmp_path):
+    code = FALLBACK_CHECK.replace("[:60]", "")
+    proc = _run_isolated(
+        code, NEURALSORT_CXXFLAGS="-mno-such-flag", NEURALSORT_CACHE_DIR=str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "AVAILABLE False" in proc.stdout
+    assert "-mno-such-flag" in proc.stdout
+    assert "NEURALSORT_CXXFLAGS='-mno-such-flag' was added to every flag set" in proc.stdout
+
+
 def test_environment_switch_skips_the_build(tmp_path):
     code = FALLBACK_CHECK.replace('print("AVAILABLE", ns.backends.is_available())', "")
     proc = _run_isolated(code, NEURALSORT_NATIVE="0", NEURALSORT_CACHE_DIR=str(tmp_path / "c"))

@@ -165,11 +165,17 @@ def _load():
             _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
             _state["reason"] = f"{type(err).__name__}: {err}"
+            extra = os.environ.get("NEURALSORT_CXXFLAGS", "").strip()
+            check_extra = (
+                f"NEURALSORT_CXXFLAGS={extra!r} was added to every flag set: correct or unset it. "
+                if extra
+                else ""
+            )
             warnings.warn(
                 "neuralsort: the fused CPU kernel could not be built, so the operators use their "
                 "pure-PyTorch path (same results, slower for small inputs). Reason: "
-                f"{_state['reason']}. A working g++ or clang++ (or CXX naming one) enables it; "
-                "NEURALSORT_NATIVE=0 skips the attempt.",
+                f"{_state['reason']}. {check_extra}A working g++ or clang++ (or CXX naming one) "
+                "enables it; NEURALSORT_NATIVE=0 skips the attempt.",
                 RuntimeWarning,
                 stacklevel=4,
             )

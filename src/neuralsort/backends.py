@@ -76,7 +76,8 @@ def native(enabled: bool = True) -> Iterator[None]:
 
 
 def status() -> str:
-    """One line: where the native operator was loaded from, or why it is not in use."""
+    """One line: where the native operator was loaded from and what it was built for (its vector
+    width and instruction set), or why it is not in use."""
     if not _native.enabled():
         return "switched off (NEURALSORT_NATIVE=0 or backends.set_enabled(False))"
     return _native.status()
