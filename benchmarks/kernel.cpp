@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
     const int iters = argc > 4 ? std::atoi(argv[4]) : 1000;
     std::vector<float> x(B * n), coef(m), p(B * m * n), xc(B * n), a(B * n), g(B * m * n), gx(B * n);
     std::vector<float> u(n), v(n);
-    std::vector<double> work(2 * n);
+    std::vector<int32_t> rank(n);
+    std::vector<double> inclusive(n);
     std::vector<int64_t> rank_of_row(m), order(B * n);
     std::mt19937 gen(0);
     std::normal_distribution<float> normal;
@@ -49,7 +50,8 @@ int main(int argc, char** argv) {
         for (int64_t b = 0; b < B; ++b)
             k::backward_one(g.data() + b * m * n, p.data() + b * m * n, n, coef.data(), m, 1.0f,
                             order.data() + b * n, xc.data() + b * n, a.data() + b * n,
-                            gx.data() + b * n, nullptr, u.data(), v.data(), work.data());
+                            gx.data() + b * n, nullptr, u.data(), v.data(), rank.data(),
+                            inclusive.data());
         const auto t2 = std::chrono::steady_clock::now();
         fwd.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
         bwd.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());

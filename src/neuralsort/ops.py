@@ -75,13 +75,22 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype:
 
 
 def _ascending_order(x: Tensor) -> Tensor:
-    """Indices sorting ``x`` ascending along the last axis (no gradient needed).
+    """Indices sorting ``x`` ascending along the last axis, stably (no gradient needed).
 
-    On the CPU numpy's argsort is several times faster than ``torch.sort`` for short rows.
+    Ties go to the earlier index, as in the native and Triton kernels: the gradient of
+    ``A_s 1`` at tied scores is a subgradient that depends on the order of the
+    ties, so every backend must break them alike. On the CPU numpy sorts short rows several
+    times faster than ``torch.sort``; float32 rows are sorted as unique 64-bit keys (the
+    order-preserving bits of the value, then the index), which needs no stable algorithm.
     """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1))
-    return torch.sort(x.detach(), dim=-1).indices
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        bits = (x.detach().numpy() + np.float32(0.0)).view(np.uint32)  # (-0.0 + 0.0 = +0.0)
+        ordered = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+        keys = (ordered << np.uint64(32)) | np.arange(x.shape[-1], dtype=np.uint64)
+        return torch.from_numpy((np.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int64))
+    if x.device.type == "cpu" and x.dtype == torch.float64:
+        return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1, kind="stable"))
+    return torch.sort(x.detach(), dim=-1, stable=True).indices
 
 
 def _cached(fn, *args):

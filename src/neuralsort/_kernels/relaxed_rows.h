@@ -156,6 +156,26 @@ void fill_nan(T* ptr, int64_t count) {
     std::fill(ptr, ptr + count, std::numeric_limits<T>::quiet_NaN());
 }
 
+// Rows of up to kRegisterVectors vectors (n <= 128 with AVX-512) fit in registers: calls
+// fn(integral_constant<int, V>) with V = ceil(n / kLanes) and returns true for those n, false
+// for longer rows.
+template <typename F>
+bool in_registers(int64_t n, F&& fn) {
+    const int64_t vectors = (n + kLanes - 1) / kLanes;
+    if (vectors > kRegisterVectors) return false;
+    switch (vectors) {
+        case 1: fn(std::integral_constant<int, 1>{}); return true;
+        case 2: fn(std::integral_constant<int, 2>{}); return true;
+        case 3: fn(std::integral_constant<int, 3>{}); return true;
+        case 4: fn(std::integral_constant<int, 4>{}); return true;
+        case 5: fn(std::integral_constant<int, 5>{}); return true;
+        case 6: fn(std::integral_constant<int, 6>{}); return true;
+        case 7: fn(std::integral_constant<int, 7>{}); return true;
+        case 8: fn(std::integral_constant<int, 8>{}); return true;
+        default: return false;
+    }
+}
+
 // Per-thread buffers, padded to whole vectors so that the row loop has no scalar tail. Padding
 // lanes have xc = 0 and a = +inf (logit -inf, clamped to exp(-logit_range)); in `key` they
 // are +inf, which never precedes a finite value.
@@ -163,6 +183,7 @@ template <typename T>
 struct Scratch {
     int64_t padded = 0;
     std::vector<T> xc, a, key, row;
+    std::vector<int32_t> rank;  // ascending rank of each element (the inverse of `order`)
     std::vector<double> prefix;
     void resize(int64_t n) {
         padded = (n + kLanes - 1) / kLanes * kLanes;
@@ -171,9 +192,15 @@ struct Scratch {
         a.assign(size, std::numeric_limits<T>::infinity());
         key.assign(size, std::numeric_limits<T>::infinity());
         row.assign(size, T(0));
-        prefix.assign(2 * size, 0.0);
+        rank.assign(size, 0);
+        prefix.assign(size, 0.0);
     }
 };
+
+// rank[order[r]] = r
+inline void invert_order(const int64_t* order, int64_t n, int32_t* rank) {
+    for (int64_t r = 0; r < n; ++r) rank[order[r]] = static_cast<int32_t>(r);
+}
 
 // Ascending order of one row, ties to the lower index (the order of a stable sort).
 template <typename T>
@@ -215,20 +242,21 @@ inline vi count_smaller(const float* key, int64_t n, vf vj) {
 #endif
 }
 
-inline bool count_order_distinct(const float* key, int64_t n, int64_t* order) {
+// (rank is padded to whole vectors)
+inline bool count_order_distinct(const float* key, int64_t n, int64_t* order, int32_t* rank) {
     std::fill(order, order + n, int64_t{-1});
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-        const vf vj = load(key + j0);
-        const vi rank = count_smaller(key, n, vj);
+        const vi count = count_smaller(key, n, load(key + j0));
+        std::memcpy(rank + j0, &count, sizeof(count));
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) {
-            if (order[rank[l]] >= 0) return false;  // two equal keys
-            order[rank[l]] = j0 + l;
+            if (order[count[l]] >= 0) return false;  // two equal keys
+            order[count[l]] = j0 + l;
         }
     }
     return true;
 }
 
-inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
+inline void count_order_ties(const float* key, int64_t n, int64_t* order, int32_t* rank) {
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
         const vf vj = load(key + j0);
         vi jj;
@@ -243,6 +271,7 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
             count -= (vk < vj) | ((vk == vj) & ((vi{} + static_cast<int32_t>(k)) < jj));
         }
         for (int64_t k = diag_end; k < n; ++k) count -= splat(key[k]) < vj;
+        std::memcpy(rank + j0, &count, sizeof(count));
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) order[count[l]] = j0 + l;
     }
 }
@@ -253,16 +282,98 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order) {
 // `key`). Without equal keys (almost always) the counts are the ranks; equal keys share a count,
 // which the scatter detects, and then the second pass breaks ties by index. Every count lies in
 // [0, n), and n distinct counts are a permutation, so `order` is always one.
-inline void count_order(const Scratch<float>& sc, int64_t n, int64_t* order) {
-    if (!count_order_distinct(sc.key.data(), n, order)) count_order_ties(sc.key.data(), n, order);
+#if defined(__AVX512F__)
+// Stable ascending ranks of a row of V vectors (n <= 16 V) held in registers, every pair of
+// keys compared once: rank_j = #{k < j : key_k <= key_j} + #{k > j : key_k < key_j}.
+// Block KB's key k against an earlier block JB: the mask (key_k < key_JB) counts k for those
+// lanes of JB (k is later, so it precedes them only if strictly smaller), and the lanes of JB
+// outside it precede k. Against its own block, k meets only the lanes above it: (key_k <= key_j)
+// counts k for them, the rest of them precede k. The lanes of JB preceding k are counted from
+// the stored masks after each block (popcounts). About half the comparisons of counting every
+// key against every other, and ties need no second pass. Always inlined: keys and counts must
+// stay in registers.
+template <int V, int KB, int JB>
+__attribute__((always_inline)) inline void rank_pairs(__m512 kk, const __m512* keys, __m512i* counts, uint16_t* masks, int l) {
+    if constexpr (JB < KB) {
+        const __mmask16 m = _mm512_cmp_ps_mask(kk, keys[JB], _CMP_LT_OQ);
+        counts[JB] = _mm512_mask_add_epi32(counts[JB], m, counts[JB], _mm512_set1_epi32(1));
+        masks[JB * 16 + l] = static_cast<uint16_t>(m);
+        rank_pairs<V, KB, JB + 1>(kk, keys, counts, masks, l);
+    }
 }
 
+template <int V, int KB>
+__attribute__((always_inline)) inline void rank_blocks(const float* key, int64_t n, const __m512* keys, __m512i* counts,
+                        uint16_t* masks, int32_t* earlier) {
+    if constexpr (KB < V) {
+        const int lanes = static_cast<int>(std::min<int64_t>(16, n - 16 * KB));
+        const auto valid = static_cast<__mmask16>((1u << lanes) - 1);
+        for (int l = 0; l < lanes; ++l) {
+            const __m512 kk = _mm512_set1_ps(key[16 * KB + l]);
+            rank_pairs<V, KB, 0>(kk, keys, counts, masks, l);
+            const auto above = static_cast<__mmask16>(valid & (0xFFFEu << l));
+            const __mmask16 m = _mm512_mask_cmp_ps_mask(above, kk, keys[KB], _CMP_LE_OQ);
+            counts[KB] = _mm512_mask_add_epi32(counts[KB], m, counts[KB], _mm512_set1_epi32(1));
+            masks[KB * 16 + l] = static_cast<uint16_t>(above & ~m);
+        }
+        // earlier[k] = lanes of block KB above k preceding it + lanes of earlier blocks that do
+#if defined(__AVX512BITALG__) && defined(__AVX512VL__)
+        const auto popcounts = [&](int b) {
+            return _mm256_popcnt_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(masks + 16 * b)));
+        };
+        __m256i c = _mm256_add_epi16(_mm256_set1_epi16(16 * KB), popcounts(KB));
+        for (int jb = 0; jb < KB; ++jb) c = _mm256_sub_epi16(c, popcounts(jb));
+        _mm512_storeu_si512(earlier + 16 * KB, _mm512_cvtepi16_epi32(c));
+#else
+        for (int l = 0; l < lanes; ++l) {
+            int c = 16 * KB + __builtin_popcount(masks[KB * 16 + l]);
+            for (int jb = 0; jb < KB; ++jb) c -= __builtin_popcount(masks[jb * 16 + l]);
+            earlier[16 * KB + l] = c;
+        }
+#endif
+        rank_blocks<V, KB + 1>(key, n, keys, counts, masks, earlier);
+    }
+}
+
+// `key` and `rank` padded to 16 V
+template <int V>
+void stable_ranks_in_registers(const float* key, int64_t n, int32_t* rank) {
+    __m512 keys[V];
+    __m512i counts[V];
+    for (int v = 0; v < V; ++v) {
+        keys[v] = _mm512_loadu_ps(key + 16 * v);
+        counts[v] = _mm512_setzero_si512();
+    }
+    uint16_t masks[16 * V] = {};
+    alignas(64) int32_t earlier[16 * V] = {};
+    rank_blocks<V, 0>(key, n, keys, counts, masks, earlier);
+    for (int v = 0; v < V; ++v)
+        _mm512_storeu_si512(rank + 16 * v,
+                            _mm512_add_epi32(counts[v], _mm512_load_si512(earlier + 16 * v)));
+}
+#endif
+
+inline void count_order(Scratch<float>& sc, int64_t n, int64_t* order) {
+    if (!count_order_distinct(sc.key.data(), n, order, sc.rank.data()))
+        count_order_ties(sc.key.data(), n, order, sc.rank.data());
+}
+
+// `order` (ascending, stable) and its inverse sc.rank
 template <typename T>
 void ascending_order(Scratch<T>& sc, int64_t n, int64_t* order) {
     if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX512F__)
+        if (in_registers(n, [&](auto v) {
+                stable_ranks_in_registers<decltype(v)::value>(sc.key.data(), n, sc.rank.data());
+            })) {
+            for (int64_t j = 0; j < n; ++j) order[sc.rank[j]] = j;
+            return;
+        }
+#endif
         if (n <= 256) return count_order(sc, n, order);
     }
     sort_order(sc.key.data(), n, order);
+    invert_order(order, n, sc.rank.data());
 }
 
 // buf_j = exp(clamp(c xc_j - a_j / tau - shift)) over the padded row; returns sum_j buf_j.
@@ -333,26 +444,6 @@ void rows_buffered(const RowSetup<T>& rs, const Scratch<T>& sc, int64_t n, const
             sum = exp_row(sc, c, -rs.inv_tau, shift, rs.logit_range, buf);
         }
         scale_row(buf, T(1) / sum, n, p + i * n);
-    }
-}
-
-// Rows of up to kRegisterVectors vectors (n <= 128 with AVX-512) fit in registers: calls
-// fn(integral_constant<int, V>) with V = ceil(n / kLanes) and returns true for those n, false
-// for longer rows.
-template <typename F>
-bool in_registers(int64_t n, F&& fn) {
-    const int64_t vectors = (n + kLanes - 1) / kLanes;
-    if (vectors > kRegisterVectors) return false;
-    switch (vectors) {
-        case 1: fn(std::integral_constant<int, 1>{}); return true;
-        case 2: fn(std::integral_constant<int, 2>{}); return true;
-        case 3: fn(std::integral_constant<int, 3>{}); return true;
-        case 4: fn(std::integral_constant<int, 4>{}); return true;
-        case 5: fn(std::integral_constant<int, 5>{}); return true;
-        case 6: fn(std::integral_constant<int, 6>{}); return true;
-        case 7: fn(std::integral_constant<int, 7>{}); return true;
-        case 8: fn(std::integral_constant<int, 8>{}); return true;
-        default: return false;
     }
 }
 
@@ -430,13 +521,12 @@ double sorted_prefix_sums(const T* values, const int64_t* order, int64_t n, doub
 }
 
 #if defined(__AVX512F__)
-// rank_combine for float on AVX-512, 8 ranks at a time: gathers in sorted order, an in-register
-// scan (three shifted adds) carried across blocks, a scatter back to the elements.
+// rank_combine for float on AVX-512, 8 elements at a time. In rank order: gathers, an
+// in-register scan (three shifted adds) carried across blocks. Then in element order (plain
+// loads and stores): each element's prefix sum gathered by its rank.
 inline void rank_combine_avx512(const float* values, const float* add, const int64_t* order,
-                                int64_t n, double sign, int64_t offset, double scale,
-                                double* work, float* out) {
-    double* sorted = work;
-    double* inclusive = work + n;
+                                const int32_t* rank, int64_t n, double sign, int64_t offset,
+                                double scale, double* inclusive, float* out) {
     const auto block_mask = [n](int64_t r0) {
         return static_cast<__mmask8>(n - r0 >= 8 ? 0xFF : (1u << (n - r0)) - 1);
     };
@@ -453,43 +543,42 @@ inline void rank_combine_avx512(const float* values, const float* add, const int
         s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xFC, shift2, s));
         s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xF0, shift4, s));
         s = _mm512_add_pd(s, carry);  // masked-out lanes gathered 0, so lane 7 is the total
-        _mm512_mask_storeu_pd(sorted + r0, mask, v);
         _mm512_mask_storeu_pd(inclusive + r0, mask, s);
         carry = _mm512_permutexvar_pd(_mm512_set1_epi64(7), s);
     }
     const __m512d total = carry, two = _mm512_set1_pd(2.0), sgn = _mm512_set1_pd(sign);
-    const __m512d lanes = _mm512_set_pd(14, 12, 10, 8, 6, 4, 2, 0), sc = _mm512_set1_pd(scale);
-    for (int64_t r0 = 0; r0 < n; r0 += 8) {
-        const __mmask8 mask = block_mask(r0);
-        const __m512i idx = _mm512_maskz_loadu_epi64(mask, order + r0);
-        const __m512d v = _mm512_maskz_loadu_pd(mask, sorted + r0);
-        const __m512d inc = _mm512_maskz_loadu_pd(mask, inclusive + r0);
-        const __m512d coef = _mm512_add_pd(_mm512_set1_pd(static_cast<double>(2 * r0 - n + offset)), lanes);
+    const __m512d sc = _mm512_set1_pd(scale);
+    const __m256i rank_offset = _mm256_set1_epi32(static_cast<int32_t>(offset - n));
+    for (int64_t j0 = 0; j0 < n; j0 += 8) {
+        const __mmask8 mask = block_mask(j0);
+        const __m256i r = _mm256_maskz_loadu_epi32(mask, rank + j0);
+        const __m512d inc = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), mask, r, inclusive, 8);
+        const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, values + j0));
+        const __m512d coef = _mm512_cvtepi32_pd(_mm256_add_epi32(_mm256_add_epi32(r, r), rank_offset));
         __m512d t = _mm512_fmadd_pd(coef, v, _mm512_mul_pd(sgn, _mm512_fnmadd_pd(two, inc, total)));
-        if (add != nullptr)
-            t = _mm512_add_pd(t, _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask,
-                                                                          idx, add, 4)));
-        _mm512_mask_i64scatter_ps(out, mask, idx, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)), 4);
+        if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, add + j0)));
+        _mm256_mask_storeu_ps(out + j0, mask, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)));
     }
 }
 #endif
 
 // The O(n) step shared by forward (a = A 1) and backward (J_a^T v): with the values in
 // ascending order of the scores, v_r = values[order[r]], and their inclusive prefix sums inc_r
-// (in double: cancellation when |x| is large),
-//     out[order[r]] = (add[order[r]] + sign (total - 2 inc_r) + (2r - n + offset) v_r) * scale
-// (add may be null). `work` holds 2n doubles.
+// (in double: cancellation when |x| is large), for the element j of rank r = rank[j]
+//     out[j] = (add[j] + sign (total - 2 inc_r) + (2r - n + offset) values[j]) * scale
+// (add may be null). `inclusive` holds n doubles.
 template <typename T>
-void rank_combine(const T* values, const T* add, const int64_t* order, int64_t n, double sign,
-                  int64_t offset, double scale, double* work, T* out) {
+void rank_combine(const T* values, const T* add, const int64_t* order, const int32_t* rank,
+                  int64_t n, double sign, int64_t offset, double scale, double* inclusive,
+                  T* out) {
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>)
-        return rank_combine_avx512(values, add, order, n, sign, offset, scale, work, out);
+        return rank_combine_avx512(values, add, order, rank, n, sign, offset, scale, inclusive,
+                                   out);
 #endif
-    double* inclusive = work;
     const double total = sorted_prefix_sums(values, order, n, inclusive);
-    for (int64_t r = 0; r < n; ++r) {
-        const int64_t j = order[r];
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = rank[j];
         double t = sign * (total - 2.0 * inclusive[r]) +
                    static_cast<double>(2 * r - n + offset) * static_cast<double>(values[j]);
         if (add != nullptr) t += static_cast<double>(add[j]);
@@ -543,7 +632,7 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
     for (int64_t j = 0; j < n; ++j) sc.key[j] = xc[j] + T(0);  // (-0 + 0 = +0)
     ascending_order(sc, n, order);
     // element of ascending rank r: sum_k |v_r - v_k| = (2r - n + 2) v_r + total - 2 inclusive_r
-    rank_combine<T>(xc, nullptr, order, n, 1.0, 2, 1.0, sc.prefix.data(), a);
+    rank_combine<T>(xc, nullptr, order, sc.rank.data(), n, 1.0, 2, 1.0, sc.prefix.data(), a);
     std::copy(a, a + n, sc.a.data());
     // with the shift at the true maximum the sum lies in [1, n]; far above means it was not
     const RowSetup<T> rs{xc, a, order, inv_tau, logit_range, T(4) * static_cast<T>(n) * std::exp(T(8))};
@@ -652,14 +741,15 @@ void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T
 template <typename T>
 void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T inv_tau,
                   const int64_t* order, const T* xc, const T* a, T* gx, double* tau_part,
-                  T* u, T* v, double* work, T* direct = nullptr) {
+                  T* u, T* v, int32_t* rank, double* inclusive, T* direct = nullptr) {
     // `direct` given: g is the gradient of y = P x (length m), else of P (m x n)
     if (direct != nullptr)
         reduce_rows_values(g, p, xc, n, coef, m, u, v, direct);
     else
         reduce_rows(g, p, n, coef, m, u, v);
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
-    rank_combine<T>(v, u, order, n, -1.0, 0, static_cast<double>(inv_tau), work, gx);
+    invert_order(order, n, rank);
+    rank_combine<T>(v, u, order, rank, n, -1.0, 0, static_cast<double>(inv_tau), inclusive, gx);
     if (direct != nullptr)
         for (int64_t j = 0; j < n; ++j) gx[j] += direct[j];
     if (tau_part != nullptr) {
