@@ -253,6 +253,8 @@ def _cpu_flags() -> set[str]:
     except OSError:
         return set()
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+
+
 AGREEMENT_TESTS = (
     "builds_where or match_the_torch_path or matches_the_reference or ties or gradcheck"
 )
