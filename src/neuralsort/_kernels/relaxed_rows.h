@@ -521,28 +521,84 @@ double sorted_prefix_sums(const T* values, const int64_t* order, int64_t n, doub
 }
 
 #if defined(__AVX512F__)
+// The upper 8 lanes of a 16-lane vector (AVX-512F only, no DQ needed).
+inline __m256 upper8(__m512 v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+inline __m256i upper8(__m512i v) { return _mm512_extracti64x4_epi64(v, 1); }
+// Masked 8-lane moves through the 16-lane forms (AVX-512VL's 8-lane ones are not needed).
+inline __m256 load8(__mmask8 mask, const float* p) {
+    return _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, p));
+}
+inline __m256i load8(__mmask8 mask, const int32_t* p) {
+    return _mm512_castsi512_si256(_mm512_maskz_loadu_epi32(mask, p));
+}
+inline void store8(float* p, __mmask8 mask, __m256 v) {
+    _mm512_mask_storeu_ps(p, mask, _mm512_castps256_ps512(v));
+}
+
+// Inclusive prefix sums of the 8 lanes of v (three shifted adds).
+inline __m512d scan8(__m512d v) {
+    const __m512i shift1 = _mm512_set_epi64(6, 5, 4, 3, 2, 1, 0, 0);
+    const __m512i shift2 = _mm512_set_epi64(5, 4, 3, 2, 1, 0, 0, 0);
+    const __m512i shift4 = _mm512_set_epi64(3, 2, 1, 0, 0, 0, 0, 0);
+    v = _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(0xFE, shift1, v));
+    v = _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(0xFC, shift2, v));
+    return _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(0xF0, shift4, v));
+}
+
+// rank_combine for rows of n <= 16 on AVX-512: the whole row in registers, permutes where the
+// longer version gathers (a gather's latency is most of the work at this size). The same
+// additions in the same order as rank_combine_avx512.
+inline void rank_combine_16(const float* values, const float* add, const int64_t* order,
+                            const int32_t* rank, int64_t n, double sign, int64_t offset,
+                            double scale, float* out) {
+    const auto valid = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(valid, values);
+    const __m512i r = _mm512_maskz_loadu_epi32(valid, rank);
+    const __m512i ord = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid & 0xFF, order))),
+        _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid >> 8, order + 8)), 1);
+    const __m512 sorted = _mm512_maskz_permutexvar_ps(valid, ord, x);  // 0 past n
+    const __m512d lo = scan8(_mm512_cvtps_pd(_mm512_castps512_ps256(sorted)));
+    const __m512d carry = _mm512_permutexvar_pd(_mm512_set1_epi64(7), lo);
+    const __m512d hi = _mm512_add_pd(scan8(_mm512_cvtps_pd(upper8(sorted))), carry);
+    const __m512d total = _mm512_permutexvar_pd(_mm512_set1_epi64(7), hi);
+    const __m512 extra = add != nullptr ? _mm512_maskz_loadu_ps(valid, add) : _mm512_setzero_ps();
+    const __m512i coef32 = _mm512_add_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(static_cast<int32_t>(offset - n)));
+    const auto half = [&](int h) {  // elements 8h .. 8h + 7
+        const __m512i rh = _mm512_cvtepi32_epi64(h == 0 ? _mm512_castsi512_si256(r) : upper8(r));
+        const __m512d inc = _mm512_permutex2var_pd(lo, rh, hi);
+        const __m256i ch = h == 0 ? _mm512_castsi512_si256(coef32) : upper8(coef32);
+        const __m256 xh = h == 0 ? _mm512_castps512_ps256(x) : upper8(x);
+        const __m256 eh = h == 0 ? _mm512_castps512_ps256(extra) : upper8(extra);
+        __m512d t = _mm512_fmadd_pd(_mm512_cvtepi32_pd(ch), _mm512_cvtps_pd(xh),
+                                    _mm512_mul_pd(_mm512_set1_pd(sign), _mm512_fnmadd_pd(_mm512_set1_pd(2.0), inc, total)));
+        if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(eh));
+        return _mm512_cvtpd_ps(_mm512_mul_pd(t, _mm512_set1_pd(scale)));
+    };
+    store8(out, static_cast<__mmask8>(valid), half(0));
+    if (n > 8) store8(out + 8, static_cast<__mmask8>(valid >> 8), half(1));
+}
+
 // rank_combine for float on AVX-512, 8 elements at a time. In rank order: gathers, an
 // in-register scan (three shifted adds) carried across blocks. Then in element order (plain
 // loads and stores): each element's prefix sum gathered by its rank.
 inline void rank_combine_avx512(const float* values, const float* add, const int64_t* order,
                                 const int32_t* rank, int64_t n, double sign, int64_t offset,
                                 double scale, double* inclusive, float* out) {
+    if (n <= 16) return rank_combine_16(values, add, order, rank, n, sign, offset, scale, out);
     const auto block_mask = [n](int64_t r0) {
         return static_cast<__mmask8>(n - r0 >= 8 ? 0xFF : (1u << (n - r0)) - 1);
     };
-    const __m512i shift1 = _mm512_set_epi64(6, 5, 4, 3, 2, 1, 0, 0);
-    const __m512i shift2 = _mm512_set_epi64(5, 4, 3, 2, 1, 0, 0, 0);
-    const __m512i shift4 = _mm512_set_epi64(3, 2, 1, 0, 0, 0, 0, 0);
     __m512d carry = _mm512_setzero_pd();  // the running total in every lane
     for (int64_t r0 = 0; r0 < n; r0 += 8) {
         const __mmask8 mask = block_mask(r0);
         const __m512i idx = _mm512_maskz_loadu_epi64(mask, order + r0);
         const __m512d v =
             _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask, idx, values, 4));
-        __m512d s = _mm512_add_pd(v, _mm512_maskz_permutexvar_pd(0xFE, shift1, v));
-        s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xFC, shift2, s));
-        s = _mm512_add_pd(s, _mm512_maskz_permutexvar_pd(0xF0, shift4, s));
-        s = _mm512_add_pd(s, carry);  // masked-out lanes gathered 0, so lane 7 is the total
+        // masked-out lanes gathered 0, so lane 7 is the total
+        const __m512d s = _mm512_add_pd(scan8(v), carry);
         _mm512_mask_storeu_pd(inclusive + r0, mask, s);
         carry = _mm512_permutexvar_pd(_mm512_set1_epi64(7), s);
     }
@@ -551,13 +607,13 @@ inline void rank_combine_avx512(const float* values, const float* add, const int
     const __m256i rank_offset = _mm256_set1_epi32(static_cast<int32_t>(offset - n));
     for (int64_t j0 = 0; j0 < n; j0 += 8) {
         const __mmask8 mask = block_mask(j0);
-        const __m256i r = _mm256_maskz_loadu_epi32(mask, rank + j0);
+        const __m256i r = load8(mask, rank + j0);
         const __m512d inc = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), mask, r, inclusive, 8);
-        const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, values + j0));
+        const __m512d v = _mm512_cvtps_pd(load8(mask, values + j0));
         const __m512d coef = _mm512_cvtepi32_pd(_mm256_add_epi32(_mm256_add_epi32(r, r), rank_offset));
         __m512d t = _mm512_fmadd_pd(coef, v, _mm512_mul_pd(sgn, _mm512_fnmadd_pd(two, inc, total)));
-        if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, add + j0)));
-        _mm256_mask_storeu_ps(out + j0, mask, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)));
+        if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(load8(mask, add + j0)));
+        store8(out + j0, mask, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)));
     }
 }
 #endif
