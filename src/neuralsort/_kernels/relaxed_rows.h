@@ -100,8 +100,13 @@ inline void store_first(float* p, vf v, int64_t count) {
 }
 inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 inline vf clamp(vf t, float lo, float hi) {
+#if defined(__AVX512F__)
+    // one instruction a side (a NaN t, which only inf - inf can make, gives lo)
+    return (vf)_mm512_min_ps(_mm512_max_ps((__m512)t, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+#else
     t = select(t < splat(lo), splat(lo), t);
     return select(t > splat(hi), splat(hi), t);
+#endif
 }
 // Sum of the lanes as a tree (log2(lanes) steps, not a chain of dependent adds): the upper half
 // added to the lower until four lanes are left, then (q0 + q2) + (q1 + q3).
@@ -129,10 +134,16 @@ inline S lane_sum(V v) {
 }
 
 // exp(t) for t in [-88, 88]: t = k ln2 + r with |r| <= ln2 / 2, exp(r) by Horner, 2^k from
-// the exponent bits.
+// the exponent bits (AVX-512: scalef).
 inline vf vexp(vf t) {
+#if defined(__AVX512F__)
+    // round to nearest even and scale by 2^k in one instruction each (same results)
+    const vf k = (vf)_mm512_roundscale_ps((__m512)(t * 1.44269504088896341f),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
     const vf k = (t * 1.44269504088896341f + magic) - magic;
+#endif
     vf r = t - k * 0.693145751953125f;    // ln 2 split so that k * ln2_hi is exact
     r = r - k * 1.428606765330187045e-06f;
     vf p = splat(1.0f / 5040.0f);
@@ -143,8 +154,12 @@ inline vf vexp(vf t) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
+#if defined(__AVX512F__)
+    return (vf)_mm512_scalef_ps((__m512)p, (__m512)k);
+#else
     const vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
     return p * (vf)bits;
+#endif
 }
 
 // ------------------------------------------------------------------------------------------
