@@ -35,7 +35,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -100,9 +100,14 @@ inline void store_first(float* p, vf v, int64_t count) {
 }
 inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 inline vf clamp(vf t, float lo, float hi) {
+    // one instruction a side where there is one (a NaN t, which only inf - inf can make,
+    // gives lo there and stays NaN in the generic version)
 #if defined(__AVX512F__)
-    // one instruction a side (a NaN t, which only inf - inf can make, gives lo)
     return (vf)_mm512_min_ps(_mm512_max_ps((__m512)t, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+#elif defined(__AVX__)
+    return (vf)_mm256_min_ps(_mm256_max_ps((__m256)t, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+#elif defined(__SSE2__)
+    return (vf)_mm_min_ps(_mm_max_ps((__m128)t, _mm_set1_ps(lo)), _mm_set1_ps(hi));
 #else
     t = select(t < splat(lo), splat(lo), t);
     return select(t > splat(hi), splat(hi), t);
@@ -140,6 +145,9 @@ inline vf vexp(vf t) {
     // round to nearest even and scale by 2^k in one instruction each (same results)
     const vf k = (vf)_mm512_roundscale_ps((__m512)(t * 1.44269504088896341f),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#elif defined(__AVX__)
+    const vf k = (vf)_mm256_round_ps((__m256)(t * 1.44269504088896341f),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
     const vf k = (t * 1.44269504088896341f + magic) - magic;
