@@ -182,20 +182,17 @@ void fill_nan(T* ptr, int64_t count) {
 // Rows of up to kRegisterVectors vectors (n <= 128 with AVX-512) fit in registers: calls
 // fn(integral_constant<int, V>) with V = ceil(n / kLanes) and returns true for those n, false
 // for longer rows.
-template <typename F>
+template <int V = 1, typename F>
 bool in_registers(int64_t n, F&& fn) {
-    const int64_t vectors = (n + kLanes - 1) / kLanes;
-    if (vectors > kRegisterVectors) return false;
-    switch (vectors) {
-        case 1: fn(std::integral_constant<int, 1>{}); return true;
-        case 2: fn(std::integral_constant<int, 2>{}); return true;
-        case 3: fn(std::integral_constant<int, 3>{}); return true;
-        case 4: fn(std::integral_constant<int, 4>{}); return true;
-        case 5: fn(std::integral_constant<int, 5>{}); return true;
-        case 6: fn(std::integral_constant<int, 6>{}); return true;
-        case 7: fn(std::integral_constant<int, 7>{}); return true;
-        case 8: fn(std::integral_constant<int, 8>{}); return true;
-        default: return false;
+    // only V <= kRegisterVectors is instantiated (builds with 16 registers have no use for more)
+    if constexpr (V > kRegisterVectors) {
+        return false;
+    } else {
+        if ((n + kLanes - 1) / kLanes == V) {
+            fn(std::integral_constant<int, V>{});
+            return true;
+        }
+        return in_registers<V + 1>(n, std::forward<F>(fn));
     }
 }
 
