@@ -205,9 +205,20 @@ def status() -> str:
     return str(_state["reason"])
 
 
+# the kernels index a row with 32-bit ranks
+_MAX_ROW = 2**31 - 1
+
+
 def usable(x: Tensor) -> bool:
-    """Whether the fused operator handles ``x``: CPU float32/float64, enabled and built."""
-    return _enabled and x.is_cpu and x.dtype in _DTYPES and _load() is not None
+    """Whether the fused operator handles ``x``: CPU float32/float64 rows of fewer than 2**31
+    elements, enabled and built."""
+    return (
+        _enabled
+        and x.is_cpu
+        and x.dtype in _DTYPES
+        and x.shape[-1] <= _MAX_ROW
+        and _load() is not None
+    )
 
 
 def relaxed_rows(

@@ -123,6 +123,9 @@ using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 Forward forward_cpu(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
                     const Tensor& tau, double logit_range, bool values) {
     TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "neuralsort::relaxed_rows: empty last axis");
+    TORCH_CHECK(x.size(-1) <= std::numeric_limits<int32_t>::max(),
+                "neuralsort::relaxed_rows: rows of 2**31 or more elements are not supported "
+                "(ranks are 32-bit); use the PyTorch path (neuralsort.backends.native(False))");
     const Tensor xin = x.contiguous();
     const Tensor cin = coef.to(x.scalar_type()).contiguous();
     const Tensor rin = rank_of_row.to(at::kLong).contiguous();
