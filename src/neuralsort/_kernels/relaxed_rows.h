@@ -145,9 +145,6 @@ inline vf vexp(vf t) {
     // round to nearest even and scale by 2^k in one instruction each (same results)
     const vf k = (vf)_mm512_roundscale_ps((__m512)(t * 1.44269504088896341f),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#elif defined(__AVX__)
-    const vf k = (vf)_mm256_round_ps((__m256)(t * 1.44269504088896341f),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
     const vf k = (t * 1.44269504088896341f + magic) - magic;
@@ -673,23 +670,35 @@ inline void rank_combine_avx512(const float* values, const float* add, const int
 }
 #endif
 
+// Whether rank_combine reads `rank` (AVX-512 float: gathers by rank in element order) or only
+// `order` (elsewhere: one pass in rank order, scattering to the elements)
+template <typename T>
+constexpr bool kCombinesByRank =
+#if defined(__AVX512F__)
+    std::is_same_v<T, float>;
+#else
+    false;
+#endif
+
 // The O(n) step shared by forward (a = A 1) and backward (J_a^T v): with the values in
 // ascending order of the scores, v_r = values[order[r]], and their inclusive prefix sums inc_r
-// (in double: cancellation when |x| is large), for the element j of rank r = rank[j]
+// (in double: cancellation when |x| is large), for the element j of rank r (rank[j] = r,
+// order[r] = j)
 //     out[j] = (add[j] + sign (total - 2 inc_r) + (2r - n + offset) values[j]) * scale
-// (add may be null). `inclusive` holds n doubles.
+// (add may be null). `inclusive` holds n doubles; `rank` is read only if kCombinesByRank<T>.
 template <typename T>
 void rank_combine(const T* values, const T* add, const int64_t* order, const int32_t* rank,
                   int64_t n, double sign, int64_t offset, double scale, double* inclusive,
                   T* out) {
+    if constexpr (kCombinesByRank<T>) {
 #if defined(__AVX512F__)
-    if constexpr (std::is_same_v<T, float>)
         return rank_combine_avx512(values, add, order, rank, n, sign, offset, scale, inclusive,
                                    out);
 #endif
+    }
     const double total = sorted_prefix_sums(values, order, n, inclusive);
-    for (int64_t j = 0; j < n; ++j) {
-        const int64_t r = rank[j];
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t j = order[r];
         double t = sign * (total - 2.0 * inclusive[r]) +
                    static_cast<double>(2 * r - n + offset) * static_cast<double>(values[j]);
         if (add != nullptr) t += static_cast<double>(add[j]);
@@ -859,7 +868,7 @@ void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T
     else
         reduce_rows(g, p, n, coef, m, u, v);
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
-    invert_order(order, n, rank);
+    if constexpr (kCombinesByRank<T>) invert_order(order, n, rank);
     rank_combine<T>(v, u, order, rank, n, -1.0, 0, static_cast<double>(inv_tau), inclusive, gx);
     if (direct != nullptr)
         for (int64_t j = 0; j < n; ++j) gx[j] += direct[j];
