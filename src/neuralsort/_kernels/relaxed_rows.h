@@ -9,7 +9,8 @@
 //
 //     P[i, j] = softmax_j((coef_i * xc_j - a_j) / tau).
 //
-// forward: the ascending order of xc (a counting sort for short rows) gives a by prefix sums;
+// forward: the stable ascending order of xc (float: pairwise ranks in registers, counting, or a
+// radix sort, by length) gives a by prefix sums;
 // every row is built, exponentiated and normalised while it sits in L1 (or in registers), so
 // the (m, n) output is written once and no logits tensor exists.
 // backward: with G the upstream gradient, the softmax backward L[i, j] = P (G - <G_i, P_i>) is
@@ -22,8 +23,9 @@
 // AVX, 4 otherwise: SSE2 or NEON; wider ones would be split by the compiler through the stack,
 // several times slower) and its own exp: range reduction by ln 2, degree-7 Taylor polynomial,
 // relative error < 2e-7. A few steps have AVX-512 / AVX2 versions (masked loads and stores,
-// the counting sort, the rank-order prefix sums). Double precision (used for gradient checks
-// more than for speed) is plain scalar code with std::exp.
+// min/max clamps, the ranking, the rank-order prefix sums, exp's rounding and scaling). Double
+// precision (used for gradient checks more than for speed) is plain scalar code with std::exp
+// and std::sort.
 
 #include <algorithm>
 #include <cmath>
