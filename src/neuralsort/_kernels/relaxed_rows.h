@@ -195,6 +195,16 @@ bool in_registers(int64_t n, F&& fn) {
     }
 }
 
+// Whether rank_combine reads `rank` (AVX-512 float: gathers by rank in element order) or only
+// `order` (elsewhere: one pass in rank order, scattering to the elements)
+template <typename T>
+constexpr bool kCombinesByRank =
+#if defined(__AVX512F__)
+    std::is_same_v<T, float>;
+#else
+    false;
+#endif
+
 // float rows up to this long are ranked by counting, longer ones by a radix sort
 constexpr int64_t kCountingSortMax = 256;
 
@@ -345,7 +355,8 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order, int32_
 // key against every other, and ties need no second pass. Always inlined: keys and counts must
 // stay in registers.
 template <int V, int KB, int JB>
-__attribute__((always_inline)) inline void rank_pairs(__m512 kk, const __m512* keys, __m512i* counts, uint16_t* masks, int l) {
+__attribute__((always_inline)) inline void rank_pairs(__m512 kk, const __m512* keys,
+                                                      __m512i* counts, uint16_t* masks, int l) {
     if constexpr (JB < KB) {
         const __mmask16 m = _mm512_cmp_ps_mask(kk, keys[JB], _CMP_LT_OQ);
         counts[JB] = _mm512_mask_add_epi32(counts[JB], m, counts[JB], _mm512_set1_epi32(1));
@@ -355,8 +366,9 @@ __attribute__((always_inline)) inline void rank_pairs(__m512 kk, const __m512* k
 }
 
 template <int V, int KB>
-__attribute__((always_inline)) inline void rank_blocks(const float* key, int64_t n, const __m512* keys, __m512i* counts,
-                        uint16_t* masks, int32_t* earlier) {
+__attribute__((always_inline)) inline void rank_blocks(const float* key, int64_t n,
+                                                       const __m512* keys, __m512i* counts,
+                                                       uint16_t* masks, int32_t* earlier) {
     if constexpr (KB < V) {
         const int lanes = static_cast<int>(std::min<int64_t>(16, n - 16 * KB));
         const auto valid = static_cast<__mmask16>((1u << lanes) - 1);
@@ -371,7 +383,8 @@ __attribute__((always_inline)) inline void rank_blocks(const float* key, int64_t
         // earlier[k] = lanes of block KB above k preceding it + lanes of earlier blocks that do
 #if defined(__AVX512BITALG__) && defined(__AVX512VL__)
         const auto popcounts = [&](int b) {
-            return _mm256_popcnt_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(masks + 16 * b)));
+            const auto* row = reinterpret_cast<const __m256i*>(masks + 16 * b);
+            return _mm256_popcnt_epi16(_mm256_loadu_si256(row));
         };
         __m256i c = _mm256_add_epi16(_mm256_set1_epi16(16 * KB), popcounts(KB));
         for (int jb = 0; jb < KB; ++jb) c = _mm256_sub_epi16(c, popcounts(jb));
@@ -410,7 +423,7 @@ inline void count_order(Scratch<float>& sc, int64_t n, int64_t* order) {
         count_order_ties(sc.key.data(), n, order, sc.rank.data());
 }
 
-// `order` (ascending, stable) and its inverse sc.rank
+// `order` (ascending, stable) and, where rank_combine reads it, its inverse sc.rank
 template <typename T>
 void ascending_order(Scratch<T>& sc, int64_t n, int64_t* order) {
     if constexpr (std::is_same_v<T, float>) {
@@ -427,7 +440,7 @@ void ascending_order(Scratch<T>& sc, int64_t n, int64_t* order) {
     } else {
         sort_order(sc.key.data(), n, order);
     }
-    invert_order(order, n, sc.rank.data());
+    if constexpr (kCombinesByRank<T>) invert_order(order, n, sc.rank.data());
 }
 
 // buf_j = exp(clamp(c xc_j - a_j / tau - shift)) over the padded row; returns sum_j buf_j.
@@ -610,24 +623,26 @@ inline void rank_combine_16(const float* values, const float* add, const int64_t
     const auto valid = static_cast<__mmask16>((1u << n) - 1);
     const __m512 x = _mm512_maskz_loadu_ps(valid, values);
     const __m512i r = _mm512_maskz_loadu_epi32(valid, rank);
-    const __m512i ord = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid & 0xFF, order))),
-        _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid >> 8, order + 8)), 1);
+    const __m256i ord_lo = _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid & 0xFF, order));
+    const __m256i ord_hi = _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(valid >> 8, order + 8));
+    const __m512i ord = _mm512_inserti64x4(_mm512_castsi256_si512(ord_lo), ord_hi, 1);
     const __m512 sorted = _mm512_maskz_permutexvar_ps(valid, ord, x);  // 0 past n
     const __m512d lo = scan8(_mm512_cvtps_pd(_mm512_castps512_ps256(sorted)));
     const __m512d carry = _mm512_permutexvar_pd(_mm512_set1_epi64(7), lo);
     const __m512d hi = _mm512_add_pd(scan8(_mm512_cvtps_pd(upper8(sorted))), carry);
     const __m512d total = _mm512_permutexvar_pd(_mm512_set1_epi64(7), hi);
     const __m512 extra = add != nullptr ? _mm512_maskz_loadu_ps(valid, add) : _mm512_setzero_ps();
-    const __m512i coef32 = _mm512_add_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(static_cast<int32_t>(offset - n)));
+    const __m512i coef32 = _mm512_add_epi32(_mm512_add_epi32(r, r),
+                                            _mm512_set1_epi32(static_cast<int32_t>(offset - n)));
     const auto half = [&](int h) {  // elements 8h .. 8h + 7
         const __m512i rh = _mm512_cvtepi32_epi64(h == 0 ? _mm512_castsi512_si256(r) : upper8(r));
         const __m512d inc = _mm512_permutex2var_pd(lo, rh, hi);
         const __m256i ch = h == 0 ? _mm512_castsi512_si256(coef32) : upper8(coef32);
         const __m256 xh = h == 0 ? _mm512_castps512_ps256(x) : upper8(x);
         const __m256 eh = h == 0 ? _mm512_castps512_ps256(extra) : upper8(extra);
+        const __m512d rest = _mm512_fnmadd_pd(_mm512_set1_pd(2.0), inc, total);  // total - 2 inc
         __m512d t = _mm512_fmadd_pd(_mm512_cvtepi32_pd(ch), _mm512_cvtps_pd(xh),
-                                    _mm512_mul_pd(_mm512_set1_pd(sign), _mm512_fnmadd_pd(_mm512_set1_pd(2.0), inc, total)));
+                                    _mm512_mul_pd(_mm512_set1_pd(sign), rest));
         if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(eh));
         return _mm512_cvtpd_ps(_mm512_mul_pd(t, _mm512_set1_pd(scale)));
     };
@@ -664,22 +679,13 @@ inline void rank_combine_avx512(const float* values, const float* add, const int
         const __m256i r = load8(mask, rank + j0);
         const __m512d inc = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), mask, r, inclusive, 8);
         const __m512d v = _mm512_cvtps_pd(load8(mask, values + j0));
-        const __m512d coef = _mm512_cvtepi32_pd(_mm256_add_epi32(_mm256_add_epi32(r, r), rank_offset));
+        const __m512d coef =
+            _mm512_cvtepi32_pd(_mm256_add_epi32(_mm256_add_epi32(r, r), rank_offset));
         __m512d t = _mm512_fmadd_pd(coef, v, _mm512_mul_pd(sgn, _mm512_fnmadd_pd(two, inc, total)));
         if (add != nullptr) t = _mm512_add_pd(t, _mm512_cvtps_pd(load8(mask, add + j0)));
         store8(out + j0, mask, _mm512_cvtpd_ps(_mm512_mul_pd(t, sc)));
     }
 }
-#endif
-
-// Whether rank_combine reads `rank` (AVX-512 float: gathers by rank in element order) or only
-// `order` (elsewhere: one pass in rank order, scattering to the elements)
-template <typename T>
-constexpr bool kCombinesByRank =
-#if defined(__AVX512F__)
-    std::is_same_v<T, float>;
-#else
-    false;
 #endif
 
 // The O(n) step shared by forward (a = A 1) and backward (J_a^T v): with the values in
