@@ -55,8 +55,7 @@ def test_second_process_reuses_the_cached_build():
 
 
 # n covers: one element, rows kept in registers (up to 128 with 16-lane AVX-512 vectors, 32
-# with AVX2, 16 with SSE), padded tails, the counting sort (<= 256) and the comparison sort
-# (> 256)
+# with AVX2, 16 with SSE), padded tails, the counting sort (<= 256) and the radix sort (> 256)
 SIZES = [1, 2, 3, 15, 16, 17, 32, 48, 64, 65, 90, 100, 128, 129, 257, 300]
 
 

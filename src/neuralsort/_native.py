@@ -165,7 +165,7 @@ def _load():
             _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
             _state["reason"] = f"{type(err).__name__}: {err}"
-            extra = os.environ.get("NEURALSORT_CXXFLAGS", "").strip()
+            extra = shlex.join(_extra_flags())
             check_extra = (
                 f"NEURALSORT_CXXFLAGS={extra!r} was added to every flag set: correct or unset it. "
                 if extra

@@ -90,7 +90,7 @@ def _ascending_order(x: Tensor) -> Tensor:
         return torch.from_numpy((np.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int64))
     if x.device.type == "cpu" and x.dtype == torch.float64:
         return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1, kind="stable"))
-    return torch.sort(x.detach(), dim=-1, stable=True).indices
+    return _sort_order(x.detach(), descending=False)
 
 
 def _cached(fn, *args):

@@ -70,7 +70,7 @@ void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_ta
     at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
         std::vector<T> u(static_cast<size_t>(n)), v(static_cast<size_t>(n));
         std::vector<T> direct(values ? static_cast<size_t>(n) : 0);
-        std::vector<int32_t> rank(static_cast<size_t>(n));
+        std::vector<int32_t> rank(k::kCombinesByRank<T> ? static_cast<size_t>(n) : 0);
         std::vector<double> inclusive(static_cast<size_t>(n));  // rank_combine's
         for (int64_t b = begin; b < end; ++b)
             k::backward_one(gp + b * g_stride, pp + b * m * n, n, cp, m, inv_tau, op + b * n,

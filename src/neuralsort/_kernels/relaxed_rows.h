@@ -283,7 +283,8 @@ inline vi count_smaller(const float* key, int64_t n, vf vj) {
     const __m512i one = _mm512_set1_epi32(1);
     __m512i c0 = _mm512_setzero_si512(), c1 = c0;
     const auto step = [&](__m512i c, float kk) {
-        return _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(_mm512_set1_ps(kk), j, _CMP_LT_OQ), c, one);
+        const __mmask16 smaller = _mm512_cmp_ps_mask(_mm512_set1_ps(kk), j, _CMP_LT_OQ);
+        return _mm512_mask_add_epi32(c, smaller, c, one);
     };
     int64_t k = 0;
     for (; k + 1 < n; k += 2) {
@@ -304,12 +305,12 @@ inline vi count_smaller(const float* key, int64_t n, vf vj) {
 #endif
 }
 
-// (rank is padded to whole vectors)
+// (rank, where written, is padded to whole vectors)
 inline bool count_order_distinct(const float* key, int64_t n, int64_t* order, int32_t* rank) {
     std::fill(order, order + n, int64_t{-1});
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
         const vi count = count_smaller(key, n, load(key + j0));
-        std::memcpy(rank + j0, &count, sizeof(count));
+        if constexpr (kCombinesByRank<float>) std::memcpy(rank + j0, &count, sizeof(count));
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) {
             if (order[count[l]] >= 0) return false;  // two equal keys
             order[count[l]] = j0 + l;
@@ -333,17 +334,11 @@ inline void count_order_ties(const float* key, int64_t n, int64_t* order, int32_
             count -= (vk < vj) | ((vk == vj) & ((vi{} + static_cast<int32_t>(k)) < jj));
         }
         for (int64_t k = diag_end; k < n; ++k) count -= splat(key[k]) < vj;
-        std::memcpy(rank + j0, &count, sizeof(count));
+        if constexpr (kCombinesByRank<float>) std::memcpy(rank + j0, &count, sizeof(count));
         for (int64_t l = 0; l < kLanes && j0 + l < n; ++l) order[count[l]] = j0 + l;
     }
 }
 
-// Short float rows: the ascending rank of each element is the number of elements before it,
-// counted for kLanes elements at once (O(n^2) comparisons, but branch-free, a vector of them
-// an instruction or two and with no horizontal sums). First pass: strict comparisons only (-0 is normalised to +0 in
-// `key`). Without equal keys (almost always) the counts are the ranks; equal keys share a count,
-// which the scatter detects, and then the second pass breaks ties by index. Every count lies in
-// [0, n), and n distinct counts are a permutation, so `order` is always one.
 #if defined(__AVX512F__)
 // Stable ascending ranks of a row of V vectors (n <= 16 V) held in registers, every pair of
 // keys compared once: rank_j = #{k < j : key_k <= key_j} + #{k > j : key_k < key_j}.
@@ -418,6 +413,13 @@ void stable_ranks_in_registers(const float* key, int64_t n, int32_t* rank) {
 }
 #endif
 
+// Short float rows: the ascending rank of each element is the number of elements before it,
+// counted for kLanes elements at once (O(n^2) comparisons, but branch-free, a vector of them
+// an instruction or two and with no horizontal sums). First pass: strict comparisons only (-0
+// is normalised to +0 in `key`). Without equal keys (almost always) the counts are the ranks;
+// equal keys share a count, which the scatter detects, and then the second pass breaks ties by
+// index. Every count lies in [0, n), and n distinct counts are a permutation, so `order` is
+// always one. The counts go to sc.rank too where rank_combine reads it.
 inline void count_order(Scratch<float>& sc, int64_t n, int64_t* order) {
     if (!count_order_distinct(sc.key.data(), n, order, sc.rank.data()))
         count_order_ties(sc.key.data(), n, order, sc.rank.data());
