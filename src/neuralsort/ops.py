@@ -93,6 +93,13 @@ def _ascending_order(x: Tensor) -> Tensor:
     return _sort_order(x.detach(), descending=False)
 
 
+def _centred(x: Tensor) -> Tensor:
+    """``x`` less its mean along the last axis, the mean summed in float64 and rounded once
+    (as the native kernel does): ``P`` is shift-invariant, but how ``x - mean`` rounds is not,
+    and float32 results should not depend on the machine's summation order."""
+    return x - x.mean(dim=-1, keepdim=True, dtype=_accumulation_dtype(x)).to(x.dtype)
+
+
 def _cached(fn, *args):
     """``fn(*args)`` through its ``lru_cache``, except while torch.compile traces (which would
     ignore the cache and warn): small constants cost a kernel launch each to build."""
@@ -163,7 +170,7 @@ class _RelaxedRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, coef: Tensor, tau: Tensor, rank_of_row: Tensor) -> Tensor:  # type: ignore[override]
-        xc = (x - x.mean(dim=-1, keepdim=True)).contiguous()
+        xc = _centred(x).contiguous()
         order = _ascending_order(xc)
         a = _abs_dev_rowsum(xc, order)
         inv_tau = tau.reciprocal()
@@ -215,8 +222,25 @@ def _rows_backward(
     u, v = torch.matmul(weights, grad_logits).unbind(-2)
     inv_tau = tau.reciprocal()
     grad_x = (u + _abs_dev_rowsum_backward(v, order)) * inv_tau if need_x else None
-    grad_tau = -((xc * u).sum() + (a * v).sum()) * inv_tau * inv_tau if need_tau else None
+    grad_tau = None
+    if need_tau:
+        grad_tau = -_tau_part(grad_logits, p, xc, a, coef).to(tau.dtype) * inv_tau * inv_tau
     return grad_x, grad_tau
+
+
+def _tau_part(grad_logits: Tensor, p: Tensor, xc: Tensor, a: Tensor, coef: Tensor) -> Tensor:
+    r"""``sum_ij L_ij (coef_i xc_j - a_j)``, the tau gradient times ``-tau^2``, accurately.
+
+    Its terms are of size ``n |x|`` and cancel to a far smaller result, so it is summed as
+    ``sum_ij L_ij d_ij`` with ``d_ij = coef_i (xc_j - xc_k) - (a_j - a_k)``, ``k`` the element
+    row ``i`` peaks at: equal, as each row of ``L`` (a softmax gradient) sums to zero, but with
+    terms that are small where ``L`` is large. The native kernel sums the same way.
+    """
+    peak = p.detach().argmax(-1)  # (..., m)
+    xk = xc.gather(-1, peak).unsqueeze(-1)
+    ak = a.gather(-1, peak).unsqueeze(-1)
+    d = (xc.unsqueeze(-2) - xk) * coef.unsqueeze(-1) - (a.unsqueeze(-2) - ak)
+    return (grad_logits * d).sum(dtype=_accumulation_dtype(d))
 
 
 # The native operator's second derivatives take these same formulas: its C++ autograd node calls
@@ -263,7 +287,7 @@ class _TritonRows(torch.autograd.Function):
 
 def _centred_abs_dev_differentiable(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(xc, A_xc 1)`` with autograd: O(n^2), for second derivatives with a learnt tau only."""
-    xc = x - x.mean(dim=-1, keepdim=True)
+    xc = _centred(x)
     return xc, (xc.unsqueeze(-1) - xc.unsqueeze(-2)).abs().sum(-1)
 
 

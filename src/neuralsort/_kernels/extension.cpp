@@ -55,28 +55,35 @@ void run_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_row,
 }
 
 template <typename T>
-void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, T inv_tau,
-                  const Tensor& order, const Tensor& xc, const Tensor& a, Tensor& gx,
+void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, const Tensor& rank_of_row,
+                  T inv_tau, const Tensor& order, const Tensor& xc, const Tensor& a, Tensor& gx,
                   double* tau_part, bool values) {
     const int64_t n = xc.size(-1), m = coef.size(0), batch = xc.numel() / n;
     const T* gp = g.data_ptr<T>();
     const T* pp = p.data_ptr<T>();
     const T* cp = coef.data_ptr<T>();
+    const int64_t* rp = rank_of_row.data_ptr<int64_t>();
     const int64_t* op = order.data_ptr<int64_t>();
     const T* xcp = xc.data_ptr<T>();
     const T* ap = a.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
     const int64_t g_stride = values ? m : m * n;  // g is the gradient of y (m) or of P (m x n)
     at::parallel_for(0, batch, grain(m, n), [&](int64_t begin, int64_t end) {
-        std::vector<T> u(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+        const auto un = static_cast<size_t>(n);
+        std::vector<T> u(un), v(un), l(un);  // l: one row of the softmax backward
         std::vector<T> direct(values ? static_cast<size_t>(n) : 0);
         std::vector<int32_t> rank(k::kCombinesByRank<T> ? static_cast<size_t>(n) : 0);
         std::vector<double> inclusive(static_cast<size_t>(n));  // rank_combine's
-        for (int64_t b = begin; b < end; ++b)
-            k::backward_one(gp + b * g_stride, pp + b * m * n, n, cp, m, inv_tau, op + b * n,
-                            xcp + b * n, ap + b * n, gxp + b * n,
+        std::vector<int64_t> peak(tau_part != nullptr ? static_cast<size_t>(m) : 0);
+        for (int64_t b = begin; b < end; ++b) {
+            const int64_t* ob = op + b * n;
+            for (size_t i = 0; i < peak.size(); ++i) peak[i] = ob[rp[i]];  // each row's peak
+            k::backward_one(gp + b * g_stride, pp + b * m * n, n, cp, m, inv_tau, ob,
+                            xcp + b * n, ap + b * n, gxp + b * n, peak.data(),
                             tau_part != nullptr ? tau_part + b : nullptr, u.data(), v.data(),
-                            rank.data(), inclusive.data(), values ? direct.data() : nullptr);
+                            l.data(), rank.data(), inclusive.data(),
+                            values ? direct.data() : nullptr);
+        }
     });
 }
 
@@ -153,17 +160,19 @@ Forward forward_meta(const Tensor& x, const Tensor& coef, const Tensor&, const T
 
 // grad is the gradient of p, or with `values` of y = p x
 std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad, const Tensor& p, const Tensor& coef,
-                                        const Tensor& tau, const Tensor& order, const Tensor& xc,
-                                        const Tensor& a, bool need_tau, bool values) {
+                                        const Tensor& rank_of_row, const Tensor& tau,
+                                        const Tensor& order, const Tensor& xc, const Tensor& a,
+                                        bool need_tau, bool values) {
     const double inv_tau = 1.0 / tau.item<double>();
     const Tensor g = grad.to(p.scalar_type()).contiguous();
     const Tensor cin = coef.to(p.scalar_type()).contiguous();
+    const Tensor rin = rank_of_row.to(at::kLong).contiguous();
     Tensor grad_x = at::empty_like(xc);
     const int64_t batch = xc.numel() / xc.size(-1);
     Tensor tau_part = at::empty({need_tau ? batch : 0}, xc.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "neuralsort::relaxed_rows_backward", [&] {
-        run_backward<scalar_t>(g, p, cin, static_cast<scalar_t>(inv_tau), order, xc, a, grad_x,
-                               need_tau ? tau_part.data_ptr<double>() : nullptr, values);
+        run_backward<scalar_t>(g, p, cin, rin, static_cast<scalar_t>(inv_tau), order, xc, a,
+                               grad_x, need_tau ? tau_part.data_ptr<double>() : nullptr, values);
     });
     Tensor grad_tau = need_tau ? (tau_part.sum() * (-inv_tau * inv_tau)).to(tau.scalar_type())
                                : at::empty({}, tau.options());  // not used
@@ -171,8 +180,8 @@ std::tuple<Tensor, Tensor> backward_cpu(const Tensor& grad, const Tensor& p, con
 }
 
 std::tuple<Tensor, Tensor> backward_meta(const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor& tau, const Tensor&, const Tensor& xc,
-                                         const Tensor&, bool, bool) {
+                                         const Tensor&, const Tensor& tau, const Tensor&,
+                                         const Tensor& xc, const Tensor&, bool, bool) {
     return {at::empty_like(xc), at::empty({}, tau.options())};
 }
 
@@ -190,13 +199,14 @@ Forward call_forward(const Tensor& x, const Tensor& coef, const Tensor& rank_of_
 }
 
 std::tuple<Tensor, Tensor> call_backward(const Tensor& grad, const Tensor& p, const Tensor& coef,
-                                         const Tensor& tau, const Tensor& order, const Tensor& xc,
-                                         const Tensor& a, bool need_tau, bool values) {
+                                         const Tensor& rank_of_row, const Tensor& tau,
+                                         const Tensor& order, const Tensor& xc, const Tensor& a,
+                                         bool need_tau, bool values) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("neuralsort::relaxed_rows_backward", "")
                          .typed<decltype(backward_cpu)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(grad, p, coef, tau, order, xc, a, need_tau, values);
+    return op.call(grad, p, coef, rank_of_row, tau, order, xc, a, need_tau, values);
 }
 
 // `values` false: the output is P (..., m, n); true: y = P x (..., m), the relaxed sorted values.
@@ -236,7 +246,7 @@ struct RelaxedRows : public torch::autograd::Function<RelaxedRows> {
             return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}, {}};
         }
         std::tie(grad_x, grad_tau) =
-            call_backward(grad, p, coef, tau, order, xc, a, need_tau, values);
+            call_backward(grad, p, coef, rank_of_row, tau, order, xc, a, need_tau, values);
         return {need_x ? grad_x : Tensor(), {}, {}, need_tau ? grad_tau : Tensor(), {}, {}};
     }
 };
@@ -283,8 +293,9 @@ TORCH_LIBRARY(neuralsort, m) {
     m.def("relaxed_rows_forward(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, "
           "float logit_range, bool values) -> (Tensor p, Tensor xc, Tensor a, Tensor order, "
           "Tensor y)");
-    m.def("relaxed_rows_backward(Tensor grad, Tensor p, Tensor coef, Tensor tau, Tensor order, "
-          "Tensor xc, Tensor a, bool need_tau, bool values) -> (Tensor grad_x, Tensor grad_tau)");
+    m.def("relaxed_rows_backward(Tensor grad, Tensor p, Tensor coef, Tensor rank_of_row, "
+          "Tensor tau, Tensor order, Tensor xc, Tensor a, bool need_tau, bool values) "
+          "-> (Tensor grad_x, Tensor grad_tau)");
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CompositeImplicitAutograd, m) {

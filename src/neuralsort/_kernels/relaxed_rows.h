@@ -552,19 +552,11 @@ void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, int6
 
 template <typename T>
 inline T row_mean(const T* x, int64_t n) {
-    // any shift works (P is shift-invariant), so the mean's own rounding does not matter
-    if constexpr (std::is_same_v<T, float>) {
-        const int64_t whole = n / kLanes * kLanes;
-        vf acc = {};
-        for (int64_t j = 0; j < whole; j += kLanes) acc += load(x + j);
-        float s = lane_sum<float>(acc);
-        for (int64_t j = whole; j < n; ++j) s += x[j];
-        return s / static_cast<float>(n);
-    } else {
-        double s = 0.0;
-        for (int64_t j = 0; j < n; ++j) s += x[j];
-        return s / static_cast<double>(n);
-    }
+    // P is shift-invariant, but the rounding of xc = x - mean is not: summed in double and
+    // rounded once, the mean is the same on every machine and on the PyTorch path (ops.py)
+    double s = 0.0;
+    for (int64_t j = 0; j < n; ++j) s += static_cast<double>(x[j]);
+    return static_cast<T>(s / static_cast<double>(n));
 }
 
 // Inclusive prefix sums, in double, of values[order[r]] over r; returns the total. Four
@@ -771,11 +763,25 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
         for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n) + mean;
 }
 
+// The tau gradient's part of one batch element, sum_ij L[i, j] (coef_i xc_j - a_j), is a sum of
+// terms of size n |x| that cancel to a result far smaller (the rows of L sum to zero). It is
+// accumulated as sum_ij L[i, j] d[i, j] instead, d[i, j] = coef_i (xc_j - xc_k) - (a_j - a_k)
+// with k = peak[i] the element row i peaks at: the same sum, as sum_j L[i, j] = 0, but of terms
+// that are small where L is large. Each row's sum is added in double.
+template <typename T>
+struct TauPart {
+    const T* xc;
+    const T* a;
+    const int64_t* peak;  // element index of each row's peak; null: the tau gradient is not needed
+    double sum = 0.0;
+    explicit operator bool() const { return peak != nullptr; }
+};
+
 // Rows of V vectors (n <= kLanes V): u and v stay in registers across all m rows; the padding
 // lanes of the last vector load as 0 and are not stored.
-template <int V>
+template <int V, bool kTau>
 void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const float* coef,
-                              int64_t m, float* u, float* v) {
+                              int64_t m, float* u, float* v, TauPart<float>& tp) {
     const int64_t tail = n - (V - 1) * kLanes;
     vf U[V] = {}, W[V] = {};
     for (int64_t i = 0; i < m; ++i) {
@@ -788,11 +794,23 @@ void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const f
             acc += G[k] * P[k];
         }
         const float gp = lane_sum<float>(acc), ci = coef[i];
+        double tacc = 0.0;
+        float xk = 0.0f, ak = 0.0f;
+        if constexpr (kTau) xk = tp.xc[tp.peak[i]], ak = tp.a[tp.peak[i]];
         for (int k = 0; k < V; ++k) {
             const vf l = P[k] * (G[k] - gp);
             U[k] += l * ci;
             W[k] -= l;
+            if constexpr (kTau) {  // padding lanes: l = 0 and d finite
+                const float* xs = tp.xc + k * kLanes;
+                const float* as = tp.a + k * kLanes;
+                const vf x = k < V - 1 ? load(xs) : load_first(xs, tail);
+                const vf av = k < V - 1 ? load(as) : load_first(as, tail);
+                const vf t = l * ((x - xk) * ci - (av - ak));
+                for (int64_t q = 0; q < kLanes; ++q) tacc += static_cast<double>(t[q]);
+            }
         }
+        if constexpr (kTau) tp.sum += tacc;
     }
     for (int k = 0; k < V - 1; ++k) {
         store(u + k * kLanes, U[k]);
@@ -802,14 +820,37 @@ void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const f
     store_first(v + (V - 1) * kLanes, W[V - 1], tail);
 }
 
-// u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
-// (the softmax backward), without storing L.
+// sum_j l_j d_j over one row, d_j = c (xc_j - xc_k) - (a_j - a_k), for TauPart
 template <typename T>
-void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T* u, T* v) {
+double tau_row(const T* l, const TauPart<T>& tp, T c, int64_t i, int64_t n) {
+    const T xk = tp.xc[tp.peak[i]], ak = tp.a[tp.peak[i]];
+    double s = 0;
+    int64_t whole = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        whole = n / kLanes * kLanes;
+        for (int64_t j = 0; j < whole; j += kLanes) {
+            const vf t = load(l + j) * ((load(tp.xc + j) - xk) * c - (load(tp.a + j) - ak));
+            for (int64_t q = 0; q < kLanes; ++q) s += static_cast<double>(t[q]);
+        }
+    }
+    for (int64_t j = whole; j < n; ++j) s += static_cast<double>(l[j] * ((tp.xc[j] - xk) * c - (tp.a[j] - ak)));
+    return s;
+}
+
+// u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
+// (the softmax backward), and the tau gradient's part (if tp), without storing L: one row of it
+// at a time in `l` (n values).
+template <typename T>
+void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T* u, T* v, T* l,
+                 TauPart<T>& tp) {
     int64_t whole = 0;
     if constexpr (std::is_same_v<T, float>) {
         if (in_registers(n, [&](auto vectors) {
-                reduce_rows_in_registers<decltype(vectors)::value>(g, p, n, coef, m, u, v);
+                constexpr int V = decltype(vectors)::value;
+                if (tp)
+                    reduce_rows_in_registers<V, true>(g, p, n, coef, m, u, v, tp);
+                else
+                    reduce_rows_in_registers<V, false>(g, p, n, coef, m, u, v, tp);
             }))
             return;
         whole = n / kLanes * kLanes;
@@ -822,16 +863,19 @@ void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T*
         const T gp = dot(gi, pi, n), c = coef[i];
         if constexpr (std::is_same_v<T, float>) {
             for (int64_t j = 0; j < whole; j += kLanes) {
-                const vf l = load(pi + j) * (load(gi + j) - gp);
-                store(u + j, load(u + j) + l * c);
-                store(v + j, load(v + j) - l);
+                const vf lj = load(pi + j) * (load(gi + j) - gp);
+                store(l + j, lj);
+                store(u + j, load(u + j) + lj * c);
+                store(v + j, load(v + j) - lj);
             }
         }
         for (int64_t j = whole; j < n; ++j) {
-            const T l = pi[j] * (gi[j] - gp);
-            u[j] += c * l;
-            v[j] -= l;
+            const T lj = pi[j] * (gi[j] - gp);
+            l[j] = lj;
+            u[j] += c * lj;
+            v[j] -= lj;
         }
+        if (tp) tp.sum += tau_row(l, tp, c, i, n);
     }
 }
 
@@ -840,7 +884,7 @@ void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T*
 // direct path through x as the values, direct_j = sum_i gy_i P[i, j].
 template <typename T>
 void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T* coef,
-                        int64_t m, T* u, T* v, T* direct) {
+                        int64_t m, T* u, T* v, T* direct, T* l, TauPart<T>& tp) {
     std::fill(u, u + n, T(0));
     std::fill(v, v + n, T(0));
     std::fill(direct, direct + n, T(0));
@@ -852,42 +896,44 @@ void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T
         if constexpr (std::is_same_v<T, float>) {
             for (int64_t j = 0; j < whole; j += kLanes) {
                 const vf gp = load(pi + j) * g;
-                const vf l = gp * (load(xc + j) - yc);
-                store(u + j, load(u + j) + l * c);
-                store(v + j, load(v + j) - l);
+                const vf lj = gp * (load(xc + j) - yc);
+                store(l + j, lj);
+                store(u + j, load(u + j) + lj * c);
+                store(v + j, load(v + j) - lj);
                 store(direct + j, load(direct + j) + gp);
             }
         }
         for (int64_t j = whole; j < n; ++j) {
             const T gp = pi[j] * g;
-            const T l = gp * (xc[j] - yc);
-            u[j] += c * l;
-            v[j] -= l;
+            const T lj = gp * (xc[j] - yc);
+            l[j] = lj;
+            u[j] += c * lj;
+            v[j] -= lj;
             direct[j] += gp;
         }
+        if (tp) tp.sum += tau_row(l, tp, c, i, n);
     }
 }
 
+// One batch element's backward. `peak` (m element indices, or null when the tau gradient is not
+// needed) gives each row's peak; *tau_part receives sum_ij L[i, j] (coef_i xc_j - a_j).
 template <typename T>
 void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T inv_tau,
-                  const int64_t* order, const T* xc, const T* a, T* gx, double* tau_part,
-                  T* u, T* v, int32_t* rank, double* inclusive, T* direct = nullptr) {
+                  const int64_t* order, const T* xc, const T* a, T* gx, const int64_t* peak,
+                  double* tau_part, T* u, T* v, T* l, int32_t* rank, double* inclusive,
+                  T* direct = nullptr) {
+    TauPart<T> tp{xc, a, tau_part != nullptr ? peak : nullptr};
     // `direct` given: g is the gradient of y = P x (length m), else of P (m x n)
     if (direct != nullptr)
-        reduce_rows_values(g, p, xc, n, coef, m, u, v, direct);
+        reduce_rows_values(g, p, xc, n, coef, m, u, v, direct, l, tp);
     else
-        reduce_rows(g, p, n, coef, m, u, v);
-    // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n)
+        reduce_rows(g, p, n, coef, m, u, v, l, tp);
+    // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n) + u_r, times 1 / tau
     if constexpr (kCombinesByRank<T>) invert_order(order, n, rank);
     rank_combine<T>(v, u, order, rank, n, -1.0, 0, static_cast<double>(inv_tau), inclusive, gx);
     if (direct != nullptr)
         for (int64_t j = 0; j < n; ++j) gx[j] += direct[j];
-    if (tau_part != nullptr) {
-        double s = 0.0;
-        for (int64_t j = 0; j < n; ++j)
-            s += static_cast<double>(xc[j]) * u[j] + static_cast<double>(a[j]) * v[j];
-        *tau_part = s;
-    }
+    if (tau_part != nullptr) *tau_part = tp.sum;
 }
 
 }  // namespace neuralsort_kernels
