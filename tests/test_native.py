@@ -359,6 +359,27 @@ def test_processes_started_together_share_one_build_and_survive_a_killed_one(tmp
 
 
 @needs_native
+def test_a_compiler_without_march_native_gets_the_next_flag_set(tmp_path):
+    # a compiler that rejects -march=native (as some do): the flag sets without it are tried
+    real = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
+    cxx = tmp_path / "picky-c++"
+    cxx.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" -march=native "*) echo "unknown flag -march=native" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    cxx.chmod(0o755)
+    # -O0 (the later flag wins) keeps the build short
+    env = {"CXX": str(cxx), "NEURALSORT_CXXFLAGS": "-O0", "NEURALSORT_CACHE_DIR": str(tmp_path)}
+    for attempt in range(2):  # the second process finds the build without trying the others
+        proc = _run_isolated(BUILD_CHECK, **env)
+        assert proc.returncode == 0 and "AVAILABLE True" in proc.stdout, proc.stdout + proc.stderr
+        assert ("compiling" in proc.stderr) == (attempt == 0), proc.stderr
+    (library,) = tmp_path.glob("neuralsort_ops_*/*.so")
+    assert "-march=native" not in (library.parent / "build.ninja").read_text()
+
+
+@needs_native
 def test_bad_extra_flags_fall_back_and_name_the_variable(tmp_path):
     code = FALLBACK_CHECK.replace("[:60]", "")
     proc = _run_isolated(

@@ -2,7 +2,7 @@
 
 The C++ sources in ``_kernels/`` are compiled on first use by
 :func:`torch.utils.cpp_extension.load` (a JIT build with ninja and the system C++ compiler,
-against the installed torch), once per machine and torch version (about 25 s on two cores),
+against the installed torch), once per machine and torch version (about 30 s on two cores),
 into a folder of ``$NEURALSORT_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuralsort``, else
 ``~/.cache/neuralsort`` (``TORCH_EXTENSIONS_DIR`` does not apply). The folder and extension name
 hold a hash of the sources, torch, Python, the compiler, the flags and the CPU: ``-march=native``
@@ -67,7 +67,7 @@ def cache_dir() -> Path:
     """Where neuralsort caches what it builds or decodes: ``$NEURALSORT_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/neuralsort``, else ``~/.cache/neuralsort``."""
     if env := os.environ.get("NEURALSORT_CACHE_DIR"):
-        return Path(env)
+        return Path(env).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "neuralsort"
 
@@ -217,7 +217,7 @@ def _build_and_load(cxx: str) -> Path:
                 return load(name, folder, flags)
         print(
             f"neuralsort: compiling the fused CPU kernel into {cache_dir()} (once per machine "
-            "and torch version, ~25 s; NEURALSORT_NATIVE=0 skips it)",
+            "and torch version, ~30 s; NEURALSORT_NATIVE=0 skips it)",
             file=sys.stderr,
         )
         errors = []
@@ -261,7 +261,7 @@ def _load():
                 f"{_state['reason']}. {check_extra}A working g++ or clang++ (or CXX naming one) "
                 "and ninja enable it; NEURALSORT_NATIVE=0 skips the attempt.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,  # the public operator (_load, _loaded, usable, _relaxed_rows)
             )
             op = None
         else:
