@@ -186,11 +186,16 @@ def _build_and_load(cxx: str) -> Path:
     def load(name: str, folder: Path, flags: list[str]) -> Path:
         # the build compiles a copy of the sources in its folder, so that the same sources
         # installed elsewhere (another checkout, another environment) find it up to date
+        # (rewritten only if they differ, so that ninja sees no newer file; atomically, so that
+        # a process killed while copying leaves no half file)
         copies = folder / "src"
         copies.mkdir(parents=True, exist_ok=True)
         for path in _sources()[1]:
-            if not (copies / path.name).exists():
-                shutil.copy2(path, copies / path.name)
+            copy, data = copies / path.name, path.read_bytes()
+            if not copy.exists() or copy.read_bytes() != data:
+                partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+                partial.write_bytes(data)
+                os.replace(partial, copy)
         # -fopenmp links libgomp as well; the library is loaded into a process that has torch's
         # libraries already, so it needs no rpath
         ldflags = [f for f in flags if f == "-fopenmp"]
