@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -358,7 +359,7 @@ def test_narrower_vector_builds_pass_the_agreement_tests(isa, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
-    assert len(list(tmp_path.glob("neuralsort_ops-*.so"))) == 1  # built with these flags
+    assert len(list(tmp_path.glob("neuralsort_ops_*/*.so"))) == 1  # built with these flags
     status = _run_isolated(
         "import neuralsort as ns; ns.backends.is_available(); print(ns.backends.status())", **env
     )
@@ -376,6 +377,79 @@ def test_without_a_compiler_the_torch_path_runs_and_says_why(tmp_path):
     assert "could not be built" in proc.stdout
     assert "no C++ compiler" in proc.stdout
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_compiler_named_by_cxx_that_does_not_exist_falls_back(tmp_path):
+    missing = str(tmp_path / "no-such-c++")
+    proc = _run_isolated(FALLBACK_CHECK, CXX=missing, NEURALSORT_CACHE_DIR=str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    assert "AVAILABLE False" in proc.stdout and "could not be built" in proc.stdout
+    assert f"CXX={missing!r} was not found" in proc.stdout
+
+
+@needs_native
+def test_without_ninja_the_torch_path_runs_and_says_why(tmp_path):
+    if shutil.which("ninja", path=sysconfig.get_path("scripts")) or shutil.which(
+        "ninja", path=os.path.dirname(sys.executable)
+    ):
+        pytest.skip("ninja is installed next to this Python, where the build finds it")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cxx = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
+    (bin_dir / "c++").symlink_to(cxx)
+    proc = _run_isolated(
+        FALLBACK_CHECK, PATH=str(bin_dir), NEURALSORT_CACHE_DIR=str(tmp_path / "c")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "AVAILABLE False" in proc.stdout and "ninja was not found" in proc.stdout
+
+
+BUILD_CHECK = """
+import neuralsort as ns
+print("AVAILABLE", ns.backends.is_available(), ns.backends.status())
+"""
+
+
+@needs_native
+def test_processes_started_together_share_one_build_and_survive_a_killed_one(tmp_path):
+    # -O0 (the later flag wins) keeps these builds short
+    env = _isolated_env(NEURALSORT_CXXFLAGS="-O0", NEURALSORT_CACHE_DIR=str(tmp_path))
+    cmd = [sys.executable, "-c", BUILD_CHECK]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0 and "AVAILABLE True" in out, out + err
+    assert sum("compiling" in err for _, err in outputs) == 1  # the others waited, then loaded
+    (library,) = tmp_path.glob("neuralsort_ops_*/*.so")
+    # a process killed while it held cpp_extension's lock file leaves it behind
+    (library.parent / "lock").touch()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "AVAILABLE True" in proc.stdout, proc.stdout + proc.stderr
+    assert "compiling" not in proc.stderr
+
+
+@needs_native
+def test_a_compiler_without_march_native_gets_the_next_flag_set(tmp_path):
+    # a compiler that rejects -march=native (as some do): the flag sets without it are tried
+    real = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
+    cxx = tmp_path / "picky-c++"
+    cxx.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" -march=native "*) echo "unknown flag -march=native" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    cxx.chmod(0o755)
+    # -O0 (the later flag wins) keeps the build short
+    env = {"CXX": str(cxx), "NEURALSORT_CXXFLAGS": "-O0", "NEURALSORT_CACHE_DIR": str(tmp_path)}
+    for attempt in range(2):  # the second process finds the build without trying the others
+        proc = _run_isolated(BUILD_CHECK, **env)
+        assert proc.returncode == 0 and "AVAILABLE True" in proc.stdout, proc.stdout + proc.stderr
+        assert ("compiling" in proc.stderr) == (attempt == 0), proc.stderr
+    (library,) = tmp_path.glob("neuralsort_ops_*/*.so")
+    assert "-march=native" not in (library.parent / "build.ninja").read_text()
 
 
 @needs_native

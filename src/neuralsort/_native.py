@@ -1,20 +1,29 @@
 """The fused CPU operator ``torch.ops.neuralsort.relaxed_rows``: build, cache, load.
 
-``_kernels/extension.cpp`` (with the kernels in ``_kernels/relaxed_rows.h``) is compiled on first
-use with the system C++ compiler against the installed torch, once per machine and torch
-version (about 30 s on two cores), into ``$NEURALSORT_CACHE_DIR``, else
-``$XDG_CACHE_HOME/neuralsort``, else ``~/.cache/neuralsort``; the file name is a hash of the
-sources, torch, the compiler and the CPU. Processes that start together (one per GPU) wait for
-one build under a file lock.
+The C++ sources in ``_kernels/`` are compiled on first use by
+:func:`torch.utils.cpp_extension.load` (a JIT build with ninja and the system C++ compiler,
+against the installed torch), once per machine and torch version (about 30 s on two cores),
+into a folder of ``$NEURALSORT_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuralsort``, else
+``~/.cache/neuralsort`` (``TORCH_EXTENSIONS_DIR`` does not apply). The folder and extension name
+hold a hash of the sources, torch, Python, the compiler, the flags and the CPU: ``-march=native``
+makes a library for this CPU only, so a cache shared by machines of different kinds (a cluster's
+home directory) holds one build per kind. ``$NEURALSORT_CXXFLAGS`` is appended to the compiler
+flags (a later ``-march`` wins): ``NEURALSORT_CXXFLAGS=-march=x86-64-v3`` makes a build that
+runs on any AVX2 machine.
 
-``$NEURALSORT_CXXFLAGS`` is appended to the compiler flags: ``-march=native`` makes a library for
-this CPU only, so a cache shared by machines of different kinds (a cluster's home directory)
-holds one build per kind; ``NEURALSORT_CXXFLAGS=-march=x86-64-v3`` makes one that runs on any AVX2
-machine instead.
+Processes that start together (one per GPU) wait for one build: cpp_extension's own lock file
+(``lock`` in the build folder) is taken inside an advisory ``flock`` of ours, which the kernel
+releases when its holder dies. A build killed half-way (Ctrl-C, a job's time limit) leaves
+cpp_extension's lock file behind, and every later process would wait on it forever; holding
+the ``flock``, a process knows no other is building, so it removes such a stale file first.
 
-Where the build fails (no compiler, no torch headers) the operators keep their pure-PyTorch
-path, with the same results, and one warning says why. ``NEURALSORT_NATIVE=0`` skips the
-kernel; :mod:`neuralsort.backends` reports on it and switches it at run time.
+Where the build fails (no compiler, no ninja, no torch headers) the operators keep their
+pure-PyTorch path, with the same results, and one warning says why. ``NEURALSORT_NATIVE=0``
+skips the kernel; :mod:`neuralsort.backends` reports on it and switches it at run time.
+
+Under :func:`torch.compile` the library is loaded (built if need be) while dynamo traces, by
+:func:`_loaded`, which dynamo runs eagerly and treats as a constant, so a fresh process can
+compile a function calling the operators with ``fullgraph=True``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import sysconfig
 import threading
 import warnings
 from pathlib import Path
@@ -36,7 +45,8 @@ import torch
 from torch import Tensor
 
 _KERNELS = Path(__file__).parent / "_kernels"
-_SOURCES = (_KERNELS / "extension.cpp", _KERNELS / "relaxed_rows.h")
+_SOURCE_SUFFIXES = (".cpp", ".cc", ".cxx")
+_HEADER_SUFFIXES = (".h", ".hpp")
 # the first flag set that compiles wins (older compilers lack C++20, some -march=native, some
 # OpenMP). -fopenmp is what makes at::parallel_for parallel: with torch's OpenMP backend it is
 # a pragma in a header, compiled into this library.
@@ -54,17 +64,35 @@ _enabled = os.environ.get("NEURALSORT_NATIVE", "1").strip().lower() not in ("0",
 
 
 def cache_dir() -> Path:
+    """Where neuralsort caches what it builds or decodes: ``$NEURALSORT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/neuralsort``, else ``~/.cache/neuralsort``."""
     if env := os.environ.get("NEURALSORT_CACHE_DIR"):
-        return Path(env)
+        return Path(env).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "neuralsort"
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
+def _compiler() -> str:
+    """The C++ compiler: ``$CXX`` if set, else the first of ``c++``, ``g++``, ``clang++``."""
+    if cxx := os.environ.get("CXX"):
+        if not shutil.which(cxx):
+            raise RuntimeError(f"the C++ compiler CXX={cxx!r} was not found")
+        return cxx
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
             return name
-    return None
+    raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+
+
+def _ninja_dir() -> str | None:
+    """A folder to add to ``PATH`` for cpp_extension to find ``ninja`` (the ``ninja`` package
+    installs it next to this Python, which is not on ``PATH`` in an unactivated environment)."""
+    if shutil.which("ninja"):
+        return None
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        if folder and shutil.which("ninja", path=folder):
+            return folder
+    raise RuntimeError("ninja was not found (pip install ninja)")
 
 
 def _extra_flags() -> list[str]:
@@ -84,67 +112,132 @@ def _cpu_fingerprint() -> str:
     return text
 
 
-def _torch_dirs() -> tuple[list[Path], Path]:
-    root = Path(torch.__file__).parent
-    return [root / "include", root / "include" / "torch" / "csrc" / "api" / "include"], root / "lib"
+def _sources() -> tuple[list[Path], list[Path]]:
+    """(the files to compile, every file the build depends on) in ``_kernels/``."""
+    files = sorted(p for p in _KERNELS.iterdir() if p.suffix in _SOURCE_SUFFIXES + _HEADER_SUFFIXES)
+    return [p for p in files if p.suffix in _SOURCE_SUFFIXES], files
 
 
-def _build(cxx: str) -> Path:
-    includes, libdir = _torch_dirs()
-    if not (includes[0] / "torch" / "library.h").exists():
-        raise RuntimeError(f"torch's C++ headers are missing (looked in {includes[0]})")
-    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
+def _build_key(cxx: str) -> hashlib._Hash:
+    """A hash of everything the library depends on except the flag set."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    extra = _extra_flags()
     key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in _SOURCES), torch.__version__, str(abi), version,
-                 _cpu_fingerprint(), str(_FLAG_SETS), str(extra)):  # fmt: skip
-        key.update(part if isinstance(part, bytes) else part.encode())
-    out_dir = cache_dir()
-    target = out_dir / f"neuralsort_ops-{key.hexdigest()[:20]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(out_dir):
-        if target.exists():  # another process built it while this one waited
-            return target
-        print(
-            f"neuralsort: compiling the fused CPU kernel into {out_dir} (once per machine and "
-            "torch version, ~30 s; NEURALSORT_NATIVE=0 skips it)",
-            file=sys.stderr,
-        )
-        errors = []
-        for flags in (base + extra for base in _FLAG_SETS):
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-            os.close(fd)
-            cmd = [
-                cxx, *flags, "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-                *(f"-I{p}" for p in includes), str(_SOURCES[0]), "-o", tmp,
-                f"-L{libdir}", f"-Wl,-rpath,{libdir}", "-lc10", "-ltorch_cpu", "-ltorch",
-            ]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            if proc.returncode == 0:
-                os.replace(tmp, target)  # atomic: nobody sees a half-written library
-                return target
-            os.unlink(tmp)
-            output = proc.stderr.strip()[-400:] or "no output"
-            errors.append(f"{cxx} {' '.join(flags)} (exit {proc.returncode}): {output}")
-    raise RuntimeError(f"{cxx} failed with every flag set:\n" + "\n".join(errors))
+    for path in _sources()[1]:
+        key.update(path.name.encode() + b"\0" + path.read_bytes())
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
+    for part in (torch.__version__, str(abi), sys.version, cxx, version, _cpu_fingerprint()):
+        key.update(part.encode() + b"\0")
+    return key
+
+
+@contextlib.contextmanager
+def _environ(**changes: str | None):
+    """``os.environ`` with ``changes`` inside the block (``None``: leave as is)."""
+    saved = {k: os.environ.get(k) for k, v in changes.items() if v is not None}
+    os.environ.update({k: v for k, v in changes.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
 def _build_lock(directory: Path):
+    """An exclusive ``flock`` on ``directory/.build.lock`` (released by the kernel on exit);
+    yields whether it is one (not on Windows)."""
     try:
         import fcntl  # noqa: PLC0415  (POSIX only)
     except ImportError:
-        yield
+        yield False
         return
     with open(directory / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_and_load(cxx: str) -> Path:
+    """Load the cached library, building it first if needed; returns its path."""
+    from torch.utils import cpp_extension  # noqa: PLC0415  (only needed to load)
+
+    if not (Path(cpp_extension.include_paths()[0]) / "torch" / "library.h").exists():
+        raise RuntimeError("torch's C++ headers are missing (a torch without them was installed)")
+    env_path = _path_with_ninja()  # (first: a missing ninja is no flag set's failure)
+    base_key = _build_key(cxx)
+    extra = _extra_flags()
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
+    candidates = []  # (name, folder, compile flags) per flag set, in order of preference
+    for base in _FLAG_SETS:
+        flags = [*base, *extra, f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
+        key = base_key.copy()
+        key.update(shlex.join(flags).encode())
+        name = f"neuralsort_ops_{key.hexdigest()[:16]}"
+        candidates.append((name, cache_dir() / name, flags))
+
+    def library(name: str, folder: Path) -> Path:
+        return folder / f"{name}{cpp_extension.LIB_EXT}"
+
+    def load(name: str, folder: Path, flags: list[str]) -> Path:
+        # the build compiles a copy of the sources in its folder, so that the same sources
+        # installed elsewhere (another checkout, another environment) find it up to date
+        # (rewritten only if they differ, so that ninja sees no newer file; atomically, so that
+        # a process killed while copying leaves no half file)
+        copies = folder / "src"
+        copies.mkdir(parents=True, exist_ok=True)
+        for path in _sources()[1]:
+            copy, data = copies / path.name, path.read_bytes()
+            if not copy.exists() or copy.read_bytes() != data:
+                partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+                partial.write_bytes(data)
+                os.replace(partial, copy)
+        # -fopenmp links libgomp as well; the library is loaded into a process that has torch's
+        # libraries already, so it needs no rpath
+        ldflags = [f for f in flags if f == "-fopenmp"]
+        with _environ(CXX=cxx, PATH=env_path):
+            cpp_extension.load(
+                name,
+                [str(copies / p.name) for p in _sources()[0]],
+                extra_cflags=flags,
+                extra_ldflags=ldflags,
+                build_directory=str(folder),
+                is_python_module=False,
+            )
+        return library(name, folder)
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache_dir()) as exclusive:
+        if exclusive:
+            # cpp_extension's lock files, left by a process killed while it held one: stale,
+            # since no other process is building or loading while this one holds the flock
+            for _, folder, _ in candidates:
+                (folder / "lock").unlink(missing_ok=True)
+        for name, folder, flags in candidates:
+            if library(name, folder).exists():  # built before: ninja finds nothing to do
+                return load(name, folder, flags)
+        print(
+            f"neuralsort: compiling the fused CPU kernel into {cache_dir()} (once per machine "
+            "and torch version, ~30 s; NEURALSORT_NATIVE=0 skips it)",
+            file=sys.stderr,
+        )
+        errors = []
+        for name, folder, flags in candidates:
+            try:
+                return load(name, folder, flags)
+            except RuntimeError as err:  # cpp_extension's "Error building extension ..."
+                output = str(err).strip()[-400:] or "no output"
+                errors.append(f"{cxx} {' '.join(flags)}: {output}")
+    raise RuntimeError(f"{cxx} failed with every flag set:\n" + "\n".join(errors))
+
+
+def _path_with_ninja() -> str | None:
+    folder = _ninja_dir()
+    return None if folder is None else folder + os.pathsep + os.environ.get("PATH", "")
 
 
 def _load():
@@ -156,14 +249,10 @@ def _load():
         if _state["tried"]:
             return _state["op"]
         try:
-            cxx = _compiler()
-            if cxx is None:
-                raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
-            path = _build(cxx)
-            torch.ops.load_library(str(path))
+            path = _build_and_load(_compiler())
             op = torch.ops.neuralsort.relaxed_rows
             _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
-        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as err:
+        except Exception as err:  # noqa: BLE001  (whatever fails, the PyTorch path works)
             _state["reason"] = f"{type(err).__name__}: {err}"
             extra = shlex.join(_extra_flags())
             check_extra = (
@@ -175,9 +264,9 @@ def _load():
                 "neuralsort: the fused CPU kernel could not be built, so the operators use their "
                 "pure-PyTorch path (same results, slower for small inputs). Reason: "
                 f"{_state['reason']}. {check_extra}A working g++ or clang++ (or CXX naming one) "
-                "enables it; NEURALSORT_NATIVE=0 skips the attempt.",
+                "and ninja enable it; NEURALSORT_NATIVE=0 skips the attempt.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,  # the public operator (_load, _loaded, usable, _relaxed_rows)
             )
             op = None
         else:
@@ -185,6 +274,21 @@ def _load():
         _state["op"] = op
         _state["tried"] = True
         return op
+
+
+def _loaded() -> bool:
+    """Whether the operator is loaded, building and loading it first if needed.
+
+    Dynamo cannot trace the build (a lock, subprocesses, files), and ``torch.compiler.disable``
+    would break the graph. Marked as having a constant result, this runs eagerly while dynamo
+    traces (once per compiled function) and its result becomes a constant of the graph; once
+    loaded, the library stays loaded, so the constant holds."""
+    return _load() is not None
+
+
+# what torch.compiler.assume_constant_result(_loaded) does (torch 2.0 to 2.13), without
+# importing torch._dynamo, which would add ~1.8 s to `import neuralsort`
+_loaded._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def enabled() -> bool:
@@ -212,13 +316,7 @@ _MAX_ROW = 2**31 - 1
 def usable(x: Tensor) -> bool:
     """Whether the fused operator handles ``x``: CPU float32/float64 rows of fewer than 2**31
     elements, enabled and built."""
-    return (
-        _enabled
-        and x.is_cpu
-        and x.dtype in _DTYPES
-        and x.shape[-1] <= _MAX_ROW
-        and _load() is not None
-    )
+    return _enabled and x.is_cpu and x.dtype in _DTYPES and x.shape[-1] <= _MAX_ROW and _loaded()
 
 
 def relaxed_rows(

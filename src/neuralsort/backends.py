@@ -8,10 +8,11 @@ on top) has two implementations with the same results:
 * **native** (the default on the CPU for float32/float64): one C++ operator,
   ``torch.ops.neuralsort.relaxed_rows``, whose forward builds each row, exponentiates and
   normalises it in one pass and whose backward reduces the softmax gradient without storing it.
-  It is compiled on first use against the installed torch (about 30 s on two cores, once per
-  machine and torch version; see :func:`status` for where).
+  It is compiled on first use by :mod:`torch.utils.cpp_extension` against the installed torch
+  (about 30 s on two cores, once per machine and torch version, into ``$NEURALSORT_CACHE_DIR``
+  or ``~/.cache/neuralsort``; see :func:`status` for where).
 * **torch**: plain PyTorch ops in a Python ``autograd.Function``. Used on CUDA and other
-  devices, for half precision only through float32, where no C++ compiler is found, and
+  devices, for half precision only through float32, where no C++ compiler or ninja is found, and
   wherever the native operator is switched off.
 
 ``NEURALSORT_NATIVE=0`` in the environment switches the native operator off before anything is

@@ -82,7 +82,10 @@ def _ascending_order(x: Tensor) -> Tensor:
     ties, so every backend must break them alike. On the CPU numpy sorts short rows several
     times faster than ``torch.sort``; float32 rows are sorted as unique 64-bit keys (the
     order-preserving bits of the value, then the index), which needs no stable algorithm.
+    torch.compile cannot trace those numpy bit operations, so compiled code sorts stably.
     """
+    if is_compiling():
+        return _sort_order(x.detach(), descending=False)
     if x.device.type == "cpu" and x.dtype == torch.float32:
         bits = (x.detach().numpy() + np.float32(0.0)).view(np.uint32)  # (-0.0 + 0.0 = +0.0)
         ordered = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
@@ -551,7 +554,11 @@ def soft_quantile(
     qt = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
     if isinstance(q, Tensor) and q.dim() > 1:
         raise ValueError(f"soft_quantile: `q` must be a float or 1-D, got shape {tuple(q.shape)}")
-    if qt.numel() == 0 or not bool(((qt >= 0) & (qt <= 1)).all()):
+    if is_compiling():  # a tensor's values cannot be read while torch.compile traces
+        in_range = isinstance(q, Tensor) or all(0 <= v <= 1 for v in ([q] if scalar_q else q))
+    else:
+        in_range = bool(((qt >= 0) & (qt <= 1)).all())
+    if qt.numel() == 0 or not in_range:
         raise ValueError(f"soft_quantile: `q` must lie in [0, 1], got {q!r}")
     xm = _last(x, d)
     n = xm.shape[-1]

@@ -145,7 +145,7 @@ def test_imagefolder(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "train" / "dog" / "big.png")
     (root / "train" / "dog" / "notes.txt").write_text("not an image")
     cache = tmp_path / "cache"
-    monkeypatch.setenv("NEURALSORT_CACHE", str(cache))
+    monkeypatch.setenv("NEURALSORT_CACHE_DIR", str(cache))
     tx, ty, sx, sy, info = load_raw_dataset(f"imagefolder:{root}")
     assert tx.shape == (6, 3, 10, 12) and sx.shape == (3, 3, 10, 12)
     assert ty.tolist() == [0, 0, 0, 1, 1, 1] and sy.tolist() == [0, 1, 1]

@@ -14,19 +14,17 @@ import pathlib
 import numpy as np
 import torch
 
+from ... import _native
+
 __all__ = ["IMAGE_SUFFIXES", "load_image_folder", "default_cache_dir"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$NEURALSORT_CACHE`` or ``~/.cache/neuralsort``."""
-    env = os.environ.get("NEURALSORT_CACHE")
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / (
-        "neuralsort"
-    )
+    """``$NEURALSORT_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuralsort``, else
+    ``~/.cache/neuralsort`` (the folder that also holds the native operator's builds)."""
+    return _native.cache_dir()
 
 
 def _list_split(split_dir: pathlib.Path) -> dict[str, list[tuple[str, int, int]]]:
