@@ -396,3 +396,196 @@ def test_the_torch_path_orders_ties_like_a_stable_sort(dtype):
     for rows in (x, x.t().contiguous().t()):  # contiguous, and the same values strided
         expected = torch.sort(rows, dim=-1, stable=True).indices
         assert torch.equal(_ascending_order(rows), expected)
+
+
+# --- soft_topk_mask -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_soft_topk_mask_is_column_sums_of_soft_topk(k, largest):
+    s = rand(2, 8, 5)
+    out = ns.soft_topk_mask(s, k, 0.7, dim=1, largest=largest)
+    assert out.shape == s.shape
+    if k < 8:
+        rows = ns.soft_topk(s, k, 0.7, dim=1, largest=largest)
+        torch.testing.assert_close(out, rows.sum(-2).movedim(-1, 1))
+    else:  # every element is selected: exactly 1
+        assert bool((out == 1).all())
+    torch.testing.assert_close(out.sum(1), torch.full((2, 5), float(k), dtype=s.dtype))
+    assert bool((out >= 0).all())
+    limit = ns.soft_topk_mask(s, k, 1e-4, dim=1, largest=largest)
+    idx = torch.topk(s, k, dim=1, largest=largest).indices
+    torch.testing.assert_close(limit, torch.zeros_like(s).scatter_(1, idx, 1.0), atol=1e-6, rtol=0)
+
+
+def test_soft_topk_mask_hard_and_gradcheck():
+    x = rand(3, 7).requires_grad_()
+    assert gradcheck(lambda x: ns.soft_topk_mask(x, 3, 0.6), (x,))
+    s = torch.tensor([[1.0, 3.0, 1.0, 3.0, 2.0]])
+    assert ns.soft_topk_mask(s, 2, 1.0, hard=True).tolist() == [[0, 1, 0, 1, 0]]
+    assert ns.soft_topk_mask(s, 1, 1.0, hard=True, largest=False).tolist() == [[1, 0, 0, 0, 0]]
+    w = rand(3, 7, seed=3)
+    (g_hard,) = torch.autograd.grad((ns.soft_topk_mask(x, 3, 0.6, hard=True) * w).sum(), x)
+    (g_soft,) = torch.autograd.grad((ns.soft_topk_mask(x, 3, 0.6) * w).sum(), x)
+    torch.testing.assert_close(g_hard, g_soft)
+    with pytest.raises(ValueError, match=r"soft_topk_mask: `k`"):
+        ns.soft_topk_mask(x, 8)
+
+
+# --- masks: ragged lists ------------------------------------------------------------------------
+
+
+def _ragged(lengths, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(lengths), n, dtype=torch.bool)
+    for b, length in enumerate(lengths):
+        mask[b, torch.randperm(n, generator=g)[:length]] = True
+    return mask
+
+
+def _cols(piece, idx, n):
+    out = piece.new_zeros((*piece.shape[:-1], n))
+    out[..., idx] = piece
+    return out
+
+
+def _rows(piece, size):
+    out = piece.new_zeros((size, *piece.shape[1:]))
+    out[: piece.shape[0]] = piece
+    return out
+
+
+K, QS = 3, [0.2, 0.5, 1.0]
+# (masked call, the same operator on one row's real elements alone placed as the masked one is)
+MASKED_OPS = {
+    "neural_sort": (
+        lambda x, m: ns.neural_sort(x, 0.7, descending=True, mask=m),
+        lambda r, idx, n: _rows(_cols(ns.neural_sort(r, 0.7, descending=True), idx, n), n),
+    ),
+    "neural_sort_hard": (
+        lambda x, m: ns.neural_sort(x, 0.7, hard=True, mask=m),
+        lambda r, idx, n: _rows(_cols(ns.neural_sort(r, 0.7, hard=True), idx, n), n),
+    ),
+    "soft_sort": (
+        lambda x, m: ns.soft_sort(x, 0.7, mask=m),
+        lambda r, idx, n: _rows(ns.soft_sort(r, 0.7), n),
+    ),
+    "soft_rank": (
+        lambda x, m: ns.soft_rank(x, 0.7, descending=True, mask=m),
+        lambda r, idx, n: _cols(ns.soft_rank(r, 0.7, descending=True), idx, n),
+    ),
+    "soft_topk": (
+        lambda x, m: ns.soft_topk(x, K, 0.7, mask=m),
+        lambda r, idx, n: _rows(_cols(ns.soft_topk(r, min(K, len(r)), 0.7), idx, n), K),
+    ),
+    "soft_topk_smallest_hard": (
+        lambda x, m: ns.soft_topk(x, K, 0.7, largest=False, hard=True, mask=m),
+        lambda r, idx, n: _rows(
+            _cols(ns.soft_topk(r, min(K, len(r)), 0.7, largest=False, hard=True), idx, n), K
+        ),
+    ),
+    "soft_topk_mask": (
+        lambda x, m: ns.soft_topk_mask(x, K, 0.7, mask=m),
+        lambda r, idx, n: _cols(ns.soft_topk_mask(r, min(K, len(r)), 0.7), idx, n),
+    ),
+    "soft_quantile": (
+        lambda x, m: ns.soft_quantile(x, 0.3, 0.7, mask=m),
+        lambda r, idx, n: ns.soft_quantile(r, 0.3, 0.7),
+    ),
+    "soft_quantiles": (
+        lambda x, m: ns.soft_quantile(x, QS, 0.7, mask=m).movedim(0, -1),
+        lambda r, idx, n: ns.soft_quantile(r, QS, 0.7),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED_OPS))
+def test_mask_equals_the_operator_on_the_real_elements(name):
+    masked_fn, alone_fn = MASKED_OPS[name]
+    n = 7
+    mask = _ragged([7, 3, 0, 1, 5, 3, 2], n, seed=1)
+    # padding holds garbage: it must not reach values or gradients
+    x = rand(7, n, seed=2).masked_fill(~mask, float("nan")).requires_grad_()
+    out = masked_fn(x, mask)
+    w = rand(*out.shape, seed=3)
+    (grad,) = torch.autograd.grad((out * w).sum(), x)
+    assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(grad).all())
+    for b in range(7):
+        idx = mask[b].nonzero().squeeze(1)
+        real = x.detach()[b, idx].clone().requires_grad_()
+        if real.numel() == 0:
+            assert bool((out[b] == 0).all()) and bool((grad[b] == 0).all())
+            continue
+        expected = alone_fn(real, idx, n)
+        torch.testing.assert_close(out[b], expected)
+        (g,) = torch.autograd.grad((expected * w[b]).sum(), real)
+        torch.testing.assert_close(grad[b, idx], g)
+        assert bool((grad[b][~mask[b]] == 0).all())
+
+
+def test_mask_other_dim_gradcheck_and_all_true():
+    mask = _ragged([4, 2, 5], 5, seed=4).t()  # ranked along dim 0
+    x = rand(5, 3, seed=5).requires_grad_()
+    assert gradcheck(lambda x: ns.soft_rank(x, 0.5, dim=0, mask=mask), (x,))
+    assert gradcheck(lambda x: ns.neural_sort(x, 0.5, dim=0, mask=mask), (x,))
+    assert gradcheck(lambda x: ns.soft_quantile(x, [0.5, 0.9], 0.5, dim=0, mask=mask), (x,))
+    sorted_ = ns.soft_sort(x, 1e-4, dim=0, mask=mask)
+    for b in range(3):
+        m = int(mask[:, b].sum())
+        torch.testing.assert_close(sorted_[:m, b], torch.sort(x[:, b][mask[:, b]]).values)
+        assert bool((sorted_[m:, b] == 0).all())
+    full = torch.ones(5, 3, dtype=torch.bool)
+    torch.testing.assert_close(
+        ns.neural_sort(x, 0.5, dim=0, mask=full), ns.neural_sort(x, 0.5, dim=0)
+    )
+
+
+def test_mask_stochastic_neural_sort_is_neural_sort_of_the_perturbed_scores():
+    mask = _ragged([6, 2, 0, 4], 6, seed=6)
+    x = rand(4, 6, seed=7).requires_grad_()
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    out = ns.stochastic_neural_sort(x, 0.5, 3, mask=mask, generator=g1)
+    noise = ns.sample_gumbel((3, 4, 6), dtype=x.dtype, generator=g2)
+    expected = ns.neural_sort(x + noise, 0.5, mask=mask.expand(3, 4, 6))
+    torch.testing.assert_close(out, expected)
+    assert out.shape == (3, 4, 6, 6)
+    assert bool((out[:, 2] == 0).all())
+    (grad,) = torch.autograd.grad((out * rand(*out.shape, seed=8)).sum(), x)
+    assert bool((grad[~mask] == 0).all()) and bool(torch.isfinite(grad).all())
+
+
+def test_mask_only_empty_rows():
+    x = rand(2, 4).requires_grad_()
+    empty = torch.zeros(2, 4, dtype=torch.bool)
+    outs = [
+        ns.neural_sort(x, 1.0, mask=empty),
+        ns.soft_sort(x, 1.0, mask=empty),
+        ns.soft_rank(x, 1.0, mask=empty),
+        ns.soft_topk(x, 2, 1.0, mask=empty),
+        ns.soft_topk_mask(x, 2, 1.0, mask=empty),
+        ns.soft_quantile(x, 0.5, 1.0, mask=empty),
+    ]
+    for o in outs:
+        assert bool((o == 0).all())
+    sum(o.sum() for o in outs).backward()
+    assert bool((x.grad == 0).all())
+
+
+def test_bad_mask():
+    x = torch.randn(3, 4)
+    for fn in (
+        lambda m: ns.neural_sort(x, mask=m),
+        lambda m: ns.soft_sort(x, mask=m),
+        lambda m: ns.soft_rank(x, mask=m),
+        lambda m: ns.soft_topk(x, 2, mask=m),
+        lambda m: ns.soft_topk_mask(x, 2, mask=m),
+        lambda m: ns.soft_quantile(x, 0.5, mask=m),
+        lambda m: ns.stochastic_neural_sort(x, mask=m),
+    ):
+        with pytest.raises(ValueError, match=r"`mask` must have the shape .*\(3, 4\)"):
+            fn(torch.ones(4, dtype=torch.bool))
+        with pytest.raises(TypeError, match="`mask` must be a bool tensor"):
+            fn(torch.ones(3, 4))
+        with pytest.raises(TypeError, match="`mask` must be a bool torch.Tensor"):
+            fn([[True] * 4] * 3)

@@ -7,8 +7,9 @@ Convention: ``P = neural_sort(x)`` has rows indexed by sorted position and colum
 so ``P @ x`` sorts ``x``; ``descending=False`` by default, like :func:`torch.sort`.
 """
 
-from . import backends, knn, nn
+from . import backends, knn, losses, nn
 from .knn import dknn_loss, dknn_topk
+from .losses import ndcg_loss, spearman_loss, topk_cross_entropy
 from .nn import DKNN, NeuralSort, SoftTopK
 from .ops import (
     neural_sort,
@@ -18,6 +19,7 @@ from .ops import (
     soft_rank,
     soft_sort,
     soft_topk,
+    soft_topk_mask,
     stochastic_neural_sort,
 )
 from .plackett_luce import PlackettLuce
@@ -31,6 +33,7 @@ __all__ = [
     "soft_sort",
     "soft_rank",
     "soft_topk",
+    "soft_topk_mask",
     "soft_quantile",
     "stochastic_neural_sort",
     "permutation_matrix",
@@ -44,6 +47,10 @@ __all__ = [
     "DKNN",
     "dknn_topk",
     "dknn_loss",
+    "spearman_loss",
+    "ndcg_loss",
+    "topk_cross_entropy",
+    "losses",
     "backends",
     "knn",
     "nn",

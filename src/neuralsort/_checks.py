@@ -91,3 +91,28 @@ def check_positive_int(value: object, name: str, fn: str) -> int:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half-precision inputs are computed in float32; float32 and float64 are kept."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_mask(mask: object, x: Tensor, name: str, fn: str) -> Tensor | None:
+    """``mask`` must be ``None`` or a bool tensor of ``x``'s shape (True = a real element).
+
+    Returns it on ``x``'s device; ``None`` stays ``None``.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"{fn}: `mask` must be a bool torch.Tensor of the shape of `{name}` "
+            f"{tuple(x.shape)}, got {type(mask).__name__}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{fn}: `mask` must be a bool tensor (True = real element), got dtype {mask.dtype}; "
+            "convert it first, e.g. `mask.bool()`"
+        )
+    if mask.shape != x.shape:
+        raise ValueError(
+            f"{fn}: `mask` must have the shape of `{name}` {tuple(x.shape)}, "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask.to(x.device)

@@ -35,7 +35,7 @@ Implementation notes:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from torch import Tensor
 from . import _native, _triton
 from ._checks import (
     TauLike,
+    check_mask,
     check_positive_int,
     check_sort_input,
     compute_dtype,
@@ -55,6 +56,7 @@ __all__ = [
     "soft_sort",
     "soft_rank",
     "soft_topk",
+    "soft_topk_mask",
     "soft_quantile",
     "stochastic_neural_sort",
     "permutation_matrix",
@@ -402,6 +404,76 @@ def _straight_through(soft: Tensor, index: Tensor) -> Tensor:
     return _StraightThrough.apply(soft, hard)
 
 
+def _real_mask(mask: object, x: Tensor, name: str, fn: str) -> Tensor | None:
+    """The checked ``mask``, or ``None`` when there is none or every element is real."""
+    m = check_mask(mask, x, name, fn)
+    if m is None or bool(m.all()):
+        return None
+    return m
+
+
+def _masked_apply(
+    x: Tensor, mask: Tensor, op: Callable[[Tensor, Tensor], Tensor], tail: tuple[int, ...]
+) -> Tensor:
+    """Apply ``op`` to the real elements of every row of ``x`` alone (the sorted axis last).
+
+    Rows are grouped by their number ``L`` of real elements; for each distinct ``L`` the rows of
+    that length have their real elements gathered to the front in their original order
+    (``xs``, ``(b, L)``, with their positions ``idx`` in ``0..n-1``) and ``op(xs, idx)`` returns
+    the placed result ``(b, *tail)``. Rows with no real element give zeros (and zero gradients).
+    Padded values never reach ``op`` (they are replaced by 0 first, so neither an infinite nor a
+    NaN padding value leaks into values or gradients). Returns ``(*batch, *tail)``.
+    """
+    batch, n = x.shape[:-1], x.shape[-1]
+    xf = torch.where(mask, x, x.new_zeros(())).reshape(-1, n)
+    mf = mask.reshape(-1, n)
+    lengths = mf.sum(dim=-1)
+    # stable: real elements first, each group in its original order
+    front = torch.sort((~mf).to(torch.uint8), dim=-1, stable=True).indices
+    pieces, rows = [], []
+    for length in torch.unique(lengths).tolist():
+        sel = (lengths == length).nonzero().squeeze(1)
+        if length == 0:
+            zero = xf.index_select(0, sel).sum(dim=-1)  # all zeros, but on the autograd graph
+            piece = zero.reshape(-1, *([1] * len(tail))).expand(-1, *tail)
+        else:
+            idx = front.index_select(0, sel)[:, :length]
+            piece = op(xf.index_select(0, sel).gather(-1, idx), idx)
+        pieces.append(piece)
+        rows.append(sel)
+    perm = torch.cat(rows)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    out = torch.cat(pieces).index_select(0, inverse)
+    return out.reshape(*batch, *tail)
+
+
+def _scatter_columns(piece: Tensor, idx: Tensor, n: int) -> Tensor:
+    """``(b, ..., L)`` values of the real elements -> ``(b, ..., n)``, zero at padded ones."""
+    index = idx.reshape(idx.shape[0], *([1] * (piece.dim() - 2)), idx.shape[1]).expand_as(piece)
+    return piece.new_zeros((*piece.shape[:-1], n)).scatter(-1, index, piece)
+
+
+def _pad_axis(piece: Tensor, axis: int, size: int) -> Tensor:
+    """Zero-pad axis ``axis`` of ``piece`` at its end up to ``size``."""
+    missing = size - piece.shape[axis]
+    if missing == 0:
+        return piece
+    shape = list(piece.shape)
+    shape[axis] = missing
+    return torch.cat((piece, piece.new_zeros(shape)), dim=axis)
+
+
+def _check_k(k: object, x: Tensor, d: int, fn: str) -> int:
+    n = x.shape[d]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(
+            f"{fn}: `k` must be an int in 1..{n} (the size of dim={d} of `scores` with "
+            f"shape {tuple(x.shape)}), got {k!r}"
+        )
+    return k
+
+
 # ----------------------------------------------------------------------------------------------
 # public operators
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +486,7 @@ def neural_sort(
     dim: int = -1,
     descending: bool = False,
     hard: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Relaxed sorting permutation matrix (relaxes :func:`torch.sort`'s permutation).
 
@@ -432,6 +505,12 @@ def neural_sort(
         hard: straight-through estimator: the forward value is the exact permutation matrix of a
             stable sort (each row's argmax, ties to the earlier index), the gradient that of
             the relaxed matrix.
+        mask: optional bool tensor of the shape of ``scores``, True at real elements (ragged
+            lists padded to a common length). A row with ``m`` real elements gets the matrix of
+            its real elements alone (same values and gradients; :math:`n` above is ``m``) in its
+            first ``m`` rows and at the real elements' columns; the other rows and columns are
+            zero, and padded elements get zero gradient. A row with no real element is all zero.
+            Cost: one call per distinct number of real elements in a row.
 
     Returns:
         ``(..., n, n)``: the batch axes of ``scores`` with ``dim`` removed, then sorted position
@@ -444,8 +523,16 @@ def neural_sort(
     """
     fn = "neural_sort"
     x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
+    mask = _real_mask(mask, x, "scores", fn)
     xm = _last(x, d)
     n = xm.shape[-1]
+    if mask is not None:
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            p = neural_sort(xs, tau, descending=descending, hard=hard)
+            return _pad_axis(_scatter_columns(p, idx, n), -2, n)
+
+        return _masked_apply(xm, _last(mask, d), op, (n, n))
     p = _relaxed_rows(xm, n, tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(xm, descending))
@@ -453,22 +540,43 @@ def neural_sort(
 
 
 def soft_sort(
-    values: Tensor, tau: TauLike = 1.0, *, dim: int = -1, descending: bool = False
+    values: Tensor,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Relaxed sorted values (relaxes ``torch.sort(values, dim).values``).
 
     ``soft_sort(x) = P_hat(x) @ x`` along ``dim``, with :math:`\hat P` from :func:`neural_sort`.
     Returns a tensor of the same shape as ``values``; it tends to the sorted values as ``tau -> 0``.
+    With a bool ``mask`` (True = real element, the shape of ``values``), a row with ``m`` real
+    elements holds the relaxed sort of those alone in its first ``m`` positions and zeros after
+    (see :func:`neural_sort`).
     """
     fn = "soft_sort"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
+    mask = _real_mask(mask, x, "values", fn)
     xm = _last(x, d)
-    out = _relaxed_rows(xm, xm.shape[-1], tau, descending, times_x=True)
+    n = xm.shape[-1]
+    if mask is not None:
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            return _pad_axis(soft_sort(xs, tau, descending=descending), -1, n)
+
+        return _from_last(_masked_apply(xm, _last(mask, d), op, (n,)), d)
+    out = _relaxed_rows(xm, n, tau, descending, times_x=True)
     return _from_last(_as_dtype(out, x.dtype), d)
 
 
 def soft_rank(
-    values: Tensor, tau: TauLike = 1.0, *, dim: int = -1, descending: bool = False
+    values: Tensor,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Relaxed ranks in ``[1, n]`` (relaxes the rank, i.e. the inverse sorting permutation).
 
@@ -482,12 +590,21 @@ def soft_rank(
     which equals :math:`\sum_i i\, \hat P[i, j]` whenever the columns sum to one (as
     ``tau -> 0``) and, unlike that sum, always lies in ``[1, n]`` (a row-stochastic
     :math:`\hat P` need not have unit column sums). Rank 1 is the first element of the sort order
-    (the smallest when ``descending=False``). Same shape as ``values``.
+    (the smallest when ``descending=False``). Same shape as ``values``. With a bool ``mask``
+    (True = real element), real elements are ranked among the real ones of their row (in
+    ``[1, m]``) and padded elements get rank 0 (see :func:`neural_sort`).
     """
     fn = "soft_rank"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
+    mask = _real_mask(mask, x, "values", fn)
     xm = _last(x, d)
     n = xm.shape[-1]
+    if mask is not None:
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            return _scatter_columns(soft_rank(xs, tau, descending=descending), idx, n)
+
+        return _from_last(_masked_apply(xm, _last(mask, d), op, (n,)), d)
     p = _relaxed_rows(xm, n, tau, descending)
     positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
     weighted = _rows_times(p.transpose(-1, -2), positions)
@@ -504,30 +621,100 @@ def soft_topk(
     dim: int = -1,
     largest: bool = True,
     hard: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""The first ``k`` rows of :func:`neural_sort` (relaxes :func:`torch.topk`'s indices).
 
     Equal to ``neural_sort(scores, tau, dim=dim, descending=largest, hard=hard)[..., :k, :]``
     but computed in :math:`O(kn)` without the :math:`n \times n` matrix. Row ``i`` is a soft
     one-hot of the ``i``-th largest element (smallest if ``largest=False``); summing the rows gives
-    a relaxed "is in the top k" indicator, as used by the differentiable kNN.
+    a relaxed "is in the top k" indicator (:func:`soft_topk_mask`), as used by the differentiable
+    kNN. With a bool ``mask`` (True = real element), a row with ``m < k`` real elements has zero
+    rows after its first ``m`` (see :func:`neural_sort`).
 
     Returns:
         ``(..., k, n)`` with the batch axes of ``scores`` (``dim`` removed).
     """
     fn = "soft_topk"
     x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
-    n = x.shape[d]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(
-            f"soft_topk: `k` must be an int in 1..{n} (the size of dim={d} of `scores` with "
-            f"shape {tuple(x.shape)}), got {k!r}"
-        )
+    k = _check_k(k, x, d, fn)
+    mask = _real_mask(mask, x, "scores", fn)
     xm = _last(x, d)
+    if mask is not None:
+        n = xm.shape[-1]
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            p = soft_topk(xs, min(k, xs.shape[-1]), tau, largest=largest, hard=hard)
+            return _pad_axis(_scatter_columns(p, idx, n), -2, k)
+
+        return _masked_apply(xm, _last(mask, d), op, (k, n))
     p = _relaxed_rows(xm, k, tau, largest)
     if hard:
         p = _straight_through(p, _sort_order(xm, largest)[..., :k])
     return _as_dtype(p, x.dtype)
+
+
+def soft_topk_mask(
+    scores: Tensor,
+    k: int,
+    tau: TauLike = 1.0,
+    *,
+    dim: int = -1,
+    largest: bool = True,
+    hard: bool = False,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""Relaxed indicator of the top ``k`` elements (relaxes ``torch.topk``'s membership mask).
+
+    The column sums of the first ``k`` rows of :math:`\hat P` (:func:`soft_topk`),
+
+    .. math::
+
+        m_j = \sum_{i=1}^{k} \hat P[i, j],
+
+    in :math:`O(kn)`: element :math:`j`'s relaxed probability of being among the ``k`` largest
+    (smallest with ``largest=False``). It sums to ``k`` along ``dim`` and tends to the exact 0/1
+    indicator as ``tau -> 0``. Values are non-negative; as :math:`\hat P` is row- but not
+    column-stochastic, at moderate ``tau`` a value can exceed 1 slightly (by up to about 0.3
+    in our checks). When ``k`` equals the number of (real) elements the indicator is exactly 1
+    everywhere (with zero gradient).
+
+    Args:
+        scores: floating-point tensor; ranked along ``dim``.
+        k: how many elements are selected, ``1 <= k <= n``.
+        tau: temperature > 0 (float or scalar tensor).
+        dim: the axis to rank.
+        largest: select the largest (default) or the smallest.
+        hard: straight-through estimator: the forward value is the exact 0/1 indicator of a
+            stable top-k (ties to the earlier index), the gradient that of the relaxed one.
+        mask: optional bool tensor of the shape of ``scores``, True at real elements; a row with
+            ``m`` real elements selects ``min(k, m)`` of them, padded elements are 0 (with zero
+            gradient). One call per distinct ``m``.
+
+    Returns:
+        The shape of ``scores``.
+    """
+    fn = "soft_topk_mask"
+    x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
+    k = _check_k(k, x, d, fn)
+    mask = _real_mask(mask, x, "scores", fn)
+    xm = _last(x, d)
+    n = xm.shape[-1]
+    if mask is not None:
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            kk = min(k, xs.shape[-1])
+            out = soft_topk_mask(xs, kk, tau, largest=largest, hard=hard)
+            return _scatter_columns(out, idx, n)
+
+        return _from_last(_masked_apply(xm, _last(mask, d), op, (n,)), d)
+    out = _relaxed_rows(xm, k, tau, largest).sum(dim=-2)
+    if k == n:
+        out = out * 0 + 1  # every element is selected: exactly 1, still on the autograd graph
+    elif hard:
+        exact = torch.zeros_like(out).scatter_(-1, _sort_order(xm, largest)[..., :k], 1.0)
+        out = _StraightThrough.apply(out, exact)
+    return _from_last(_as_dtype(out, x.dtype), d)
 
 
 def soft_quantile(
@@ -536,13 +723,16 @@ def soft_quantile(
     tau: TauLike = 1.0,
     *,
     dim: int = -1,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Relaxed ``q``-quantile (relaxes :func:`torch.quantile`, linear interpolation).
 
     With ascending sorted position :math:`h = q (n - 1)` (0-based), :math:`l = \lfloor h \rfloor`
     and :math:`w = h - l`, the quantile is
     :math:`(1 - w)\, \hat P[l, :] \cdot x + w\, \hat P[l + 1, :] \cdot x`: only the selector
-    rows are built (:math:`O(n)` per quantile). ``q = 0.5`` is the relaxed median.
+    rows are built (:math:`O(n)` per quantile). ``q = 0.5`` is the relaxed median. With a bool
+    ``mask`` (True = real element), each row's quantile is that of its real elements alone
+    (:math:`n` above is their number); a row with none gives 0.
 
     Returns:
         For a float ``q``, the shape of ``values`` with ``dim`` removed; for a 1-D ``q`` of length
@@ -560,7 +750,16 @@ def soft_quantile(
         in_range = bool(((qt >= 0) & (qt <= 1)).all())
     if qt.numel() == 0 or not in_range:
         raise ValueError(f"soft_quantile: `q` must lie in [0, 1], got {q!r}")
+    mask = _real_mask(mask, x, "values", fn)
     xm = _last(x, d)
+    if mask is not None:
+
+        def op(xs: Tensor, idx: Tensor) -> Tensor:
+            out = soft_quantile(xs, q, tau)
+            return out if scalar_q else out.movedim(0, -1)
+
+        out = _masked_apply(xm, _last(mask, d), op, () if scalar_q else (qt.numel(),))
+        return out if scalar_q else out.movedim(-1, 0)
     n = xm.shape[-1]
     h = qt * (n - 1)
     lo = h.floor().long().clamp(max=n - 1)
@@ -596,13 +795,17 @@ def stochastic_neural_sort(
     descending: bool = False,
     hard: bool = False,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Relaxed Plackett-Luce samples: :math:`\hat P(\log s + g;\, \tau)`, :math:`g` i.i.d. Gumbel.
 
     Sorting ``log_scores + g`` in descending order draws an exact sample from the Plackett-Luce
     distribution with scores :math:`s = \exp(\text{log\_scores})`; relaxing that sort with
     :func:`neural_sort` gives a reparameterized sample. Noise is independent for every sample and
-    every batch element. No axis is squeezed: ``n_samples=1`` keeps its axis.
+    every batch element. No axis is squeezed: ``n_samples=1`` keeps its axis. With a bool
+    ``mask`` (True = real element, the shape of ``log_scores``), each sample is
+    ``neural_sort(log_scores + g, mask=mask)`` with the same noise ``g`` (drawn for every element,
+    padded ones included), i.e. a sample over the real elements alone.
 
     Returns:
         ``(n_samples, ..., n, n)``.
@@ -610,10 +813,15 @@ def stochastic_neural_sort(
     fn = "stochastic_neural_sort"
     x, d, tau = check_sort_input(log_scores, dim, tau, "log_scores", fn)
     n_samples = check_positive_int(n_samples, "n_samples", fn)
+    mask = _real_mask(mask, x, "log_scores", fn)
     xm = _last(x, d)
     cdt = compute_dtype(x.dtype)
     noise = sample_gumbel((n_samples, *xm.shape), dtype=cdt, device=x.device, generator=generator)
     perturbed = xm.to(cdt).unsqueeze(0) + noise
+    if mask is not None:
+        mm = _last(mask, d).unsqueeze(0).expand_as(perturbed)
+        p = neural_sort(perturbed, tau, descending=descending, hard=hard, mask=mm)
+        return _as_dtype(p, x.dtype)
     p = _relaxed_rows(perturbed, xm.shape[-1], tau, descending)
     if hard:
         p = _straight_through(p, _sort_order(perturbed, descending))
