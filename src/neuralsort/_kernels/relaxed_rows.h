@@ -794,7 +794,7 @@ void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const f
             acc += G[k] * P[k];
         }
         const float gp = lane_sum<float>(acc), ci = coef[i];
-        double tacc = 0.0;
+        vf tacc = {};
         float xk = 0.0f, ak = 0.0f;
         if constexpr (kTau) xk = tp.xc[tp.peak[i]], ak = tp.a[tp.peak[i]];
         for (int k = 0; k < V; ++k) {
@@ -806,11 +806,10 @@ void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const f
                 const float* as = tp.a + k * kLanes;
                 const vf x = k < V - 1 ? load(xs) : load_first(xs, tail);
                 const vf av = k < V - 1 ? load(as) : load_first(as, tail);
-                const vf t = l * ((x - xk) * ci - (av - ak));
-                for (int64_t q = 0; q < kLanes; ++q) tacc += static_cast<double>(t[q]);
+                tacc += l * ((x - xk) * ci - (av - ak));
             }
         }
-        if constexpr (kTau) tp.sum += tacc;
+        if constexpr (kTau) tp.sum += static_cast<double>(lane_sum<float>(tacc));
     }
     for (int k = 0; k < V - 1; ++k) {
         store(u + k * kLanes, U[k]);
@@ -824,33 +823,30 @@ void reduce_rows_in_registers(const float* g, const float* p, int64_t n, const f
 template <typename T>
 double tau_row(const T* l, const TauPart<T>& tp, T c, int64_t i, int64_t n) {
     const T xk = tp.xc[tp.peak[i]], ak = tp.a[tp.peak[i]];
-    double s = 0;
+    T s = 0;
     int64_t whole = 0;
     if constexpr (std::is_same_v<T, float>) {
         whole = n / kLanes * kLanes;
-        for (int64_t j = 0; j < whole; j += kLanes) {
-            const vf t = load(l + j) * ((load(tp.xc + j) - xk) * c - (load(tp.a + j) - ak));
-            for (int64_t q = 0; q < kLanes; ++q) s += static_cast<double>(t[q]);
-        }
+        vf acc = {};
+        for (int64_t j = 0; j < whole; j += kLanes)
+            acc += load(l + j) * ((load(tp.xc + j) - xk) * c - (load(tp.a + j) - ak));
+        s = lane_sum<float>(acc);
     }
-    for (int64_t j = whole; j < n; ++j) s += static_cast<double>(l[j] * ((tp.xc[j] - xk) * c - (tp.a[j] - ak)));
-    return s;
+    for (int64_t j = whole; j < n; ++j) s += l[j] * ((tp.xc[j] - xk) * c - (tp.a[j] - ak));
+    return static_cast<double>(s);
 }
 
 // u_j = sum_i coef_i L[i, j] and v_j = -sum_i L[i, j] with L[i, j] = P[i, j] (G[i, j] - <G_i, P_i>)
 // (the softmax backward), and the tau gradient's part (if tp), without storing L: one row of it
-// at a time in `l` (n values).
-template <typename T>
+// at a time in `l` (n values) when kTau.
+template <bool kTau, typename T>
 void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T* u, T* v, T* l,
                  TauPart<T>& tp) {
     int64_t whole = 0;
     if constexpr (std::is_same_v<T, float>) {
         if (in_registers(n, [&](auto vectors) {
-                constexpr int V = decltype(vectors)::value;
-                if (tp)
-                    reduce_rows_in_registers<V, true>(g, p, n, coef, m, u, v, tp);
-                else
-                    reduce_rows_in_registers<V, false>(g, p, n, coef, m, u, v, tp);
+                reduce_rows_in_registers<decltype(vectors)::value, kTau>(g, p, n, coef, m, u, v,
+                                                                         tp);
             }))
             return;
         whole = n / kLanes * kLanes;
@@ -864,7 +860,7 @@ void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T*
         if constexpr (std::is_same_v<T, float>) {
             for (int64_t j = 0; j < whole; j += kLanes) {
                 const vf lj = load(pi + j) * (load(gi + j) - gp);
-                store(l + j, lj);
+                if constexpr (kTau) store(l + j, lj);
                 store(u + j, load(u + j) + lj * c);
                 store(v + j, load(v + j) - lj);
             }
@@ -875,14 +871,14 @@ void reduce_rows(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T*
             u[j] += c * lj;
             v[j] -= lj;
         }
-        if (tp) tp.sum += tau_row(l, tp, c, i, n);
+        if constexpr (kTau) tp.sum += tau_row(l, tp, c, i, n);
     }
 }
 
 // The same reduction when the upstream gradient is gy (length m) of y = P x rather than of P:
 // G[i, j] = gy_i x_j, so L[i, j] = P[i, j] gy_i (xc_j - yc_i) with yc_i = <P_i, xc>; also the
 // direct path through x as the values, direct_j = sum_i gy_i P[i, j].
-template <typename T>
+template <bool kTau, typename T>
 void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T* coef,
                         int64_t m, T* u, T* v, T* direct, T* l, TauPart<T>& tp) {
     std::fill(u, u + n, T(0));
@@ -897,7 +893,7 @@ void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T
             for (int64_t j = 0; j < whole; j += kLanes) {
                 const vf gp = load(pi + j) * g;
                 const vf lj = gp * (load(xc + j) - yc);
-                store(l + j, lj);
+                if constexpr (kTau) store(l + j, lj);
                 store(u + j, load(u + j) + lj * c);
                 store(v + j, load(v + j) - lj);
                 store(direct + j, load(direct + j) + gp);
@@ -911,7 +907,7 @@ void reduce_rows_values(const T* gy, const T* p, const T* xc, int64_t n, const T
             v[j] -= lj;
             direct[j] += gp;
         }
-        if (tp) tp.sum += tau_row(l, tp, c, i, n);
+        if constexpr (kTau) tp.sum += tau_row(l, tp, c, i, n);
     }
 }
 
@@ -924,10 +920,17 @@ void backward_one(const T* g, const T* p, int64_t n, const T* coef, int64_t m, T
                   T* direct = nullptr) {
     TauPart<T> tp{xc, a, tau_part != nullptr ? peak : nullptr};
     // `direct` given: g is the gradient of y = P x (length m), else of P (m x n)
-    if (direct != nullptr)
-        reduce_rows_values(g, p, xc, n, coef, m, u, v, direct, l, tp);
+    const auto reduce = [&](auto tau) {
+        constexpr bool kTau = decltype(tau)::value;
+        if (direct != nullptr)
+            reduce_rows_values<kTau>(g, p, xc, n, coef, m, u, v, direct, l, tp);
+        else
+            reduce_rows<kTau>(g, p, n, coef, m, u, v, l, tp);
+    };
+    if (tp)
+        reduce(std::true_type{});
     else
-        reduce_rows(g, p, n, coef, m, u, v, l, tp);
+        reduce(std::false_type{});
     // J_a^T v in ascending order: 2 inclusive_r - total + v_r (2r - n) + u_r, times 1 / tau
     if constexpr (kCombinesByRank<T>) invert_order(order, n, rank);
     rank_combine<T>(v, u, order, rank, n, -1.0, 0, static_cast<double>(inv_tau), inclusive, gx);
