@@ -100,6 +100,22 @@ inline void store_first(float* p, vf v, int64_t count) {
     std::memcpy(p, &v, static_cast<size_t>(count) * sizeof(float));
 #endif
 }
+// a * b + c rounded once, as the PyTorch path's addcmul computes the logits (its kernels fuse
+// the multiply and add where the CPU can): the logits' rounding is most of the float32 error of
+// P and of its tau gradient, and rounding the product first would add an error of size |a b|,
+// far above the logit's own. Builds without FMA (plain x86-64, SSE2) compute it in double.
+inline vf fmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    typedef double vd __attribute__((vector_size(kLanes * sizeof(double))));
+    const vd r = __builtin_convertvector(a, vd) * __builtin_convertvector(b, vd) +
+                 __builtin_convertvector(c, vd);
+    return __builtin_convertvector(r, vf);
+#endif
+}
 inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 inline vf clamp(vf t, float lo, float hi) {
     // one instruction a side where there is one (a NaN t, which only inf - inf can make,
@@ -452,7 +468,7 @@ inline float exp_row(const Scratch<float>& sc, float c, float neg_inv_tau, float
                      float logit_range, float* buf) {
     vf acc = {};
     for (int64_t j = 0; j < sc.padded; j += kLanes) {
-        vf t = load(sc.xc.data() + j) * c + load(sc.a.data() + j) * neg_inv_tau - shift;
+        const vf t = fmadd(load(sc.xc.data() + j), splat(c), load(sc.a.data() + j) * neg_inv_tau) - shift;
         const vf e = vexp(clamp(t, -logit_range, 80.0f));
         store(buf + j, e);
         acc += e;
@@ -464,7 +480,7 @@ inline double exp_row(const Scratch<double>& sc, double c, double neg_inv_tau, d
                       double logit_range, double* buf) {
     double sum = 0.0;
     for (int64_t j = 0; j < sc.padded; ++j) {
-        double t = c * sc.xc[j] + sc.a[j] * neg_inv_tau - shift;
+        double t = std::fma(c, sc.xc[j], sc.a[j] * neg_inv_tau) - shift;
         t = std::min(std::max(t, -logit_range), 700.0);
         buf[j] = std::exp(t);
         sum += buf[j];
@@ -493,10 +509,10 @@ struct RowSetup {
     const int64_t* order;
     T inv_tau, logit_range, sum_ok;
     T coef(T c_i) const { return c_i * inv_tau; }
-    T shift(T c, int64_t peak) const { return c * xc[peak] - a[peak] * inv_tau; }
+    T shift(T c, int64_t peak) const { return std::fma(c, xc[peak], a[peak] * -inv_tau); }
     T true_max(T c, int64_t n) const {
         T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, c * xc[j] - a[j] * inv_tau);
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, std::fma(c, xc[j], a[j] * -inv_tau));
         return mx;
     }
 };
@@ -536,7 +552,7 @@ void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, int6
         for (int pass = 0; pass < 2; ++pass) {
             vf acc = {};
             for (int v = 0; v < V; ++v) {
-                e[v] = vexp(clamp(xc[v] * c + a[v] - shift, -rs.logit_range, 80.0f));
+                e[v] = vexp(clamp(fmadd(xc[v], splat(c), a[v]) - shift, -rs.logit_range, 80.0f));
                 acc += e[v];
             }
             sum = lane_sum<float>(acc);
