@@ -20,7 +20,7 @@ hooks, and on CUDA also the peak allocated memory.
 
 Usage::
 
-    python benchmarks/ops.py                     # all sizes, CSV + PNG into benchmarks/results/
+    python benchmarks/ops.py                     # all sizes, CSV + PNG into results/ops/
     python benchmarks/ops.py --sizes 64x100 --repeats 5
 """
 
@@ -40,6 +40,8 @@ import torch
 
 import neuralsort as ns
 
+# the one folder of benchmark results, the one the README cites (CSV + PNG named by hardware)
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "ops"
 DEFAULT_SIZES = ["256x16", "100x100", "64x100", "8x512", "2x2048"]
 
 
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget_s", type=float, default=20.0, help="time cap per size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS), help="default: results/ops")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
