@@ -25,7 +25,6 @@ import io
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
@@ -35,53 +34,10 @@ from typing import Any
 
 from ..run import UserError, add_flag
 from .grid import RESERVED, Cell, build_argv, config_root, expand_table
-from .runs import cell_status
+from .runs import cell_status, hardware_info
 from .spec import BUDGETS, TABLES, TableSpec
 
-__all__ = ["add_parser", "hardware_info", "main", "run_cell"]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware_info(device: str | None = None) -> dict[str, Any]:
-    """What a run on ``device`` (``auto`` like the commands) runs on, with a one-line summary."""
-    import torch
-
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-    }
-    name = (device or "auto").lower()
-    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
-    mps = getattr(torch.backends, "mps", None)
-    use_mps = name == "mps" or (
-        name == "auto" and not use_cuda and mps is not None and mps.is_available()
-    )
-    if use_cuda and torch.cuda.is_available():
-        info["device"] = "cuda"
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["summary"] = f"GPU {info['gpu']}"
-    elif use_mps:
-        info["device"] = "mps"
-        info["summary"] = f"Apple GPU (mps), {info['cpu']}"
-    else:
-        info["device"] = "cpu"
-        t = info["torch_threads"]
-        info["summary"] = f"CPU {info['cpu']}, {t} thread{'s' if t != 1 else ''}"
-    return info
+__all__ = ["add_parser", "main", "run_cell"]
 
 
 class _Tail(io.TextIOBase):

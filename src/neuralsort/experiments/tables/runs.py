@@ -7,13 +7,15 @@ A run folder is ``RESULTS/table{N}/{budget}/{cell}/`` (``config.yaml``, ``log.js
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import platform
 from dataclasses import dataclass
 from typing import Any
 
 from .spec import TABLES, TableSpec
 
-__all__ = ["CellRun", "cell_status", "find_runs"]
+__all__ = ["CellRun", "cell_status", "find_runs", "hardware_info"]
 
 
 def cell_status(path: pathlib.Path, final_metric: str) -> str:
@@ -195,3 +197,46 @@ def find_runs(results_dir: pathlib.Path, table: int) -> list[CellRun]:
             if run is not None and run.status != "missing":
                 runs.append(run)
     return runs
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_info(device: str | None = None) -> dict[str, Any]:
+    """What a run on ``device`` (``auto`` like the commands) runs on, with a one-line summary."""
+    import torch
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+    name = (device or "auto").lower()
+    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    use_mps = name == "mps" or (
+        name == "auto" and not use_cuda and mps is not None and mps.is_available()
+    )
+    if use_cuda and torch.cuda.is_available():
+        info["device"] = "cuda"
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["summary"] = f"GPU {info['gpu']}"
+    elif use_mps:
+        info["device"] = "mps"
+        info["summary"] = f"Apple GPU (mps), {info['cpu']}"
+    else:
+        info["device"] = "cpu"
+        t = info["torch_threads"]
+        info["summary"] = f"CPU {info['cpu']}, {t} thread{'s' if t != 1 else ''}"
+    return info
