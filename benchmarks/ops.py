@@ -20,7 +20,7 @@ hooks, and on CUDA also the peak allocated memory.
 
 Usage::
 
-    python benchmarks/ops.py                     # all sizes, CSV + PNG into benchmarks/results/
+    python benchmarks/ops.py                     # all sizes, CSV + PNG into results/ops/
     python benchmarks/ops.py --sizes 64x100 --repeats 5
 """
 
@@ -40,6 +40,8 @@ import torch
 
 import neuralsort as ns
 
+# the one folder of benchmark results, the one the README cites (CSV + PNG named by hardware)
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "ops"
 DEFAULT_SIZES = ["256x16", "100x100", "64x100", "8x512", "2x2048"]
 
 
@@ -198,34 +200,15 @@ def bench_size(b: int, n: int, device: torch.device, repeats: int, budget_s: flo
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(csv_path: Path) -> None:
+    """Bars of time / floor per operator and size, next to the CSV (the same plot as
+    ``neuralsort report``'s ``ops_benchmark.png``, which puts every ``ops_*.csv`` side by side)."""
     try:
-        import matplotlib  # noqa: PLC0415
+        from neuralsort.experiments.tables.plots import plot_ops_benchmark  # noqa: PLC0415
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+        plot_ops_benchmark([csv_path], csv_path.with_suffix(".png"))
+    except ImportError:  # matplotlib is optional (pip install neuralsort[experiments])
         return
-    ops = [o for o in dict.fromkeys(r["op"] for r in rows)]
-    sizes = list(dict.fromkeys((r["B"], r["n"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(ops)
-    for i, op in enumerate(ops):
-        vals = [
-            next((r["vs_floor"] for r in rows if r["op"] == op and (r["B"], r["n"]) == s), 0.0)
-            for s in sizes
-        ]
-        ax.bar([j + i * width for j in range(len(sizes))], vals, width, label=op)
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))])
-    ax.set_xticklabels([f"B={b}, n={n}" for b, n in sizes])
-    ax.set_ylabel("forward+backward time / floor (log)")
-    ax.set_title("neuralsort operators vs. one softmax over B x n x n (lower is better)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget_s", type=float, default=20.0, help="time cap per size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS), help="default: results/ops")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -251,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / f"ops_{env}.png")
+    plot(out / f"ops_{env}.csv")
     print(
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"

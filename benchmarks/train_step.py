@@ -26,7 +26,7 @@ Usage::
 operator and once on the pure-PyTorch path (:mod:`neuralsort.backends`), and reports the median
 step time of each and the ratio (side by side, so machine noise hits both alike).
 
-Writes ``benchmarks/results/train_step_<device>-<threads>threads.csv`` and prints a Markdown table.
+Writes ``results/ops/train_step_<device>-<threads>threads.csv`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ import torch.multiprocessing as mp
 
 from neuralsort.experiments.distributed import free_port
 
+# the one folder of benchmark results, the one the README cites
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "ops"
 EXPERIMENTS = ("dknn", "sort", "quantile")
 
 
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         "--backends", action="store_true",
         help="CPU, one process: native operator vs pure-PyTorch path, step by step in turn",
     )  # fmt: skip
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS), help="default: results/ops")
     args = parser.parse_args(argv)
 
     if args.device == "auto":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import shlex
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from neuralsort.experiments import baseline, dknn
 from neuralsort.experiments.cli import build_parser, main
 from neuralsort.experiments.run import resolve_config
+from neuralsort.experiments.tables.grid import config_root
 
 # The report's commands (seed/000_0cf7df97f5b2e5de.txt) with the script names replaced.
 SEED_DKNN = [
@@ -83,12 +83,14 @@ def test_bad_value_is_a_one_line_user_error(tmp_path, capsys):
     assert rc == 2 and "--num_train_neighbors" in err and "Traceback" not in err
 
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs" / "dknn").glob("*.yaml"))
+CONFIGS = sorted(
+    f"dknn/{p.name}" for p in (config_root() / "dknn").iterdir() if p.name.endswith(".yaml")
+)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_dknn_configs_resolve(path):
-    args = build_parser().parse_args(["dknn", "--config", str(path), "--num_epochs", "1"])
+    args = build_parser().parse_args(["dknn", "--config", path, "--num_epochs", "1"])
     cfg = resolve_config(args, dknn.DEFAULTS)  # unknown keys would raise UserError
     assert cfg["num_epochs"] == 1 and cfg["dataset"] in (
         "digits",
@@ -101,7 +103,7 @@ def test_shipped_dknn_configs_resolve(path):
 
 
 def test_configs_exist():
-    assert {"paper-mnist", "mnist-fast", "digits"} <= {p.stem for p in CONFIGS}
+    assert {"dknn/paper.yaml", "dknn/mnist-fast.yaml", "dknn/digits.yaml"} <= set(CONFIGS)
 
 
 def test_subnormals_flushed_only_while_a_command_runs(tmp_path, monkeypatch):

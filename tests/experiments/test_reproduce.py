@@ -7,23 +7,18 @@ images), reused through its ``mnist_dir`` fixture.
 from __future__ import annotations
 
 import json
+import pathlib
+import sys
 
 import pytest
 import torch
 import yaml
 from test_sorting_cli import mnist_dir  # noqa: F401 - the shared tiny-MNIST fixture
 
-from neuralsort.experiments.cli import main
-from neuralsort.experiments.report import BUDGETS, TABLES
-from neuralsort.experiments.reproduce import (
-    build_argv,
-    default_config_root,
-    list_cells,
-    load_cell_config,
-)
-from neuralsort.experiments.run import UserError
-
-CONFIGS = default_config_root()
+from neuralsort.experiments.cli import build_parser, main
+from neuralsort.experiments.run import UserError, resolve_config
+from neuralsort.experiments.tables.grid import all_cells, build_argv, config_root, expand_table
+from neuralsort.experiments.tables.spec import BUDGETS, TABLES
 
 
 @pytest.fixture
@@ -38,33 +33,117 @@ def attempts(cell_dir):
     return json.loads((cell_dir / "reproduce.json").read_text())["attempts"]
 
 
+def test_grids_and_recipes_ship_in_the_package():
+    root = config_root()
+    assert not isinstance(root, pathlib.Path) or "experiments" in root.parts
+    names = {f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() for f in d.iterdir()}
+    assert {f"tables/table{n}.yaml" for n in TABLES} <= names
+    assert {"dknn/paper.yaml", "quality/sort-n5.yaml", "quality/quantile-n5.yaml"} <= names
+    assert len(names) <= 30
+
+
 @pytest.mark.parametrize("table", sorted(TABLES))
 @pytest.mark.parametrize("budget", BUDGETS)
-def test_committed_configs_cover_the_table_and_parse(table, budget):
+def test_every_cell_resolves_through_its_command_parser(table, budget):
     spec = TABLES[table]
-    cells = list_cells(spec, CONFIGS / f"table{table}" / budget)
-    names = {c.name for c in cells}
+    cells = expand_table(spec, budget)
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names))
     expected = set(spec.cells())
     if table == 3 and budget == "cpu":  # no CIFAR-100 at the cpu budget
         expected = {c for c in expected if not c.startswith("cifar100-")}
-    assert expected <= names
+    assert {c.name for c in cells if not c.sweep} == expected
+    parser = build_parser()
     for cell in cells:
-        # every setting is a real flag of its command (else build_argv raises)
         argv = build_argv(cell.command, cell.settings, out="x")
         assert argv[0] == cell.command and argv[-2:] == ["--out", "x"]
+        args = parser.parse_args(argv)
+        cfg = resolve_config(args, sys.modules[args.func.__module__].DEFAULTS)
         row, column, k = spec.parse(cell.name)
-        s = cell.settings
         if table == 3:
-            assert s["dataset"] == column
+            assert cfg["dataset"] == column
             assert cell.command == ("dknn" if row.startswith("dknn") else "baseline")
-            assert s["method"] == (row.split("-", 1)[1] if row.startswith("dknn") else row)
-            assert cell.sweep == (k is not None) and (k is None or s["k"] == k)
+            assert cfg["method"] == (row.split("-", 1)[1] if row.startswith("dknn") else row)
+            assert cell.sweep == (k is not None) and cfg["k"] == (k or 9)
         else:
             assert cell.command == ("sort" if table == 1 else "quantile")
-            assert (f"n{s['n']}", s["method"]) == (column, row)
-        if budget == "smoke":
-            assert s.get("num_epochs", 1) <= 2
-            assert row in ("knn", "knn-pca") or s["steps_per_epoch"] <= 20
+            assert (f"n{cfg['n']}", cfg["method"]) == (column, row)
+        if budget == "smoke" and row not in ("knn", "knn-pca"):  # those two do not train
+            assert cfg["num_epochs"] <= 2 and cfg["steps_per_epoch"] <= 20
+
+
+def test_the_recipes_each_budget_uses():
+    cells = {(t, b): {c.name: c for c in cs} for (t, b), cs in all_cells().items()}
+    # Tables 1 and 2 at the cpu budget run the quality recipes
+    assert cells[1, "cpu"]["n3-sinkhorn"].settings["regroup"] == 32
+    assert cells[1, "cpu"]["n15-stochastic"].settings["lr"] == 5e-3
+    assert cells[2, "cpu"]["n9-vanilla"].settings["warmup_epochs"] == 1
+    # one paper recipe for the dKNN rows: lr 1e-4 and the default tau 16
+    paper = cells[3, "paper"]["cifar10-dknn-stochastic-k3"].settings
+    assert paper["nloglr"] == 4.0 and "tau" not in paper and paper["k"] == 3
+    assert cells[1, "paper"]["n5-deterministic"].settings == {"method": "deterministic", "n": 5}
+    # Fashion-MNIST uses the MNIST column's recipes at the cpu budget, dataset apart
+    for row in ("dknn-deterministic", "cnn", "knn-ae"):
+        mnist = dict(cells[3, "cpu"][f"mnist-{row}"].settings, dataset=None)
+        assert dict(cells[3, "cpu"][f"fashion-mnist-{row}"].settings, dataset=None) == mnist
+
+
+def write_grid(root, grid, **recipes):
+    (root / "tables").mkdir(parents=True)
+    (root / "tables" / "table1.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    for name, body in recipes.items():
+        (root / "r").mkdir(exist_ok=True)
+        (root / "r" / f"{name}.yaml").write_text(yaml.safe_dump(body))
+
+
+GRID = {
+    "command": "sort",
+    "rows": {r: {"method": r} for r, _ in TABLES[1].rows},
+    "columns": {c: {"n": int(c[1:])} for c, _ in TABLES[1].columns},
+}
+
+
+def test_grid_rules_apply_in_order_and_the_cell_identity_wins(tmp_path):
+    budgets = {
+        "smoke": [
+            {"recipe": "r/a.yaml", "set": {"lr": 0.5}},
+            {"columns": ["n3"], "rows": ["sinkhorn"], "set": {"tau": 2.0}},
+            {"cells": ["n5-stochastic"], "set": {"tau": 3.0}},
+        ]
+    }
+    write_grid(tmp_path, {**GRID, "budgets": budgets}, a={"lr": 0.1, "n": 99, "batch_size": 7})
+    cells = {c.name: c.settings for c in expand_table(TABLES[1], "smoke", tmp_path)}
+    assert cells["n3-sinkhorn"] == {
+        "lr": 0.5,
+        "n": 3,
+        "batch_size": 7,
+        "tau": 2.0,
+        "method": "sinkhorn",
+    }
+    assert cells["n5-stochastic"]["tau"] == 3.0 and "tau" not in cells["n5-sinkhorn"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ([{"set": {"data_dir": "/data"}}], "data_dir must not be set"),
+        ([{"rows": ["sinkorn"]}], "unknown name"),
+        ([{"recipe": "r/missing.yaml"}], "not found"),
+        ([{"sett": {"lr": 1}}], "a rule is a mapping"),
+    ],
+)
+def test_grid_mistakes_are_user_errors(tmp_path, budget, message):
+    write_grid(tmp_path, {**GRID, "budgets": {"smoke": budget}})
+    with pytest.raises(UserError, match=message):
+        expand_table(TABLES[1], "smoke", tmp_path)
+
+
+def test_unknown_settings_fail_before_any_cell_runs(tmp_path, capsys):
+    write_grid(tmp_path, {**GRID, "budgets": {"smoke": [{"set": {"nloglr_typo": 3}}]}})
+    cmd = ["reproduce", "--table", "1", "--budget", "smoke", "--configs", str(tmp_path)]
+    assert main([*cmd, "--results", str(tmp_path / "res")]) == 2
+    assert "no setting 'nloglr_typo'" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
 
 
 def test_build_argv_switches_and_unknown_settings():
@@ -85,16 +164,6 @@ def test_build_argv_switches_and_unknown_settings():
         build_argv("dknn", {"nloglr_typo": 3}, out="o")
     with pytest.raises(UserError, match="true or false"):
         build_argv("dknn", {"pixel_knn": "yes"}, out="o")
-
-
-def test_cell_files_may_not_fix_data_or_output(tmp_path):
-    bad = tmp_path / "n3-deterministic.yaml"
-    bad.write_text(yaml.safe_dump({"command": "sort", "n": 3, "data_dir": "/work/data"}))
-    with pytest.raises(UserError, match="data_dir must not be set"):
-        load_cell_config(bad)
-    bad.write_text(yaml.safe_dump({"command": "train", "n": 3}))
-    with pytest.raises(UserError, match="'command' must be one of"):
-        load_cell_config(bad)
 
 
 def test_smoke_cell_end_to_end_skips_when_done_and_resumes_when_interrupted(
@@ -172,6 +241,15 @@ def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys, restor
     assert "no config for no-such-cell" in capsys.readouterr().err
 
 
+def test_dry_run_of_everything_lists_every_cell(tmp_path, capsys):
+    assert main(["reproduce", "--dry_run", "--sweep", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    headers = [line for line in out if line.startswith("# table")]
+    assert len(headers) == len(TABLES) * len(BUDGETS)
+    assert len(out) - len(headers) == sum(len(c) for c in all_cells().values())
+    assert main(["reproduce", "--table", "1"]) == 2  # a real run needs both
+
+
 def test_dry_run_lists_cells_without_running(tmp_path, capsys):
     results = tmp_path / "results"
     cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
@@ -179,5 +257,6 @@ def test_dry_run_lists_cells_without_running(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(TABLES[1].cells())
     assert out[0].split()[:4] == ["n3-vanilla", "missing", "->", "run"]
-    assert "--num_epochs 200" in out[0] and "--steps_per_epoch 625" in out[0]
+    # the command's defaults are the paper's recipe: only the cell's identity is passed
+    assert "neuralsort sort --n 3 --method vanilla --out" in out[0]
     assert not results.exists()

@@ -94,7 +94,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(g, "--method", choices=list(METHODS), help="default cnn (the original script's)")
     add_flag(g, "--k", type=int, help="neighbours for the kNN methods (default 9)")
     add_flag(g, "--nloglr", type=float, help="learning rate = 10^-nloglr (default 3)")
-    add_flag(g, "--tau", type=float, help="accepted for the seed's command lines; unused")
+    add_flag(g, "--tau", type=float, help="accepted, as by the original run_dknn.py; unused")
     add_flag(g, "--batch_size", type=int, help="training batch (default 100)")
     add_flag(g, "--code_dim", type=int, help="PCA components / autoencoder code size (50)")
     add_common_args(p)

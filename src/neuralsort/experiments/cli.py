@@ -25,8 +25,8 @@ COMMANDS: list[str] = [
     "neuralsort.experiments.baseline",
     "neuralsort.experiments.sorting",
     "neuralsort.experiments.quantile",
-    "neuralsort.experiments.reproduce",
-    "neuralsort.experiments.report",
+    "neuralsort.experiments.tables.reproduce",
+    "neuralsort.experiments.tables.report",
     "neuralsort.experiments.info",
 ]
 

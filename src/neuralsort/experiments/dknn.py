@@ -114,7 +114,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="differentiable kNN: NeuralSort kNN loss + hard-kNN classification (Table 3)",
         description=__doc__.split("\n\n")[0],
     )
-    g = p.add_argument_group("experiment (the seed's flags)")
+    g = p.add_argument_group("experiment (the original run_dknn.py flags)")
     add_flag(
         g,
         "--dataset",

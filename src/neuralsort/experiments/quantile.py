@@ -9,7 +9,7 @@ behaves like) and ``r2`` (1 - MSE / Var).
 
 Example::
 
-    neuralsort quantile --n 5 --method deterministic --config configs/quantile/cpu-n5.yaml
+    neuralsort quantile --n 5 --method deterministic --config quality/quantile-n5.yaml
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Predict the median value of n four-digit MNIST numbers (the paper's Table 2). "
             "Reports the test MSE on values scaled by 1e-4, the squared correlation (r2_corr) "
             "and 1 - MSE/Var (r2) for the best-validation checkpoint. Defaults are the paper's "
-            "recipe (200 epochs x 625 steps); see configs/quantile/ for faster ones."
+            "recipe (200 epochs x 625 steps); --config quality/quantile-n5.yaml is a shipped "
+            "faster CPU recipe."
         ),
     )
     add_multidigit_args(p, MEDIAN_METHODS, DEFAULTS)

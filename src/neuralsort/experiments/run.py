@@ -162,14 +162,31 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _packaged_config(path: str | os.PathLike) -> Any:
+    """A recipe shipped in the package (``--config dknn/paper.yaml``), else UserError."""
+    import importlib.resources
+
+    name = pathlib.PurePath(path).as_posix()
+    node = importlib.resources.files("neuralsort.experiments") / "configs"
+    parts = [s for s in name.split("/") if s not in ("", ".")]
+    for part in parts:
+        node = node / part
+    if parts and ".." not in parts and not pathlib.PurePath(path).is_absolute() and node.is_file():
+        return node
+    raise UserError(
+        f"config file not found: {path} (check the --config path; shipped recipes such as "
+        "dknn/paper.yaml or quality/sort-n5.yaml are found by that name)"
+    )
+
+
 def _load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     p = pathlib.Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p} (check the --config path)")
+        p = _packaged_config(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {p} is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):

@@ -1,0 +1,334 @@
+"""``neuralsort report RESULTS_DIR``: rebuild the paper's tables from run folders alone.
+
+``neuralsort reproduce`` writes one run folder per table cell and budget,
+``RESULTS_DIR/table{N}/{budget}/{cell}/`` (``config.yaml``, ``log.jsonl``, ``metrics.json`` and
+``reproduce.json``, which records the hardware). This command reads those folders, and nothing
+else, and writes for each table ``table{N}.md`` and ``table{N}.csv``: our value beside the paper's,
+the budget and hardware it came from, and a relative link to the run folder. Cells without a
+folder say "not run"; folders without final metrics say how far they got. Numbers are never
+filled in from the paper.
+
+Plots (PNG): test accuracy against k for Table 3 (rows with finished runs at several k), exact
+sorting accuracy against n for Table 1, and, when ``RESULTS_DIR/ops/`` (or ``--bench_dir``) holds
+``benchmarks/ops.py``'s ``ops_*.csv``, the operator benchmark as a grouped bar chart of time
+relative to the softmax floor. The paper's numbers live in :mod:`.spec`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..run import UserError, add_flag
+from .plots import plot_accuracy_vs_k, plot_exact_vs_n, plot_ops_benchmark
+from .runs import CellRun, find_runs
+from .spec import BUDGETS, TABLES, TableSpec
+
+__all__ = ["write_report", "add_parser", "main"]
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "frac":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def _fmt_paper(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    return _fmt(value, kind)
+
+
+def _shown(spec: TableSpec) -> list[tuple[str, str, str]]:
+    """The metrics shown in the grid: the first, and the second in parentheses (not Table 3)."""
+    return list(spec.metrics[:1]) if spec.number == 3 else list(spec.metrics[:2])
+
+
+def _pair(spec: TableSpec, values: list[float | None], paper: bool = False) -> str:
+    fmt = _fmt_paper if paper else _fmt
+    shown = _shown(spec)
+    parts = [fmt(v, kind) for v, (_, _, kind) in zip(values, shown, strict=False)]
+    return parts[0] + (f" ({parts[1]})" if len(parts) > 1 else "")
+
+
+def _budget_rank(budget: str) -> int:
+    return BUDGETS.index(budget) if budget in BUDGETS else -1
+
+
+def _best_run(runs: list[CellRun]) -> CellRun | None:
+    """The run a grid cell shows: finished first, then the most trusted budget."""
+    if not runs:
+        return None
+    return max(runs, key=lambda r: (r.status == "done", _budget_rank(r.budget)))
+
+
+def _status_text(run: CellRun) -> str:
+    if run.status == "done":
+        return "done"
+    if run.failure:
+        why = run.failure if len(run.failure) <= 200 else run.failure[:197] + "..."
+        return f"failed ({why}; details in reproduce.json)"
+    if run.status == "partial":
+        return f"half-finished ({run.progress}; resumable)"
+    return f"half-finished ({run.progress}; no checkpoint)"
+
+
+def _budget_text(run: CellRun) -> str:
+    if not run.overrides:
+        return run.budget
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()))
+    return f"{run.budget} (overrides: {extra})"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _link(run: CellRun, results_dir: pathlib.Path) -> str:
+    rel = run.path.relative_to(results_dir).as_posix()
+    return f"[{rel}/]({rel}/)"
+
+
+def _table_rows(spec: TableSpec, runs: list[CellRun]) -> dict[str, list[CellRun]]:
+    """Runs of the main cells by cell name (``-kK`` variants only feed the plots)."""
+    main_cells = set(spec.cells())
+    by_cell: dict[str, list[CellRun]] = {}
+    for run in runs:
+        if run.cell in main_cells:
+            by_cell.setdefault(run.cell, []).append(run)
+    return by_cell
+
+
+def _csv_rows(spec: TableSpec, runs: list[CellRun], results_dir: pathlib.Path) -> list[dict]:
+    rows: list[dict[str, Any]] = []
+    by_cell: dict[str, list[CellRun]] = {}
+    for run in runs:
+        by_cell.setdefault(run.cell, []).append(run)
+    names = spec.cells() + sorted(c for c in by_cell if c not in spec.cells())
+    for name in names:
+        parsed = spec.parse(name)
+        if parsed is None:
+            continue
+        row, column, _ = parsed
+        paper = spec.paper.get((row, column), ())
+        cell_runs = sorted(by_cell.get(name, []), key=lambda r: _budget_rank(r.budget))
+        for run in cell_runs or [None]:
+            rec: dict[str, Any] = {
+                "table": spec.number,
+                "cell": name,
+                "row": row,
+                "column": column,
+                "k": run.k if run else None,
+                "budget": run.budget if run else "",
+                "overrides": (
+                    json.dumps(run.overrides, sort_keys=True) if run and run.overrides else ""
+                ),
+                "status": _status_text(run) if run else "not run",
+            }
+            for i, (key, _, _) in enumerate(spec.metrics):
+                rec[f"ours_{key}"] = run.value(key) if run else None
+                rec[f"paper_{key}"] = paper[i] if i < len(paper) else None
+            rec["hardware"] = run.hardware if run else ""
+            rec["wall_time_s"] = round(run.wall_s, 1) if run and run.wall_s is not None else None
+            rec["run_dir"] = run.path.relative_to(results_dir).as_posix() if run else ""
+            rows.append(rec)
+    return rows
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for rec in rows:
+            writer.writerow({k: "" if v is None else v for k, v in rec.items()})
+
+
+def _markdown(
+    spec: TableSpec,
+    runs: list[CellRun],
+    results_dir: pathlib.Path,
+    plot_lines: list[str],
+) -> str:
+    by_cell = _table_rows(spec, runs)
+    shown = _shown(spec)
+    what = " (".join(label for _, label, _ in shown) + (")" if len(shown) > 1 else "")
+    lines = [
+        f"# {spec.title}",
+        "",
+        "Generated by `neuralsort report` from the run folders below; do not edit by hand.",
+        f"Each entry: **ours** / paper, then the budget of our run. Values: {what}.",
+        "Ours comes only from a finished run's `metrics.json`; the paper's numbers are never "
+        "copied into our column.",
+    ]
+    if spec.note:
+        lines += ["", spec.note]
+    header = "| | " + " | ".join(label for _, label in spec.columns) + " |"
+    lines += ["", header, "|" + " --- |" * (len(spec.columns) + 1)]
+    for row, label in spec.rows:
+        entries = []
+        for col, _ in spec.columns:
+            paper = spec.paper.get((row, col))
+            paper_txt = _pair(spec, list(paper), paper=True) if paper else "-"
+            best = _best_run(by_cell.get(spec.cell(row, col), []))
+            if best is None:
+                ours = "not run"
+            elif best.status == "done":
+                vals = [best.value(key) for key, _, _ in shown]
+                ours = f"**{_pair(spec, vals)}** ({_budget_text(best)})"
+            elif best.failure:
+                ours = f"failed ({best.budget})"
+            else:
+                ours = f"half-finished ({best.budget}, {best.progress})"
+            entries.append(f"{ours} / {paper_txt}")
+        lines.append(f"| {label} | " + " | ".join(_md_escape(e) for e in entries) + " |")
+
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| cell | budget | status | "
+        + " | ".join(f"ours: {label}" for _, label, _ in spec.metrics)
+        + " | paper | hardware | run folder |",
+        "|" + " --- |" * (len(spec.metrics) + 6),
+    ]
+    for rec in _csv_rows(spec, runs, results_dir):
+        if rec["cell"] not in spec.cells():
+            continue
+        ours = [
+            _fmt(rec[f"ours_{key}"], kind) if rec["budget"] else "-"
+            for key, _, kind in spec.metrics
+        ]
+        paper_vals = [rec[f"paper_{key}"] for key, _, _ in shown]
+        paper_txt = (
+            _pair(spec, paper_vals, paper=True) if any(v is not None for v in paper_vals) else "-"
+        )
+        run_dir = rec["run_dir"]
+        link = f"[{run_dir}/]({run_dir}/)" if run_dir else "-"
+        budget = rec["budget"] or "-"
+        if rec["overrides"]:
+            pairs = json.loads(rec["overrides"]).items()
+            budget += " (overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(pairs)) + ")"
+        cells = [rec["cell"], budget, rec["status"], *ours, paper_txt, rec["hardware"] or "-", link]
+        lines.append("| " + " | ".join(_md_escape(str(c)) for c in cells) + " |")
+
+    extra = [r for r in runs if r.cell not in spec.cells()]
+    if extra:
+        lines += ["", "Other runs of this table (variants at another k), used in the plots:", ""]
+        for run in sorted(extra, key=lambda r: (r.cell, r.budget)):
+            val = _fmt(run.value(spec.final_metric), spec.metrics[0][2])
+            lines.append(
+                f"- {run.cell} ({_budget_text(run)}, {run.hardware}): {val}, "
+                f"{_status_text(run)}, {_link(run, results_dir)}"
+            )
+    if plot_lines:
+        lines += ["", "## Plots", "", *plot_lines]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    results_dir: str | pathlib.Path,
+    *,
+    bench_dir: str | pathlib.Path | None = None,
+    tables: Iterable[int] = (1, 2, 3),
+) -> list[pathlib.Path]:
+    """Write ``table{N}.md``/``.csv`` and the plots into ``results_dir``; return the files."""
+    results = pathlib.Path(results_dir)
+    if not results.is_dir():
+        raise UserError(
+            f"results folder {results} does not exist; run `neuralsort reproduce` first"
+        )
+    written: list[pathlib.Path] = []
+    for number in tables:
+        spec = TABLES[number]
+        runs = find_runs(results, number)
+        plot_lines: list[str] = []
+        if number == 3:
+            png = results / "table3_accuracy_vs_k.png"
+            why = plot_accuracy_vs_k(runs, png)
+        elif number == 1:
+            png = results / "table1_exact_vs_n.png"
+            why = plot_exact_vs_n(runs, png)
+        else:
+            png, why = None, None
+        if png is not None:
+            if why is None:
+                plot_lines.append(f"![{png.stem}]({png.name})")
+                written.append(png)
+            else:
+                png.unlink(missing_ok=True)  # never leave a plot of runs that are gone
+                plot_lines.append(f"Plot `{png.name}` skipped: {why}.")
+        md = results / f"table{number}.md"
+        md.write_text(_markdown(spec, runs, results, plot_lines))
+        csv_path = results / f"table{number}.csv"
+        _write_csv(csv_path, _csv_rows(spec, runs, results))
+        written += [md, csv_path]
+
+    bench = pathlib.Path(bench_dir) if bench_dir else results / "ops"
+    files = sorted(bench.glob("ops_*.csv")) if bench.is_dir() else []
+    if files:  # the operator benchmark's plot, when its CSVs are there
+        written += write_ops_plot(files, results)
+    return written
+
+
+def write_ops_plot(files: list[pathlib.Path], results: pathlib.Path) -> list[pathlib.Path]:
+    """``ops_benchmark.png`` and ``ops_benchmark.md`` from ``benchmarks/ops.py``'s CSV files."""
+    png = results / "ops_benchmark.png"
+    why = plot_ops_benchmark(files, png)
+    note = results / "ops_benchmark.md"
+    if why is not None:
+        note.write_text(f"# Operator benchmark\n\nPlot skipped: {why}.\n")
+        return [note]
+    sources = ", ".join(f"`{p.name}`" for p in files)
+    note.write_text(
+        "# Operator benchmark\n\nForward + backward time relative to the floor (one softmax "
+        "over a B x n x n tensor), per operator and size; from `benchmarks/ops.py` "
+        f"({sources}; the file name names the hardware).\n\n![ops benchmark]({png.name})\n"
+    )
+    return [png, note]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``neuralsort report``."""
+    p = subparsers.add_parser(
+        "report",
+        help="rebuild table{1,2,3}.md/.csv and plots from the run folders of `reproduce`",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "results_dir",
+        nargs="?",
+        default="results",
+        help="the results folder `neuralsort reproduce --results` wrote to (default results)",
+    )
+    add_flag(
+        p,
+        "--bench_dir",
+        metavar="DIR",
+        help="folder of benchmarks/ops.py's ops_*.csv (default: RESULTS_DIR/ops)",
+    )
+    add_flag(p, "--table", type=int, choices=[1, 2, 3], nargs="+", help="tables (default all)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``neuralsort report``."""
+    written = write_report(
+        args.results_dir, bench_dir=args.bench_dir, tables=args.table or (1, 2, 3)
+    )
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,242 @@
+"""Run folders of ``neuralsort reproduce``: their state, and what each says about its table cell.
+
+A run folder is ``RESULTS/table{N}/{budget}/{cell}/`` (``config.yaml``, ``log.jsonl``,
+``metrics.json``, ``reproduce.json``); nothing else is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from .spec import TABLES, TableSpec
+
+__all__ = ["CellRun", "cell_status", "find_runs", "hardware_info"]
+
+
+def cell_status(path: pathlib.Path, final_metric: str) -> str:
+    """State of one run folder.
+
+    ``done`` (metrics.json holds ``final_metric``), ``partial`` (a ``last.pt`` checkpoint to
+    resume from, no final metrics), ``started`` (a folder with something in it but neither),
+    ``missing`` (no folder, or an empty one).
+    """
+    if not path.is_dir():
+        return "missing"
+    metrics = _read_json(path / "metrics.json")
+    if isinstance(metrics, dict) and metrics.get(final_metric) is not None:
+        return "done"
+    if (path / "last.pt").is_file():
+        return "partial"
+    if any(path.iterdir()):
+        return "started"
+    return "missing"
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: pathlib.Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _read_log(path: pathlib.Path) -> list[dict[str, Any]]:
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+@dataclass
+class CellRun:
+    """What one run folder says about one table cell."""
+
+    table: int
+    budget: str
+    cell: str
+    row: str
+    column: str
+    k: int | None
+    path: pathlib.Path
+    status: str
+    metrics: dict[str, Any]
+    hardware: str
+    progress: str
+    overrides: dict[str, Any]
+    failure: str | None
+    wall_s: float | None = None
+
+    def value(self, key: str) -> float | None:
+        """A metric of a finished run (None if absent or not finished)."""
+        if self.status != "done":
+            return None
+        v = self.metrics.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _hardware(path: pathlib.Path, metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The hardware a run used: reproduce.json's record, else what config/metrics say."""
+    rec = _read_json(path / "reproduce.json")
+    seen: list[str] = []
+    if isinstance(rec, dict):
+        for attempt in rec.get("attempts", []):
+            hw = attempt.get("hardware", {}) if isinstance(attempt, dict) else {}
+            summary = hw.get("summary") if isinstance(hw, dict) else None
+            if summary and summary not in seen:
+                seen.append(summary)
+    if seen:
+        return " + ".join(seen)
+    run_info = cfg.get("_run", {}) if isinstance(cfg, dict) else {}
+    versions = run_info.get("versions", {}) if isinstance(run_info, dict) else {}
+    torch_v = str(versions.get("torch") or "") if isinstance(versions, dict) else ""
+    device = metrics.get("device")
+    if not device and cfg.get("device") not in (None, "auto"):
+        device = cfg.get("device")
+    if not device and torch_v.endswith("+cpu"):
+        device = "cpu"  # a CPU-only torch build cannot have used a GPU
+    if not device:
+        return "unknown"
+    text = f"{device}"
+    threads = cfg.get("threads") or cfg.get("num_threads")
+    if str(device).startswith("cpu") and isinstance(threads, int):
+        text += f", {threads} thread{'s' if threads != 1 else ''}"
+    if torch_v:
+        text += f" (torch {torch_v})"
+    return text
+
+
+def _progress(path: pathlib.Path, cfg: dict[str, Any], status: str) -> str:
+    if status == "done":
+        return ""
+    epochs = [
+        int(r["epoch"])
+        for r in _read_log(path / "log.jsonl")
+        if "event" not in r and isinstance(r.get("epoch"), int | float)
+    ]
+    total = cfg.get("num_epochs") if isinstance(cfg, dict) else None
+    done = max(epochs) if epochs else 0
+    if total:
+        return f"epoch {done} of {total}"
+    return f"epoch {done}" if epochs else "no epoch finished"
+
+
+def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | None:
+    parsed = spec.parse(path.name)
+    if parsed is None:
+        return None
+    row, column, k = parsed
+    status = cell_status(path, spec.final_metric)
+    metrics = _read_json(path / "metrics.json")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    cfg = _read_yaml(path / "config.yaml")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    if k is None and isinstance(metrics.get("k") or cfg.get("k"), int):
+        k = int(metrics.get("k") or cfg.get("k"))
+    rec = _read_json(path / "reproduce.json")
+    overrides: dict[str, Any] = {}
+    failure = None
+    wall = metrics.get("wall_time_s", metrics.get("train_seconds"))
+    if isinstance(rec, dict):
+        overrides = dict(rec.get("overrides") or {})
+        attempts = [a for a in rec.get("attempts", []) if isinstance(a, dict)]
+        if attempts and status != "done" and attempts[-1].get("status") == "failed":
+            failure = str(attempts[-1].get("error") or f"exit status {attempts[-1].get('rc')}")
+        walls = [a["wall_s"] for a in attempts if isinstance(a.get("wall_s"), int | float)]
+        if walls:
+            wall = sum(walls)  # every attempt, resumed ones included
+    return CellRun(
+        table=spec.number,
+        budget=budget,
+        cell=path.name,
+        row=row,
+        column=column,
+        k=k,
+        path=path,
+        status=status,
+        metrics=metrics,
+        hardware=_hardware(path, metrics, cfg),
+        progress=_progress(path, cfg, status),
+        overrides=overrides,
+        failure=failure,
+        wall_s=float(wall) if isinstance(wall, int | float) else None,
+    )
+
+
+def find_runs(results_dir: pathlib.Path, table: int) -> list[CellRun]:
+    """Every run folder ``results_dir/table{N}/{budget}/{cell}/`` of one table."""
+    spec = TABLES[table]
+    runs = []
+    base = results_dir / f"table{table}"
+    if not base.is_dir():
+        return []
+    for budget_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        for cell_dir in sorted(p for p in budget_dir.iterdir() if p.is_dir()):
+            run = _load_run(spec, budget_dir.name, cell_dir)
+            if run is not None and run.status != "missing":
+                runs.append(run)
+    return runs
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_info(device: str | None = None) -> dict[str, Any]:
+    """What a run on ``device`` (``auto`` like the commands) runs on, with a one-line summary."""
+    import torch
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+    name = (device or "auto").lower()
+    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    use_mps = name == "mps" or (
+        name == "auto" and not use_cuda and mps is not None and mps.is_available()
+    )
+    if use_cuda and torch.cuda.is_available():
+        info["device"] = "cuda"
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["summary"] = f"GPU {info['gpu']}"
+    elif use_mps:
+        info["device"] = "mps"
+        info["summary"] = f"Apple GPU (mps), {info['cpu']}"
+    else:
+        info["device"] = "cpu"
+        t = info["torch_threads"]
+        info["summary"] = f"CPU {info['cpu']}, {t} thread{'s' if t != 1 else ''}"
+    return info
