@@ -22,22 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import distributed
+from . import checkpoint, distributed
+from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import Classifier, create_model, default_model_for
-from .run import (
-    AMP_MODES,
-    Run,
-    UserError,
-    add_common_args,
-    add_flag,
-    progress,
-    resolve_config,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from .run import Run
+from .seeding import seed_everything
 from .training import (
     AUGMENTS,
     OPTIMIZERS,
@@ -48,6 +39,7 @@ from .training import (
     index_stream,
     make_optimizer,
     make_scheduler,
+    progress,
     resolve_augment,
 )
 
@@ -307,7 +299,9 @@ def _train_net(
     method = cfg["method"]
     c = info["num_classes"]
     if method == "cnn":
-        name = cfg["model"] or default_model_for(info["name"], info["image_size"])
+        name = cfg["model"] or default_model_for(
+            info["name"], info["image_size"], info["in_channels"]
+        )
         try:
             net = create_model(name, info["in_channels"], image_size=info["image_size"])
         except ValueError as exc:
@@ -338,26 +332,10 @@ def _train_net(
 
     epoch, history, best_val, elapsed_before = 0, [], -1.0, 0.0
     state = run.load_checkpoint("last", shared=True) if run.resumed else None
+    streams = {"aug": aug_gen} if world > 1 else {}  # in one process `aug_gen` is `gen`
+    parts = dict(model=model, optimizer=opt, scheduler=sched, amp=amp, generator=gen)
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} does not fit this config "
-                f"({str(exc).splitlines()[0]}); use a new --out"
-            ) from None
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
-                f"resume it with the same number (this start has {world})"
-            )
-        amp.load_state_dict(state.get("amp"))
-        set_rng_state(state["rng"], gen)
-        if world > 1:
-            aug_gen.set_state(state["ranks"][rank]["aug"])
+        checkpoint.restore(state, run.path / "last.pt", **parts, streams=streams)
         epoch, history = state["epoch"], list(state["history"])
         best_val, elapsed_before = state["best_val"], state["elapsed"]
     procs = f" x {world} processes (global batch {bs * world})" if world > 1 else ""
@@ -426,21 +404,14 @@ def _train_net(
         is_best = val_acc >= best_val
         best_val = max(best_val, val_acc)
         epoch += 1
-        ranks = distributed.all_gather_objects({"aug": aug_gen.get_state()} if world > 1 else None)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_state(gen),
-            "epoch": epoch,
-            "history": history,
-            "best_val": best_val,
-            "elapsed": elapsed_before + time.time() - t_start,
-            "world_size": world,
-            "amp": amp.state_dict(),
-        }
-        if world > 1:
-            state["ranks"] = ranks
+        state = checkpoint.training_state(
+            **parts,
+            streams=streams,
+            epoch=epoch,
+            history=history,
+            best_val=best_val,
+            elapsed=elapsed_before + time.time() - t_start,
+        )
         run.save_checkpoint(state, is_best=is_best)
         write(
             f"epoch {epoch}/{num_epochs}: train loss {rec['train_loss']:.4f}, val acc "

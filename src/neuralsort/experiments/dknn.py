@@ -31,22 +31,13 @@ import torch
 
 from neuralsort.knn import dknn_loss
 
-from . import distributed
+from . import checkpoint, distributed
+from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import create_model, default_model_for
-from .run import (
-    AMP_MODES,
-    Run,
-    UserError,
-    add_common_args,
-    add_flag,
-    progress,
-    resolve_config,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from .run import Run
+from .seeding import seed_everything
 from .training import (
     AUGMENTS,
     OPTIMIZERS,
@@ -57,11 +48,19 @@ from .training import (
     index_stream,
     make_optimizer,
     make_scheduler,
+    progress,
     resolve_augment,
-    restore_generator,
 )
 
-__all__ = ["DEFAULTS", "DATASET_DEFAULTS", "add_parser", "main", "run_dknn"]
+__all__ = [
+    "DEFAULTS",
+    "DATASET_DEFAULTS",
+    "IMAGEFOLDER_DEFAULTS",
+    "dataset_defaults",
+    "add_parser",
+    "main",
+    "run_dknn",
+]
 
 # The paper's protocol (SGD, momentum 0.9, weight decay 5e-4, 100 queries x 100 neighbours).
 DEFAULTS: dict[str, Any] = {
@@ -107,6 +106,27 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# A user's own ``imagefolder:PATH``: the recipe of configs/dknn/mnist-fast.yaml (Adam, cosine decay,
+# 10 epochs), which beat the paper's SGD defaults on a folder of 8,000 28x28 grayscale images
+# (93.35% test after 10 epochs against 87.45% after 3). The net and the augmentation depend on the
+# images and are picked once they are loaded (see _fit_to_images).
+IMAGEFOLDER_DEFAULTS: dict[str, Any] = {
+    "num_epochs": 10,
+    "optimizer": "adam",
+    "nloglr": 3.0,
+    "weight_decay": 0.0,
+    "lr_schedule": "cosine",
+}
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The defaults layered over :data:`DEFAULTS` for ``dataset`` (empty for the paper's)."""
+    lower = str(dataset).lower()
+    if lower.startswith("imagefolder:"):
+        return IMAGEFOLDER_DEFAULTS
+    return DATASET_DEFAULTS.get(lower, {})
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``neuralsort dknn``."""
     p = subparsers.add_parser(
@@ -145,8 +165,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(
         t,
         "--model",
-        help="embedding net: mnist-convnet, resnet18, digits-net "
-        "(default: mnist-convnet for mnist, digits-net for digits, else resnet18)",
+        help="embedding net: mnist-convnet, resnet18, digits-net (default: mnist-convnet for "
+        "mnist and small grayscale image folders, digits-net for digits, else resnet18)",
     )
     add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help="default sgd (the paper's)")
     add_flag(t, "--momentum", type=float, help="SGD momentum (default 0.9)")
@@ -241,7 +261,7 @@ def _cleanup_fresh(run: Run) -> None:
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``neuralsort dknn``."""
     cfg = resolve_config(args, DEFAULTS)
-    extra = DATASET_DEFAULTS.get(str(cfg["dataset"]).lower())
+    extra = dataset_defaults(cfg["dataset"])
     if extra:
         cfg = resolve_config(args, {**DEFAULTS, **extra})
     run_dknn(cfg)
@@ -269,7 +289,37 @@ def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
     except UserError:
         _cleanup_fresh(run)
         raise
+    _fit_to_images(cfg, info, run)
     return _train(run, cfg, ctx, amp, train_x, train_y, test_x, test_y, info, stop_after)
+
+
+def _fit_to_images(cfg: dict[str, Any], info: dict[str, Any], run: Run) -> None:
+    """An image folder's net and augmentation, from its images; stated in the log and config.yaml.
+
+    Grayscale images up to 64 pixels a side get the MNIST convnet and small shifts, colour images
+    ResNet-18 and flips with crops (see :func:`default_model_for`); ``--model`` and ``--augment``
+    still choose. A resumed run keeps what its config.yaml says.
+    """
+    if not str(cfg["dataset"]).lower().startswith("imagefolder:"):
+        return
+    explicit = getattr(cfg, "explicit", set())
+    picked: dict[str, Any] = {}
+    if not cfg["model"]:
+        picked["model"] = default_model_for(info["name"], info["image_size"], info["in_channels"])
+    if cfg["augment"] == "auto" and "augment" not in explicit:
+        picked["augment"] = "shift" if info["in_channels"] == 1 else "flipcrop"
+    if not picked:
+        return
+    cfg.update(picked)
+    h, w = info["image_size"]
+    kind = "grayscale" if info["in_channels"] == 1 else f"{info['in_channels']}-channel"
+    chosen = {key: cfg[key] for key in ("model", "augment", *IMAGEFOLDER_DEFAULTS)}
+    recipe = ", ".join(f"{key} {value}" for key, value in chosen.items())
+    note = f"image folder of {kind} {h}x{w} images: {recipe} (change with --model, --optimizer...)"
+    run.save_config(recipe=note)
+    run.log({"event": "recipe", **picked, "note": note})
+    if run.is_main:
+        print(note)
 
 
 def _step_loss(
@@ -356,7 +406,9 @@ def _train(
     num_epochs = int(cfg["num_epochs"])
     augment = resolve_augment(cfg["augment"], info["in_channels"])
 
-    model_name = cfg["model"] or default_model_for(info["name"], info["image_size"])
+    model_name = cfg["model"] or default_model_for(
+        info["name"], info["image_size"], info["in_channels"]
+    )
     try:
         model = create_model(model_name, info["in_channels"], image_size=info["image_size"])
     except ValueError as exc:
@@ -373,25 +425,17 @@ def _train(
     best_val, best_epoch, elapsed_before = -1.0, 0, 0.0
     # rank 0 reads the checkpoint, every rank gets it
     state = run.load_checkpoint("last", shared=True) if run.resumed else None
+    # private streams: noise (and augmentation, which shares `gen` in one process)
+    streams = {"noise": noise_gen} if world == 1 else {"noise": noise_gen, "aug": aug_gen}
+    parts = dict(model=model, optimizer=opt, scheduler=sched, amp=amp, generator=gen)
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} does not fit this model/config "
-                f"({str(exc).splitlines()[0]}); use a new --out"
-            ) from None
-        _check_world(state, world, run)
-        amp.load_state_dict(state.get("amp"))
-        set_rng_state(state["rng"], gen)
-        mine = state["ranks"][rank] if world > 1 else {"noise": state["noise_rng"]}
-        restore_generator(
-            noise_gen, mine["noise"], fallback_seed=distributed.rank_seed(seed + 2), what="noise"
+        checkpoint.restore(
+            state,
+            run.path / "last.pt",
+            **parts,
+            streams=streams,
+            fallback_seed=distributed.rank_seed(seed + 2),
         )
-        if world > 1:
-            aug_gen.set_state(mine["aug"])
         epoch, step0, loss_sum = state["epoch"], state["step"], state["loss_sum"]
         perm_q, perm_n = state.get("perm_q"), state.get("perm_n")
         history = list(state["history"])
@@ -402,33 +446,21 @@ def _train(
 
     def snapshot(ep: int, st: int) -> dict[str, Any] | None:
         """The checkpoint (on rank 0; None elsewhere); a collective with several processes."""
-        ranks = distributed.all_gather_objects(
-            {"noise": noise_gen.get_state(), "aug": aug_gen.get_state()} if world > 1 else None
+        return checkpoint.training_state(
+            **parts,
+            streams=streams,
+            epoch=ep,
+            step=st,
+            loss_sum=loss_sum,
+            perm_q=perm_q if st > 0 else None,
+            perm_n=perm_n if st > 0 else None,
+            history=history,
+            best_val=best_val,
+            best_epoch=best_epoch,
+            elapsed=elapsed_before + time.time() - t_start,
+            model_name=model_name,
+            noise_rng=noise_gen.get_state(),  # rank 0's, as in earlier checkpoints
         )
-        if not ctx.is_main:
-            return None
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_state(gen),
-            "noise_rng": noise_gen.get_state(),
-            "epoch": ep,
-            "step": st,
-            "loss_sum": loss_sum,
-            "perm_q": perm_q if st > 0 else None,
-            "perm_n": perm_n if st > 0 else None,
-            "history": history,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "elapsed": elapsed_before + time.time() - t_start,
-            "model_name": model_name,
-            "world_size": world,
-            "amp": amp.state_dict(),
-        }
-        if world > 1:
-            state["ranks"] = ranks
-        return state
 
     procs = f" x {world} processes (global batch {big_q}+{big_m})" if world > 1 else ""
     precision = f", amp {amp.mode}" if amp.enabled else ""
@@ -569,16 +601,6 @@ def _train(
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
     """Print nothing (ranks other than 0)."""
-
-
-def _check_world(state: dict[str, Any], world: int, run: Run) -> None:
-    saved = int(state.get("world_size", 1))
-    if saved != world:
-        raise UserError(
-            f"checkpoint {run.path / 'last.pt'} was written by a run with {saved} process(es); "
-            f"resume it with the same number (this start has {world}), as the global batch and "
-            "each rank's random stream depend on it"
-        )
 
 
 def _final_eval(

@@ -30,22 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
+from . import checkpoint, distributed
+from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
-from .run import (
-    AMP_MODES,
-    Run,
-    UserError,
-    add_common_args,
-    add_flag,
-    progress,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from .training import SCHEDULES, Amp, make_scheduler, restore_generator
+from .run import Run
+from .seeding import seed_everything
+from .training import SCHEDULES, Amp, make_scheduler, progress
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -358,27 +350,16 @@ def train_and_test(
     epoch0, history, best, best_epoch, train_seconds = 0, [], None, None, 0.0
     # rank 0 reads the checkpoint, every rank gets it
     state = run.load_checkpoint("last", shared=True) if cfg.get("resume") else None
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, amp=amp)
     if state is not None:
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
-                f"resume it with the same number (this start has {world}), as the global batch "
-                "and each rank's noise stream depend on it"
-            )
-        model.load_state_dict(state["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        amp.load_state_dict(state.get("amp"))
-        train_src.load_state_dict(state["data"])
-        restore_generator(
-            noise,
-            state["ranks"][rank]["noise"] if world > 1 else state["noise"],
+        checkpoint.restore(
+            state,
+            run.path / "last.pt",
+            **parts,
+            streams={"noise": noise},
             fallback_seed=distributed.rank_seed(seed + 2),
-            what="noise",
         )
-        set_rng_state(state["rng"])
+        train_src.load_state_dict(state["data"])
         epoch0, history = int(state["epoch"]), list(state["history"])
         best, best_epoch = state["best"], state["best_epoch"]
         train_seconds = float(state["train_seconds"])
@@ -438,24 +419,17 @@ def train_and_test(
         is_best = _is_better(val[task.select], best, task.mode)
         if is_best:
             best, best_epoch = val[task.select], epoch
-        ranks = distributed.all_gather_objects({"noise": noise.get_state()} if world > 1 else None)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else {},
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "data": train_src.state_dict(),
-            "noise": noise.get_state(),
-            "rng": rng_state(),
-            "epoch": epoch,
-            "history": history,
-            "best": best,
-            "best_epoch": best_epoch,
-            "train_seconds": train_seconds,
-            "world_size": world,
-            "amp": amp.state_dict(),
-        }
-        if world > 1:
-            state["ranks"] = ranks
+        state = checkpoint.training_state(
+            **parts,
+            streams={"noise": noise},
+            data=train_src.state_dict(),
+            noise=noise.get_state(),
+            epoch=epoch,
+            history=history,
+            best=best,
+            best_epoch=best_epoch,
+            train_seconds=train_seconds,
+        )
         run.save_checkpoint(state, is_best=is_best)
 
     if not ctx.is_main:  # rank 0 tests and writes the metrics
