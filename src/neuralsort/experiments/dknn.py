@@ -25,19 +25,22 @@ import math
 import pathlib
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from neuralsort.knn import dknn_loss
 
-from . import checkpoint, distributed
+from . import distributed
 from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import create_model, default_model_for
 from .run import Run
 from .seeding import seed_everything
+from .trainer import EpochStats, Result, Task, fit
 from .training import (
     AUGMENTS,
     OPTIMIZERS,
@@ -46,9 +49,6 @@ from .training import (
     augment_batch,
     count_parameters,
     index_stream,
-    make_optimizer,
-    make_scheduler,
-    progress,
     resolve_augment,
 )
 
@@ -366,13 +366,10 @@ def _train(
     info: dict[str, Any],
     stop_after: int | None = None,
 ) -> dict[str, Any] | None:
-    t_start = time.time()
-    say = print if ctx.is_main else _quiet
-    world, rank = ctx.world_size, ctx.rank
+    world, device = ctx.world_size, ctx.device
     seed = int(cfg["seed"])
     # `gen` draws the shuffles: the same on every rank, each rank then takes its own slice
     gen = seed_everything(seed)
-    device = ctx.device
     # private streams: augmentation (shares `gen` in one process, as it always did) and noise
     aug_gen = gen if world == 1 else torch.Generator().manual_seed(distributed.rank_seed(seed))
     noise_gen = torch.Generator(device=device)
@@ -387,11 +384,16 @@ def _train(
         if int(cfg["train_subset"]) < k:
             raise UserError(f"--train_subset must be at least --k ({k})")
         tr_idx = tr_idx[: int(cfg["train_subset"])]
-    tr_x, tr_y = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
-    va_x, va_y = train_x[va_idx].to(device), train_y[va_idx]
-    te_x = test_x.to(device)
+    data = _Data(
+        train_x[tr_idx].to(device),
+        train_y[tr_idx].to(device),
+        train_x[va_idx].to(device),
+        train_y[va_idx],
+        test_x.to(device),
+        test_y,
+    )
     del train_x
-    n_tr = tr_x.shape[0]
+    n_tr = data.tr_x.shape[0]
     q, m = cfg["num_train_queries"], cfg["num_train_neighbors"]
     big_q, big_m = q * world, m * world  # the global batch
     if big_m > n_tr or big_q > n_tr:
@@ -403,8 +405,6 @@ def _train(
     steps = max(1, n_tr // big_q)
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
-    num_epochs = int(cfg["num_epochs"])
-    augment = resolve_augment(cfg["augment"], info["in_channels"])
 
     model_name = cfg["model"] or default_model_for(
         info["name"], info["image_size"], info["in_channels"]
@@ -415,61 +415,32 @@ def _train(
         raise UserError(str(exc)) from None
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
-    net = distributed.wrap_ddp(model, device)  # `model` itself in one process
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)
-
-    epoch, step0, loss_sum = 0, 0, 0.0
-    perm_q = perm_n = None
-    history: list[dict[str, Any]] = []
-    best_val, best_epoch, elapsed_before = -1.0, 0, 0.0
-    # rank 0 reads the checkpoint, every rank gets it
-    state = run.load_checkpoint("last", shared=True) if run.resumed else None
-    # private streams: noise (and augmentation, which shares `gen` in one process)
-    streams = {"noise": noise_gen} if world == 1 else {"noise": noise_gen, "aug": aug_gen}
-    parts = dict(model=model, optimizer=opt, scheduler=sched, amp=amp, generator=gen)
-    if state is not None:
-        checkpoint.restore(
-            state,
-            run.path / "last.pt",
-            **parts,
-            streams=streams,
-            fallback_seed=distributed.rank_seed(seed + 2),
-        )
-        epoch, step0, loss_sum = state["epoch"], state["step"], state["loss_sum"]
-        perm_q, perm_n = state.get("perm_q"), state.get("perm_n")
-        history = list(state["history"])
-        best_val, best_epoch = state["best_val"], state["best_epoch"]
-        elapsed_before = state["elapsed"]
-        say(f"resuming {run.path} at epoch {epoch + 1}, step {step0}")
-    global_step = epoch * steps + step0
-
-    def snapshot(ep: int, st: int) -> dict[str, Any] | None:
-        """The checkpoint (on rank 0; None elsewhere); a collective with several processes."""
-        return checkpoint.training_state(
-            **parts,
-            streams=streams,
-            epoch=ep,
-            step=st,
-            loss_sum=loss_sum,
-            perm_q=perm_q if st > 0 else None,
-            perm_n=perm_n if st > 0 else None,
-            history=history,
-            best_val=best_val,
-            best_epoch=best_epoch,
-            elapsed=elapsed_before + time.time() - t_start,
-            model_name=model_name,
-            noise_rng=noise_gen.get_state(),  # rank 0's, as in earlier checkpoints
-        )
-
+    task = _DknnTask(
+        model=model,
+        steps_per_epoch=steps,
+        select="val_acc",
+        ties_to_later=True,
+        optimizer=cfg,
+        generator=gen,
+        # in one process the augmentation draws from `gen`, saved with the global generators
+        streams={"noise": noise_gen} if world == 1 else {"noise": noise_gen, "aug": aug_gen},
+        fallback_seed=distributed.rank_seed(seed + 2),
+        sync_every_step=True,
+        checkpoint_minutes=float(cfg["checkpoint_minutes"]),
+        plot_keys=["train_topk_correct", "val_acc"],
+        plot_file="accuracy.png",
+    )
+    task.setup(run, cfg, info, data, model_name, aug_gen, noise_gen, fmt, device)
     procs = f" x {world} processes (global batch {big_q}+{big_m})" if world > 1 else ""
     precision = f", amp {amp.mode}" if amp.enabled else ""
-    say(
-        f"dknn on {info['name']}: {n_tr} train / {val_size} val / {te_x.shape[0]} test images, "
-        f"{model_name} ({count_parameters(model):,} parameters) on {device}{procs}{precision}, "
-        f"{cfg['method']} k={k} tau={cfg['tau']:g} lr=1e-{float(cfg['nloglr']):g}, {steps} steps "
-        f"x {num_epochs} epochs; output {run.path}"
-    )
+    if ctx.is_main:
+        print(
+            f"dknn on {info['name']}: {n_tr} train / {val_size} val / {data.te_x.shape[0]} test "
+            f"images, {model_name} ({count_parameters(model):,} parameters) on {device}{procs}"
+            f"{precision}, {cfg['method']} k={k} tau={cfg['tau']:g} "
+            f"lr=1e-{float(cfg['nloglr']):g}, {steps} steps x {cfg['num_epochs']} epochs; "
+            f"output {run.path}"
+        )
     run.log(
         {
             "event": "setup",
@@ -480,205 +451,173 @@ def _train(
             "amp": amp.mode,
         }
     )
-    from tqdm.auto import tqdm
+    return fit(task, run, cfg, amp, device, stop_after=stop_after)
 
-    write = tqdm.write if ctx.is_main else _quiet
-    pin = device.type == "cuda"
 
-    last_ckpt = time.time()
-    while epoch < num_epochs:
-        t_epoch = time.time()
-        if step0 == 0 or perm_q is None:
-            perm_q = index_stream(n_tr, steps * big_q, gen)
-            perm_n = index_stream(n_tr, steps * big_m, gen)
-            step0, loss_sum = 0, 0.0
+@dataclass
+class _Data:
+    tr_x: torch.Tensor
+    tr_y: torch.Tensor
+    va_x: torch.Tensor
+    va_y: torch.Tensor
+    te_x: torch.Tensor
+    te_y: torch.Tensor
+
+
+class _DknnTask(Task):
+    """The kNN loss over queries and neighbours drawn from two shuffles of the training part."""
+
+    def setup(
+        self,
+        run: Run,
+        cfg: dict[str, Any],
+        info: dict[str, Any],
+        data: _Data,
+        model_name: str,
+        aug_gen: torch.Generator,
+        noise_gen: torch.Generator,
+        fmt: torch.memory_format,
+        device: torch.device,
+    ) -> None:
+        self.run, self.cfg, self.info, self.data = run, cfg, info, data
+        self.model_name, self.aug_gen, self.noise_gen = model_name, aug_gen, noise_gen
+        self.fmt, self.device = fmt, device
+        self.augment = resolve_augment(cfg["augment"], info["in_channels"])
+        self.world = distributed.world_size() if distributed.is_distributed() else 1
+        self.rank = distributed.rank() if self.world > 1 else 0
+        self.perm_q = self.perm_n = self.src_q = self.src_n = None
+
+    def start_epoch(self, epoch: int) -> None:
+        q, m, n = (
+            self.cfg["num_train_queries"],
+            self.cfg["num_train_neighbors"],
+            len(self.data.tr_x),
+        )
+        self.perm_q = index_stream(n, self.steps_per_epoch * q * self.world, self.generator)
+        self.perm_n = index_stream(n, self.steps_per_epoch * m * self.world, self.generator)
+        self._pin()
+
+    def _pin(self) -> None:
         # pinned host memory lets the per-step index copies to the GPU run asynchronously
-        src_q = perm_q.pin_memory() if pin else perm_q
-        src_n = perm_n.pin_memory() if pin else perm_n
-        model.train()
-        bar = progress(
-            range(step0, steps),
-            total=steps,
-            initial=step0,
-            desc=f"epoch {epoch + 1}/{num_epochs}",
-            unit="step",
-        )
-        for step in bar:
-            # this rank's slices of the step's global batch (everything in one process)
-            qs = (step * world + rank) * q
-            qi = src_q[qs : qs + q].to(device, non_blocking=True)
-            ni_all = src_n[step * big_m : (step + 1) * big_m].to(device, non_blocking=True)
-            ni = ni_all[rank * m : (rank + 1) * m]
-            x = torch.cat([tr_x[qi], tr_x[ni]])
-            x = augment_batch(x, augment, aug_gen).contiguous(memory_format=fmt)
-            loss = _step_loss(net, x, q, tr_y[qi], tr_y[ni_all], cfg, amp, noise_gen)
-            opt.zero_grad(set_to_none=True)
-            amp.backward_step(loss, opt)
-            sched.step()
-            lv = float(loss.detach())
-            minutes = (time.time() - last_ckpt) / 60.0
-            want_ckpt = minutes >= cfg["checkpoint_minutes"]
-            if world > 1:  # the mean loss, and one decision for all ranks
-                total, votes = distributed.reduce_sum([lv, float(want_ckpt)])
-                lv, want_ckpt = total / world, votes > 0
-            if not math.isfinite(lv):
-                raise UserError(
-                    f"the loss became {lv} at epoch {epoch + 1} step {step + 1}; lower the "
-                    "learning rate (raise --nloglr) or change --tau"
-                )
-            loss_sum += lv
-            global_step += 1
-            if step % 20 == 0:
-                bar.set_postfix(topk_correct=f"{-loss_sum / (step + 1):.3f}", refresh=False)
-            stop = stop_after is not None and global_step >= stop_after
-            if (stop or want_ckpt) and step + 1 < steps:
-                run.save_checkpoint(snapshot(epoch, step + 1), is_best=False)
-                last_ckpt = time.time()
-            if stop and step + 1 < steps:
-                say(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
-                return None
-        train_correct = -loss_sum / steps  # loss_sum already holds the mean over ranks
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_topk_correct": train_correct,
-            "lr": opt.param_groups[0]["lr"],
+        pin = self.device.type == "cuda"
+        self.src_q = self.perm_q.pin_memory() if pin else self.perm_q
+        self.src_n = self.perm_n.pin_memory() if pin else self.perm_n
+
+    def state(self, mid_epoch: bool) -> dict[str, Any]:
+        return {
+            "perm_q": self.perm_q if mid_epoch else None,
+            "perm_n": self.perm_n if mid_epoch else None,
+            "model_name": self.model_name,
+            "noise_rng": self.noise_gen.get_state(),  # rank 0's, as in earlier checkpoints
         }
-        is_best = False
-        record["train_s"] = time.time() - t_epoch
-        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == num_epochs:
-            if ctx.is_main:  # the other ranks wait at the barrier below
-                t_val = time.time()
-                emb_tr = embed(
-                    model, tr_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
-                )
-                emb_va = embed(
-                    model, va_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"]
-                )
-                val_acc = knn_accuracy(
-                    emb_va,
-                    va_y,
-                    emb_tr,
-                    tr_y,
-                    k,
-                    num_classes=info["num_classes"],
-                    query_chunk=cfg["num_test_queries"],
-                )
-                record["val_acc"] = val_acc
-                record["val_s"] = time.time() - t_val
-                if val_acc >= best_val:
-                    best_val, best_epoch, is_best = val_acc, epoch + 1, True
-            distributed.barrier()
-        record["epoch_time_s"] = time.time() - t_epoch
-        history.append(record)
-        run.log(record)
-        epoch += 1
-        step0 = 0
-        perm_q = perm_n = None
-        run.save_checkpoint(snapshot(epoch, 0), is_best=is_best)
-        last_ckpt = time.time()
-        val_txt = f"val acc {record['val_acc']:.4f}" if "val_acc" in record else "no val"
-        write(
-            f"epoch {epoch}/{num_epochs}: train top-k correctness {train_correct:.4f}, {val_txt}"
-            f"{' (best)' if is_best else ''}, {record['epoch_time_s']:.1f}s"
-        )
-        run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
-        if stop_after is not None and global_step >= stop_after:
-            if epoch < num_epochs:
-                say(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
-                return None
 
-    metrics = None
-    if ctx.is_main:
-        metrics = _final_eval(
-            run, cfg, model, (tr_x, tr_y, te_x, test_y), info,
-            model_name=model_name, history=history, best_val=best_val, best_epoch=best_epoch,
-            steps=steps, device=device, world=world, elapsed_before=elapsed_before,
-            t_start=t_start,
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.perm_q, self.perm_n = state.get("perm_q"), state.get("perm_n")
+        if self.perm_q is not None:
+            self._pin()
+
+    def loss(self, net: nn.Module, step: int, amp: Amp) -> tuple[torch.Tensor, dict[str, float]]:
+        # this rank's slices of the step's global batch (everything in one process)
+        q, m, rank, d = (
+            self.cfg["num_train_queries"],
+            self.cfg["num_train_neighbors"],
+            self.rank,
+            self.data,
+        )
+        qs = (step * self.world + rank) * q
+        qi = self.src_q[qs : qs + q].to(self.device, non_blocking=True)
+        big_m = m * self.world
+        ni_all = self.src_n[step * big_m : (step + 1) * big_m].to(self.device, non_blocking=True)
+        ni = ni_all[rank * m : (rank + 1) * m]
+        x = torch.cat([d.tr_x[qi], d.tr_x[ni]])
+        x = augment_batch(x, self.augment, self.aug_gen).contiguous(memory_format=self.fmt)
+        loss = _step_loss(net, x, q, d.tr_y[qi], d.tr_y[ni_all], self.cfg, amp, self.noise_gen)
+        return loss, {}
+
+    def record(self, stats: EpochStats) -> dict[str, Any]:
+        return {
+            "epoch": stats.epoch,
+            "train_topk_correct": -stats.loss,
+            "lr": stats.lr,
+            "train_s": stats.seconds,
+        }
+
+    def diverged(self, epoch: int, step: int | None, loss: float) -> str | None:
+        return (
+            f"the loss became {loss} at epoch {epoch} step {step}; lower the "
+            "learning rate (raise --nloglr) or change --tau"
+        )
+
+    def validate_now(self, epoch: int, num_epochs: int) -> bool:
+        return epoch % self.cfg["eval_every"] == 0 or epoch == num_epochs
+
+    def _knn(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Hard-kNN accuracy of embedded ``x`` against the embedded training part."""
+        cfg, d = self.cfg, self.data
+        opts = dict(batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"])
+        emb_tr = embed(self.model, d.tr_x, **opts)
+        emb = embed(self.model, x, **opts)
+        return knn_accuracy(
+            emb, y, emb_tr, d.tr_y, cfg["k"],
+            num_classes=self.info["num_classes"], query_chunk=cfg["num_test_queries"],
         )  # fmt: skip
-    distributed.barrier()
-    return distributed.broadcast_object(metrics)
 
+    def validate(self) -> dict[str, Any]:
+        t_val = time.time()
+        val_acc = self._knn(self.data.va_x, self.data.va_y)
+        return {"val_acc": val_acc, "val_s": time.time() - t_val}
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    """Print nothing (ranks other than 0)."""
-
-
-def _final_eval(
-    run: Run,
-    cfg: dict[str, Any],
-    model: torch.nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    info: dict[str, Any],
-    *,
-    model_name: str,
-    history: list[dict[str, Any]],
-    best_val: float,
-    best_epoch: int,
-    steps: int,
-    device: torch.device,
-    world: int,
-    elapsed_before: float,
-    t_start: float,
-) -> dict[str, Any]:
-    """Rank 0: best-validation weights, hard kNN over the embedded training part, on test."""
-    tr_x, tr_y, te_x, test_y = data
-    k = cfg["k"]
-    num_epochs = int(cfg["num_epochs"])
-    best = run.load_checkpoint("best")
-    if best is not None:
-        model.load_state_dict(best["model"])
-    t_eval = time.time()
-    emb_tr = embed(model, tr_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"])
-    emb_te = embed(model, te_x, batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"])
-    test_acc = knn_accuracy(
-        emb_te,
-        test_y,
-        emb_tr,
-        tr_y,
-        k,
-        num_classes=info["num_classes"],
-        query_chunk=cfg["num_test_queries"],
-    )
-    eval_s = time.time() - t_eval
-    pixel_acc = None
-    if cfg["pixel_knn"]:
-        pixel_acc = knn_accuracy(
-            te_x.flatten(1),
-            test_y,
-            tr_x.flatten(1),
-            tr_y,
-            k,
-            num_classes=info["num_classes"],
-            query_chunk=cfg["num_test_queries"],
+    def epoch_message(self, rec: dict[str, Any], is_best: bool, num_epochs: int) -> str:
+        val_txt = f"val acc {rec['val_acc']:.4f}" if "val_acc" in rec else "no val"
+        return (
+            f"epoch {rec['epoch']}/{num_epochs}: train top-k correctness "
+            f"{rec['train_topk_correct']:.4f}, {val_txt}{' (best)' if is_best else ''}, "
+            f"{rec['epoch_time_s']:.1f}s"
         )
-    wall = elapsed_before + time.time() - t_start
-    metrics = {
-        "dataset": info["name"],
-        "method": cfg["method"],
-        "k": k,
-        "tau": cfg["tau"],
-        "model": model_name,
-        "val_acc": best_val if best_val >= 0 else None,
-        "best_epoch": best_epoch,
-        "test_acc": test_acc,
-        "pixel_knn_test_acc": pixel_acc,
-        "test_eval_s": eval_s,
-        "epochs": num_epochs,
-        "steps_per_epoch": steps,
-        "wall_time_s": wall,
-        "device": str(device),
-        "world_size": world,
-        "amp": cfg["amp"],
-        "history": history,
-    }
-    run.write_metrics(metrics)
-    run.log({"event": "done", "test_acc": test_acc, "pixel_knn_test_acc": pixel_acc})
-    run.plot_history(history, ["train_topk_correct", "val_acc"], "accuracy.png")
-    parts = [f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%"]
-    if pixel_acc is not None:
-        parts.append(f"plain kNN (raw pixels) {100 * pixel_acc:.2f}%")
-    if best_val >= 0:
-        parts.append(f"val {100 * best_val:.2f}% @ epoch {best_epoch}")
-    parts += [f"{wall / 60:.1f} min", str(run.path)]
-    print("  |  ".join(parts))
-    return metrics
+
+    def finish(self, result: Result) -> dict[str, Any]:
+        """Rank 0: best-validation weights, hard kNN over the embedded training part, on test."""
+        cfg, d, info, run = self.cfg, self.data, self.info, self.run
+        k = cfg["k"]
+        t_eval = time.time()
+        test_acc = self._knn(d.te_x, d.te_y)
+        eval_s = time.time() - t_eval
+        pixel_acc = None
+        if cfg["pixel_knn"]:
+            pixel_acc = knn_accuracy(
+                d.te_x.flatten(1), d.te_y, d.tr_x.flatten(1), d.tr_y, k,
+                num_classes=info["num_classes"], query_chunk=cfg["num_test_queries"],
+            )  # fmt: skip
+        wall = result.elapsed
+        best_val = result.best if result.best is not None else -1.0
+        metrics = {
+            "dataset": info["name"],
+            "method": cfg["method"],
+            "k": k,
+            "tau": cfg["tau"],
+            "model": self.model_name,
+            "val_acc": result.best,
+            "best_epoch": result.best_epoch or 0,
+            "test_acc": test_acc,
+            "pixel_knn_test_acc": pixel_acc,
+            "test_eval_s": eval_s,
+            "epochs": int(cfg["num_epochs"]),
+            "steps_per_epoch": result.steps_per_epoch,
+            "wall_time_s": wall,
+            "device": str(self.device),
+            "world_size": self.world,
+            "amp": cfg["amp"],
+            "history": result.history,
+        }
+        run.write_metrics(metrics)
+        run.log({"event": "done", "test_acc": test_acc, "pixel_knn_test_acc": pixel_acc})
+        parts = [
+            f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%"
+        ]
+        if pixel_acc is not None:
+            parts.append(f"plain kNN (raw pixels) {100 * pixel_acc:.2f}%")
+        if best_val >= 0:
+            parts.append(f"val {100 * best_val:.2f}% @ epoch {result.best_epoch}")
+        parts += [f"{wall / 60:.1f} min", str(run.path)]
+        print("  |  ".join(parts))
+        return metrics
