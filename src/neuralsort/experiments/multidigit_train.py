@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,14 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, distributed
+from . import distributed
 from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
 from .run import Run
 from .seeding import seed_everything
-from .training import SCHEDULES, Amp, make_scheduler, progress
+from .trainer import EpochStats, Result, fit
+from .trainer import Task as LoopTask
+from .training import SCHEDULES, Amp
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -266,11 +267,16 @@ def loss_module(model: nn.Module, amp: Amp, device: torch.device) -> nn.Module:
     (:class:`DigitCNN`) run in half precision but hand float32 scores to the relaxations and losses
     (a forward hook casts their outputs), so the sort, its logarithm and the loss stay float32.
     """
+    return distributed.wrap_ddp(_train_module(model, amp), device)
+
+
+def _train_module(model: nn.Module, amp: Amp) -> nn.Module:
+    """:func:`loss_module` before the DDP wrapper (the training loop wraps it)."""
     if amp.enabled:
         for sub in model.modules():
             if isinstance(sub, DigitCNN):
                 sub.register_forward_hook(_float_outputs)
-    return distributed.wrap_ddp(_TrainLoss(model), device)
+    return _TrainLoss(model)
 
 
 def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigitNumbers:
@@ -306,7 +312,7 @@ def train_and_test(
     """
     validate_common(cfg)
     ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
-    device, world, rank = ctx.device, ctx.world_size, ctx.rank
+    device, world = ctx.device, ctx.world_size
     Amp(cfg["amp"], device)  # fail on an unsupported --amp before opening a run folder
     # Read MNIST before opening the run folder, so that missing data leaves no empty run behind.
     raw = load_raw_dataset("mnist", cfg.get("data_dir")) if splits is None else None
@@ -331,134 +337,117 @@ def train_and_test(
 
     model = task.build(cfg, image_shape).to(device)
     trainable = getattr(model, "trainable", True)
-    step_loss = loss_module(model, amp, device) if trainable else None
-    steps_per_epoch = int(cfg["steps_per_epoch"])
-    optimizer = scheduler = None
-    if trainable:
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
-        )
-        scheduler = make_scheduler(
-            optimizer,
-            cfg,
-            steps_per_epoch=steps_per_epoch,
-            num_epochs=int(cfg["num_epochs"]),
-        )
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
-
-    epoch0, history, best, best_epoch, train_seconds = 0, [], None, None, 0.0
-    # rank 0 reads the checkpoint, every rank gets it
-    state = run.load_checkpoint("last", shared=True) if cfg.get("resume") else None
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, amp=amp)
-    if state is not None:
-        checkpoint.restore(
-            state,
-            run.path / "last.pt",
-            **parts,
-            streams={"noise": noise},
-            fallback_seed=distributed.rank_seed(seed + 2),
-        )
-        train_src.load_state_dict(state["data"])
-        epoch0, history = int(state["epoch"]), list(state["history"])
-        best, best_epoch = state["best"], state["best_epoch"]
-        train_seconds = float(state["train_seconds"])
-
-    batch_size, eval_bs = int(cfg["batch_size"]), int(cfg["eval_batch_size"])
+    batch_size = int(cfg["batch_size"])
     if ctx.is_main and world > 1:
         print(
             f"{task.name}: {world} processes x {batch_size} sequences = global batch "
             f"{world * batch_size}; output {run.path}"
         )
-    for epoch in range(epoch0 + 1, int(cfg["num_epochs"]) + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = 0.0
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step")
-        for _ in bar:
-            # the global batch from the shared source; this rank renders its own slice
-            index, all_values = train_src.sample_indices(batch_size * world, n)
-            mine = slice(rank * batch_size, (rank + 1) * batch_size)
-            images = render_src.render(index[mine].to(device, non_blocking=True))
-            values = all_values[mine].to(device)
-            if step_loss is None:
-                model.observe(all_values.to(device))  # every rank sees the whole global batch
-                with torch.no_grad():
-                    loss = model.loss(images, values)
-            else:
-                with amp.autocast():
-                    loss = step_loss(images, values, generator=noise)
-                optimizer.zero_grad(set_to_none=True)
-                amp.backward_step(loss, optimizer)
-                scheduler.step()
-            loss_sum += float(loss.detach())
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        (loss_sum,) = distributed.reduce_mean([loss_sum])
-        val: dict[str, float] = {task.select: 0.0}
-        if ctx.is_main:  # the other ranks wait at the barrier below
-            val = task.evaluate(model, val_set, device, eval_bs)
-        distributed.barrier()
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "train_loss": loss_sum / steps_per_epoch,
-            **{f"val_{k}": v for k, v in val.items()},
-            "lr": optimizer.param_groups[0]["lr"] if optimizer is not None else None,
-            "epoch_seconds": seconds,
-            "steps_per_second": steps_per_epoch / max(seconds, 1e-9),
-        }
-        if not math.isfinite(record["train_loss"]):  # the same mean loss on every rank
-            run.log({"event": "error", "epoch": epoch, "message": "training loss is not finite"})
-            raise UserError(
-                f"training diverged in epoch {epoch} (loss {record['train_loss']}); "
-                "lower --lr or raise --tau"
-            )
-        history.append(record)
-        run.log(record)
-        is_best = _is_better(val[task.select], best, task.mode)
-        if is_best:
-            best, best_epoch = val[task.select], epoch
-        state = checkpoint.training_state(
-            **parts,
-            streams={"noise": noise},
-            data=train_src.state_dict(),
-            noise=noise.get_state(),
-            epoch=epoch,
-            history=history,
-            best=best,
-            best_epoch=best_epoch,
-            train_seconds=train_seconds,
-        )
-        run.save_checkpoint(state, is_best=is_best)
+    loop = _MultiDigitTask(
+        model=model,
+        train_module=_train_module(model, amp) if trainable else None,
+        steps_per_epoch=int(cfg["steps_per_epoch"]),
+        select=f"val_{task.select}",
+        mode=task.mode,
+        optimizer=(
+            {"optimizer": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+            if trainable
+            else None
+        ),
+        streams={"noise": noise},
+        fallback_seed=distributed.rank_seed(seed + 2),
+        plot_keys=task.plot_keys,
+        time_key=None,
+    )
+    loop.setup(run, cfg, task, train_src, render_src, val_set, test_set, noise, device)
+    return fit(loop, run, cfg, amp, device)
 
-    if not ctx.is_main:  # rank 0 tests and writes the metrics
-        distributed.barrier()
-        return distributed.broadcast_object(None)
-    best_state = run.load_checkpoint("best") if best_epoch is not None else None
-    if best_state is not None:
-        model.load_state_dict(best_state["model"])
-    test = task.evaluate(model, test_set, device, eval_bs)
-    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
-    steps = len(history) * steps_per_epoch
-    metrics: dict[str, Any] = {
-        **{f"test_{k}": v for k, v in test.items()},
-        **{k: v for k, v in best_record.items() if k.startswith("val_")},
-        "best_epoch": best_epoch,
-        "epochs": len(history),
-        "steps": steps,
-        "train_seconds": train_seconds,
-        "steps_per_second": steps / train_seconds if train_seconds > 0 else None,
-        "n": n,
-        "method": cfg["method"],
-        "test_sequences": len(test_set),
-        "val_sequences": len(val_set),
-        "world_size": world,
-        "amp": cfg["amp"],
-        "device": str(device),
-    }
-    run.write_metrics(metrics)
-    run.log({"event": "test", **metrics})
-    run.plot_history(history, task.plot_keys, "history.png")
-    distributed.barrier()
-    return distributed.broadcast_object(metrics)
+
+class _MultiDigitTask(LoopTask):
+    """A multi-digit experiment on the shared loop: global batches from one seeded source."""
+
+    def setup(
+        self,
+        run: Run,
+        cfg: dict[str, Any],
+        task: Task,
+        train_src: MultiDigitNumbers,
+        render_src: MultiDigitNumbers,
+        val_set: MultiDigitEvalSet,
+        test_set: MultiDigitEvalSet,
+        noise: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.run, self.cfg, self.task, self.device, self.noise = run, cfg, task, device, noise
+        self.train_src, self.render_src = train_src, render_src
+        self.val_set, self.test_set = val_set, test_set
+        self.world = distributed.world_size() if distributed.is_distributed() else 1
+        self.rank = distributed.rank() if self.world > 1 else 0
+        self.n, self.batch_size = int(cfg["n"]), int(cfg["batch_size"])
+        self.eval_bs = int(cfg["eval_batch_size"])
+
+    def state(self, mid_epoch: bool) -> dict[str, Any]:
+        # "noise": rank 0's stream, as in earlier checkpoints
+        return {"data": self.train_src.state_dict(), "noise": self.noise.get_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.train_src.load_state_dict(state["data"])
+
+    def loss(self, net: nn.Module, step: int, amp: Amp) -> tuple[torch.Tensor, dict[str, float]]:
+        # the global batch from the shared source; this rank renders its own slice
+        bs, device = self.batch_size, self.device
+        index, all_values = self.train_src.sample_indices(bs * self.world, self.n)
+        mine = slice(self.rank * bs, (self.rank + 1) * bs)
+        images = self.render_src.render(index[mine].to(device, non_blocking=True))
+        values = all_values[mine].to(device)
+        if self.train_module is None:  # nothing to train (the constant baseline)
+            self.model.observe(all_values.to(device))  # every rank sees the whole global batch
+            with torch.no_grad():
+                return self.model.loss(images, values), {}
+        with amp.autocast():
+            return net(images, values, generator=self.noise), {}
+
+    def record(self, stats: EpochStats) -> dict[str, Any]:
+        return {
+            "epoch": stats.epoch,
+            "step": stats.epoch * stats.steps,
+            "train_loss": stats.loss,
+            "lr": stats.lr,
+            "epoch_seconds": stats.seconds,
+            "steps_per_second": stats.steps / max(stats.seconds, 1e-9),
+        }
+
+    def diverged(self, epoch: int, step: int | None, loss: float) -> str:
+        return f"training diverged in epoch {epoch} (loss {loss}); lower --lr or raise --tau"
+
+    def validate(self) -> dict[str, Any]:
+        val = self.task.evaluate(self.model, self.val_set, self.device, self.eval_bs)
+        return {f"val_{k}": v for k, v in val.items()}
+
+    def finish(self, result: Result) -> dict[str, Any]:
+        cfg, run = self.cfg, self.run
+        test = self.task.evaluate(self.model, self.test_set, self.device, self.eval_bs)
+        best_record = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
+        steps = len(result.history) * result.steps_per_epoch
+        seconds = result.train_seconds
+        metrics: dict[str, Any] = {
+            **{f"test_{k}": v for k, v in test.items()},
+            **{k: v for k, v in best_record.items() if k.startswith("val_")},
+            "best_epoch": result.best_epoch,
+            "epochs": len(result.history),
+            "steps": steps,
+            "train_seconds": seconds,
+            "steps_per_second": steps / seconds if seconds > 0 else None,
+            "n": self.n,
+            "method": cfg["method"],
+            "test_sequences": len(self.test_set),
+            "val_sequences": len(self.val_set),
+            "world_size": self.world,
+            "amp": cfg["amp"],
+            "device": str(self.device),
+        }
+        run.write_metrics(metrics)
+        run.log({"event": "test", **metrics})
+        return metrics

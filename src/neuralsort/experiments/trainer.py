@@ -115,7 +115,7 @@ class Task:
         return None
 
     def epoch_message(self, rec: dict[str, Any], is_best: bool, num_epochs: int) -> str | None:
-        """A line printed after each epoch (None: nothing)."""
+        """Rank 0: a line printed after each epoch (None: nothing)."""
         return None
 
     def state(self, mid_epoch: bool) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    write = tqdm.write if run.is_main else say
+    write = tqdm.write
     global_step = epoch * steps + step0
     last_ckpt = time.time()
     every = task.checkpoint_minutes if task.sync_every_step else None
@@ -261,7 +261,8 @@ def fit(
         rec = task.record(EpochStats(epoch + 1, steps, loss_sum / steps, sums, seconds, lr))
         if not task.sync_every_step and not math.isfinite(rec.get("train_loss", 0.0)):
             if msg := task.diverged(epoch + 1, None, rec["train_loss"]):
-                run.log({"event": "error", "epoch": epoch + 1, "message": "loss is not finite"})
+                note = "training loss is not finite"
+                run.log({"event": "error", "epoch": epoch + 1, "message": note})
                 raise UserError(msg)
         is_best = False
         if task.validate_now(epoch + 1, num_epochs):
@@ -277,7 +278,7 @@ def fit(
         epoch, step0 = epoch + 1, 0
         run.save_checkpoint(snapshot(epoch, 0), is_best=is_best)
         last_ckpt = time.time()
-        if msg := task.epoch_message(rec, is_best, num_epochs):
+        if run.is_main and (msg := task.epoch_message(rec, is_best, num_epochs)):
             write(msg)
         run.plot_history(history, task.plot_keys, task.plot_file)
         if stop_after is not None and global_step >= stop_after and epoch < num_epochs:

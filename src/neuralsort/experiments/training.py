@@ -39,16 +39,17 @@ AUGMENTS = ("auto", "none", "shift", "flipcrop")
 
 
 def make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """``cfg["optimizer"]`` with lr ``10**-cfg["nloglr"]``, ``momentum`` and ``weight_decay``.
+    """``cfg["optimizer"]`` with ``cfg["lr"]`` (else ``10**-cfg["nloglr"]``) and ``weight_decay``.
 
     ``sgd`` is the paper's (momentum, L2 weight decay); ``adam`` uses L2 weight decay, ``adamw``
     decoupled weight decay.
     """
     name = cfg["optimizer"]
-    lr = 10.0 ** (-float(cfg["nloglr"]))
+    lr = float(cfg["lr"]) if cfg.get("lr") is not None else 10.0 ** (-float(cfg["nloglr"]))
     wd = float(cfg["weight_decay"])
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+        momentum = float(cfg["momentum"])
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
