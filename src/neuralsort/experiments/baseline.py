@@ -29,7 +29,7 @@ from .knn_eval import embed, knn_accuracy
 from .models import Classifier, create_model, default_model_for
 from .run import Run
 from .seeding import seed_everything
-from .trainer import EpochStats, Result, Task, fit
+from .trainer import EpochStats, Result, Task, fit, start_run
 from .training import (
     AUGMENTS,
     OPTIMIZERS,
@@ -170,28 +170,15 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one baseline from a resolved config; returns the metrics."""
-    _validate(cfg)
-    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
-    Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
     ds = str(cfg["dataset"]).lower().replace(":", "-").replace("/", "_")
-    run = Run.start(cfg, name=f"baseline-{cfg['method']}-{ds}")
+    run, ctx, amp, data = start_run(
+        cfg,
+        f"baseline-{cfg['method']}-{ds}",
+        check=_validate,
+        load=lambda c: load_dataset(c["dataset"], c["data_dir"]),
+    )
+    train_x, train_y, test_x, test_y, info = data
     t0 = time.time()
-    try:
-        _validate(cfg)
-        if cfg["threads"]:
-            torch.set_num_threads(int(cfg["threads"]))
-        amp = Amp(cfg["amp"], ctx.device)
-        train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
-    except UserError:
-        if (
-            run.is_main
-            and not run.resumed
-            and {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}
-        ):
-            import shutil
-
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
     gen = seed_everything(int(cfg["seed"]))
     device = ctx.device
     val_size = int(cfg["val_size"] or info["val_size"])

@@ -34,10 +34,9 @@ from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
-from .run import Run
+from .multidigit_task import MultiDigitTask
 from .seeding import seed_everything
-from .trainer import EpochStats, Result, fit
-from .trainer import Task as LoopTask
+from .trainer import fit, start_run
 from .training import SCHEDULES, Amp
 
 __all__ = [
@@ -310,17 +309,13 @@ def train_and_test(
         task: the experiment.
         splits: train / val / test number sources; loaded from ``cfg["data_dir"]`` when None.
     """
-    validate_common(cfg)
-    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
+    run, ctx, amp, raw = start_run(
+        cfg,
+        task.name,
+        check=validate_common,
+        load=lambda c: load_raw_dataset("mnist", c.get("data_dir")) if splits is None else None,
+    )
     device, world = ctx.device, ctx.world_size
-    Amp(cfg["amp"], device)  # fail on an unsupported --amp before opening a run folder
-    # Read MNIST before opening the run folder, so that missing data leaves no empty run behind.
-    raw = load_raw_dataset("mnist", cfg.get("data_dir")) if splits is None else None
-    run = Run.start(cfg, name=task.name)  # on --resume this restores the saved settings into cfg
-    validate_common(cfg)
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
-    amp = Amp(cfg["amp"], device)
     seed = int(cfg["seed"])
     seed_everything(seed)
     if splits is None:
@@ -345,7 +340,7 @@ def train_and_test(
             f"{task.name}: {world} processes x {batch_size} sequences = global batch "
             f"{world * batch_size}; output {run.path}"
         )
-    loop = _MultiDigitTask(
+    loop = MultiDigitTask(
         model=model,
         train_module=_train_module(model, amp) if trainable else None,
         steps_per_epoch=int(cfg["steps_per_epoch"]),
@@ -363,91 +358,3 @@ def train_and_test(
     )
     loop.setup(run, cfg, task, train_src, render_src, val_set, test_set, noise, device)
     return fit(loop, run, cfg, amp, device)
-
-
-class _MultiDigitTask(LoopTask):
-    """A multi-digit experiment on the shared loop: global batches from one seeded source."""
-
-    def setup(
-        self,
-        run: Run,
-        cfg: dict[str, Any],
-        task: Task,
-        train_src: MultiDigitNumbers,
-        render_src: MultiDigitNumbers,
-        val_set: MultiDigitEvalSet,
-        test_set: MultiDigitEvalSet,
-        noise: torch.Generator,
-        device: torch.device,
-    ) -> None:
-        self.run, self.cfg, self.task, self.device, self.noise = run, cfg, task, device, noise
-        self.train_src, self.render_src = train_src, render_src
-        self.val_set, self.test_set = val_set, test_set
-        self.world = distributed.world_size() if distributed.is_distributed() else 1
-        self.rank = distributed.rank() if self.world > 1 else 0
-        self.n, self.batch_size = int(cfg["n"]), int(cfg["batch_size"])
-        self.eval_bs = int(cfg["eval_batch_size"])
-
-    def state(self, mid_epoch: bool) -> dict[str, Any]:
-        # "noise": rank 0's stream, as in earlier checkpoints
-        return {"data": self.train_src.state_dict(), "noise": self.noise.get_state()}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.train_src.load_state_dict(state["data"])
-
-    def loss(self, net: nn.Module, step: int, amp: Amp) -> tuple[torch.Tensor, dict[str, float]]:
-        # the global batch from the shared source; this rank renders its own slice
-        bs, device = self.batch_size, self.device
-        index, all_values = self.train_src.sample_indices(bs * self.world, self.n)
-        mine = slice(self.rank * bs, (self.rank + 1) * bs)
-        images = self.render_src.render(index[mine].to(device, non_blocking=True))
-        values = all_values[mine].to(device)
-        if self.train_module is None:  # nothing to train (the constant baseline)
-            self.model.observe(all_values.to(device))  # every rank sees the whole global batch
-            with torch.no_grad():
-                return self.model.loss(images, values), {}
-        with amp.autocast():
-            return net(images, values, generator=self.noise), {}
-
-    def record(self, stats: EpochStats) -> dict[str, Any]:
-        return {
-            "epoch": stats.epoch,
-            "step": stats.epoch * stats.steps,
-            "train_loss": stats.loss,
-            "lr": stats.lr,
-            "epoch_seconds": stats.seconds,
-            "steps_per_second": stats.steps / max(stats.seconds, 1e-9),
-        }
-
-    def diverged(self, epoch: int, step: int | None, loss: float) -> str:
-        return f"training diverged in epoch {epoch} (loss {loss}); lower --lr or raise --tau"
-
-    def validate(self) -> dict[str, Any]:
-        val = self.task.evaluate(self.model, self.val_set, self.device, self.eval_bs)
-        return {f"val_{k}": v for k, v in val.items()}
-
-    def finish(self, result: Result) -> dict[str, Any]:
-        cfg, run = self.cfg, self.run
-        test = self.task.evaluate(self.model, self.test_set, self.device, self.eval_bs)
-        best_record = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
-        steps = len(result.history) * result.steps_per_epoch
-        seconds = result.train_seconds
-        metrics: dict[str, Any] = {
-            **{f"test_{k}": v for k, v in test.items()},
-            **{k: v for k, v in best_record.items() if k.startswith("val_")},
-            "best_epoch": result.best_epoch,
-            "epochs": len(result.history),
-            "steps": steps,
-            "train_seconds": seconds,
-            "steps_per_second": steps / seconds if seconds > 0 else None,
-            "n": self.n,
-            "method": cfg["method"],
-            "test_sequences": len(self.test_set),
-            "val_sequences": len(self.val_set),
-            "world_size": self.world,
-            "amp": cfg["amp"],
-            "device": str(self.device),
-        }
-        run.write_metrics(metrics)
-        run.log({"event": "test", **metrics})
-        return metrics

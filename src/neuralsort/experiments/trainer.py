@@ -14,7 +14,9 @@ ranks, and validation and test run on rank 0 while the others wait.
 from __future__ import annotations
 
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ from .config import UserError
 from .run import Run
 from .training import Amp, make_optimizer, make_scheduler, progress
 
-__all__ = ["Task", "EpochStats", "Result", "fit"]
+__all__ = ["Task", "EpochStats", "Result", "start_run", "fit"]
 
 
 @dataclass
@@ -128,6 +130,39 @@ class Task:
     def finish(self, result: Result) -> dict[str, Any]:
         """Rank 0, best weights loaded: test, write metrics.json, print; return the metrics."""
         raise NotImplementedError
+
+
+def start_run(
+    cfg: dict[str, Any],
+    name: str,
+    *,
+    check: Callable[[dict[str, Any]], None],
+    load: Callable[[dict[str, Any]], Any],
+) -> tuple[Run, distributed.Context, Amp, Any]:
+    """The start every training command shares; returns the run, the context, AMP and the data.
+
+    ``check(cfg)`` validates the settings (raising UserError), before anything starts and again
+    once ``--resume`` has brought back a run's saved settings. Then the process group is joined
+    (under torchrun), ``--amp`` is checked on the device, the run folder is opened, the thread
+    count set and ``load(cfg)`` reads the data; a folder this start created is removed again if
+    that fails with a UserError (missing data leaves no empty run behind).
+    """
+    check(cfg)
+    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
+    Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
+    run = Run.start(cfg, name=name)  # on --resume this restores the saved settings into cfg
+    try:
+        check(cfg)
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        amp = Amp(cfg["amp"], ctx.device)
+        data = load(cfg)
+    except UserError:
+        if not run.resumed and run.is_main and run.path.is_dir():
+            if {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}:
+                shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return run, ctx, amp, data
 
 
 def _better(value: float, best: float | None, task: Task) -> bool:
