@@ -71,7 +71,8 @@ class Task:
         streams: this rank's private generators; ``fallback_seed`` reseeds one that cannot be
             restored on this device type.
         sync_every_step: reduce the loss over ranks after every step (the loop can then stop,
-            check and checkpoint inside an epoch: see ``checkpoint_minutes``).
+            check and checkpoint inside an epoch: see ``checkpoint_minutes``); otherwise the
+            epoch's loss is reduced once at its end. The counts are always summed at the end.
         checkpoint_minutes: with ``sync_every_step``, also checkpoint inside an epoch this often.
         plot_keys, plot_file: history keys drawn into the run folder after every epoch.
         time_key: the record's key for the epoch's wall time, validation included (None: none).
@@ -288,10 +289,17 @@ def fit(
                 return None
         seconds = time.time() - t_epoch
         train_seconds += seconds
+        # totals over ranks: the counts, and the loss unless already reduced step by step (each
+        # rank's loss is the mean over its equal share, so the mean is the sum of loss / world)
         keys = sorted(sums)
-        if not task.sync_every_step:  # means over ranks (each rank's loss: its share's mean)
-            loss_sum, *totals = distributed.reduce_sum([loss_sum / world, *(sums[k] for k in keys)])
-            sums = dict(zip(keys, totals, strict=True))
+        values = [sums[k] for k in keys]
+        if not task.sync_every_step:
+            values = [loss_sum / world, *values]
+        if values:
+            values = distributed.reduce_sum(values)
+        if not task.sync_every_step:
+            loss_sum, *values = values
+        sums = dict(zip(keys, values, strict=True))
         lr = opt.param_groups[0]["lr"] if opt is not None else None
         rec = task.record(EpochStats(epoch + 1, steps, loss_sum / steps, sums, seconds, lr))
         if not task.sync_every_step and not math.isfinite(rec.get("train_loss", 0.0)):
