@@ -238,6 +238,11 @@ def test_imagefolder_picks_net_and_recipe_from_images(
     assert json.loads((out / "metrics.json").read_text())["model"] == model
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "recipe" and r["model"] == model for r in log)
+    # a resumed run keeps its net and states its recipe again
+    assert main(["dknn", "--resume", "--out", str(out), "--num_epochs", "2"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == model and "model " + model in cfg["_run"]["recipe"]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
     # --model still chooses; the paper's data sets keep the paper's defaults
     out2 = tmp_path / "r2"
     argv = ["dknn", "--dataset", f"imagefolder:{root}", *tiny, "--model", "digits-net"]

@@ -282,15 +282,13 @@ def _fit_to_images(cfg: dict[str, Any], info: dict[str, Any], run: Run) -> None:
         picked["model"] = default_model_for(info["name"], info["image_size"], info["in_channels"])
     if cfg["augment"] == "auto" and "augment" not in explicit:
         picked["augment"] = "shift" if info["in_channels"] == 1 else "flipcrop"
-    if not picked:
-        return
-    cfg.update(picked)
+    cfg.update(picked)  # nothing left to pick on --resume: the saved config.yaml says it
     h, w = info["image_size"]
     kind = "grayscale" if info["in_channels"] == 1 else f"{info['in_channels']}-channel"
     chosen = {key: cfg[key] for key in ("model", "augment", *IMAGEFOLDER_DEFAULTS)}
     recipe = ", ".join(f"{key} {value}" for key, value in chosen.items())
     note = f"image folder of {kind} {h}x{w} images: {recipe} (change with --model, --optimizer...)"
     run.save_config(recipe=note)
-    run.log({"event": "recipe", **picked, "note": note})
+    run.log({"event": "recipe", "model": cfg["model"], "augment": cfg["augment"], "note": note})
     if run.is_main:
         print(note)
