@@ -197,3 +197,62 @@ def test_mnist_smoke_on_shared_data(tmp_path):
     assert rc == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["test_acc"] > 0.8 and m["val_acc"] > 0.8
+
+
+def _image_folder(root, mode, size, n_train=24, n_test=6):
+    """A tiny ``train/<class>/*.png`` + ``test/<class>/*.png`` folder of random images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n // 2):
+                arr = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(arr, mode=mode).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "mode, size, model, augment",
+    [("L", 28, "mnist-convnet", "shift"), ("RGB", 32, "resnet18", "flipcrop")],
+)
+def test_imagefolder_picks_net_and_recipe_from_images(
+    tmp_path, monkeypatch, capsys, mode, size, model, augment
+):
+    """Small grayscale folders get the MNIST convnet, colour ones ResNet-18; both Adam."""
+    monkeypatch.setenv("NEURALSORT_CACHE_DIR", str(tmp_path / "cache"))
+    root = _image_folder(tmp_path / "imgs", mode, size)
+    out = tmp_path / "r"
+    small = ["--val_size", "4", "--num_train_queries", "4", "--num_train_neighbors", "8"]
+    tiny = [*small, "--k", "3", "--num_epochs", "1", "--steps_per_epoch", "1", "--no-pixel-knn"]
+    assert main(["dknn", "--dataset", f"imagefolder:{root}", *tiny, "--out", str(out)]) == 0
+    assert (
+        f"model {model}, augment {augment}, num_epochs 1, optimizer adam" in capsys.readouterr().out
+    )
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == model and cfg["augment"] == augment
+    assert cfg["optimizer"] == "adam" and cfg["lr_schedule"] == "cosine"
+    assert cfg["weight_decay"] == 0.0 and "model " + model in cfg["_run"]["recipe"]
+    assert json.loads((out / "metrics.json").read_text())["model"] == model
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "recipe" and r["model"] == model for r in log)
+    # a resumed run keeps its net and states its recipe again
+    assert main(["dknn", "--resume", "--out", str(out), "--num_epochs", "2"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == model and "model " + model in cfg["_run"]["recipe"]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    # --model still chooses; the paper's data sets keep the paper's defaults
+    out2 = tmp_path / "r2"
+    argv = ["dknn", "--dataset", f"imagefolder:{root}", *tiny, "--model", "digits-net"]
+    assert main([*argv, "--out", str(out2)]) == 0
+    assert yaml.safe_load((out2 / "config.yaml").read_text())["model"] == "digits-net"
+
+
+def test_paper_data_sets_keep_paper_defaults():
+    from neuralsort.experiments.dknn import DEFAULTS, dataset_defaults
+
+    assert dataset_defaults("mnist") == {} and dataset_defaults("cifar10") == {}
+    assert DEFAULTS["optimizer"] == "sgd" and DEFAULTS["num_epochs"] == 200
+    assert dataset_defaults("imagefolder:/x")["optimizer"] == "adam"

@@ -23,21 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed
+from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
 from .data import load_dataset, train_val_split
 from .knn_eval import embed, knn_accuracy
 from .models import Classifier, create_model, default_model_for
-from .run import (
-    AMP_MODES,
-    Run,
-    UserError,
-    add_common_args,
-    add_flag,
-    progress,
-    resolve_config,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from .run import Run
+from .seeding import seed_everything
+from .trainer import EpochStats, Result, Task, fit, start_run
 from .training import (
     AUGMENTS,
     OPTIMIZERS,
@@ -46,8 +38,6 @@ from .training import (
     augment_batch,
     count_parameters,
     index_stream,
-    make_optimizer,
-    make_scheduler,
     resolve_augment,
 )
 
@@ -180,28 +170,15 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one baseline from a resolved config; returns the metrics."""
-    _validate(cfg)
-    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
-    Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
     ds = str(cfg["dataset"]).lower().replace(":", "-").replace("/", "_")
-    run = Run.start(cfg, name=f"baseline-{cfg['method']}-{ds}")
+    run, ctx, amp, data = start_run(
+        cfg,
+        f"baseline-{cfg['method']}-{ds}",
+        check=_validate,
+        load=lambda c: load_dataset(c["dataset"], c["data_dir"]),
+    )
+    train_x, train_y, test_x, test_y, info = data
     t0 = time.time()
-    try:
-        _validate(cfg)
-        if cfg["threads"]:
-            torch.set_num_threads(int(cfg["threads"]))
-        amp = Amp(cfg["amp"], ctx.device)
-        train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
-    except UserError:
-        if (
-            run.is_main
-            and not run.resumed
-            and {p.name for p in run.path.iterdir()} <= {"config.yaml", "log.jsonl"}
-        ):
-            import shutil
-
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
     gen = seed_everything(int(cfg["seed"]))
     device = ctx.device
     val_size = int(cfg["val_size"] or info["val_size"])
@@ -211,7 +188,6 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     te_x = test_x.to(device)
     k, c = cfg["k"], info["num_classes"]
     chunk = cfg["num_test_queries"]
-    history: list[dict[str, Any]] = []
 
     def knn_pair(tr: Tensor, va: Tensor, te: Tensor) -> tuple[float, float]:
         return (
@@ -220,50 +196,61 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
         )
 
     method = cfg["method"]
-    extra: dict[str, Any] = {}
-    if method in ("knn", "knn-pca"):  # nothing to train: rank 0 computes, the others wait
-        val_acc = test_acc = 0.0
-        if ctx.is_main and method == "knn":
+    report = _Report(run, cfg, info, str(device), ctx.world_size)
+    if method in ("cnn", "knn-ae"):
+        return _train_net(run, cfg, amp, gen, (tr_x, tr_y, va_x, va_y, te_x, test_y), info, report)
+    metrics = None
+    if ctx.is_main:  # nothing to train: rank 0 computes, the others wait
+        if method == "knn":
             val_acc, test_acc = knn_pair(tr_x.flatten(1), va_x.flatten(1), te_x.flatten(1))
-        elif ctx.is_main:
+        else:
             ptr, (pva, pte) = pca_project(
                 tr_x.flatten(1), [va_x.flatten(1), te_x.flatten(1)], cfg["code_dim"]
             )
             val_acc, test_acc = knn_pair(ptr, pva, pte)
-    else:
-        val_acc, test_acc, history, extra = _train_net(
-            run, cfg, ctx, amp, gen, tr_x, tr_y, va_x, va_y, te_x, test_y, info
-        )
-    if not ctx.is_main:
-        distributed.barrier()
-        return distributed.broadcast_object(None)
-    wall = time.time() - t0 + extra.pop("elapsed_before", 0.0)
-    metrics = {
-        "dataset": info["name"],
-        "method": method,
-        "k": k if method != "cnn" else None,
-        "val_acc": val_acc,
-        "test_acc": test_acc,
-        "wall_time_s": wall,
-        "device": str(device),
-        "world_size": ctx.world_size,
-        "amp": cfg["amp"] if method in ("cnn", "knn-ae") else None,
-        "history": history,
-        **extra,
-    }
-    run.write_metrics(metrics)
-    run.log({"event": "done", "val_acc": val_acc, "test_acc": test_acc})
-    if history:
-        run.plot_history(
-            history, [kk for kk in ("train_acc", "val_acc") if kk in history[0]], "accuracy.png"
-        )
-    what = "CNN" if method == "cnn" else f"{method} (k={k})"
-    print(
-        f"{info['name']} test accuracy: {what} {100 * test_acc:.2f}%  |  val {100 * val_acc:.2f}%"
-        f"  |  {wall / 60:.1f} min  |  {run.path}"
-    )
+        metrics = report(val_acc, test_acc, [], time.time() - t0, {})
     distributed.barrier()
     return distributed.broadcast_object(metrics)
+
+
+class _Report:
+    """Rank 0: write a baseline's metrics.json and log line, and print its result."""
+
+    def __init__(
+        self, run: Run, cfg: dict[str, Any], info: dict[str, Any], device: str, world: int
+    ) -> None:
+        self.run, self.cfg, self.info, self.device, self.world = run, cfg, info, device, world
+
+    def __call__(
+        self,
+        val_acc: float,
+        test_acc: float,
+        history: list[dict[str, Any]],
+        wall: float,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        cfg, method, k = self.cfg, self.cfg["method"], self.cfg["k"]
+        metrics = {
+            "dataset": self.info["name"],
+            "method": method,
+            "k": k if method != "cnn" else None,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "wall_time_s": wall,
+            "device": self.device,
+            "world_size": self.world,
+            "amp": cfg["amp"] if method in ("cnn", "knn-ae") else None,
+            "history": history,
+            **extra,
+        }
+        self.run.write_metrics(metrics)
+        self.run.log({"event": "done", "val_acc": val_acc, "test_acc": test_acc})
+        what = "CNN" if method == "cnn" else f"{method} (k={k})"
+        print(
+            f"{self.info['name']} test accuracy: {what} {100 * test_acc:.2f}%  |  val "
+            f"{100 * val_acc:.2f}%  |  {wall / 60:.1f} min  |  {self.run.path}"
+        )
+        return metrics
 
 
 class _Reconstruct(nn.Module):
@@ -280,39 +267,29 @@ class _Reconstruct(nn.Module):
 def _train_net(
     run: Run,
     cfg: dict[str, Any],
-    ctx: distributed.Context,
     amp: Amp,
     gen: torch.Generator,
-    tr_x: Tensor,
-    tr_y: Tensor,
-    va_x: Tensor,
-    va_y: Tensor,
-    te_x: Tensor,
-    te_y: Tensor,
+    data: tuple[Tensor, ...],
     info: dict[str, Any],
-) -> tuple[float, float, list[dict[str, Any]], dict[str, Any]]:
-    """Train the CNN classifier or the autoencoder; checkpoint each epoch; resume-safe.
-
-    Returns the validation and test accuracy (on rank 0; zeros elsewhere), history and extras.
-    """
-    t_start = time.time()
-    device, world, rank = ctx.device, ctx.world_size, ctx.rank
-    say = print if ctx.is_main else (lambda *a, **k: None)
+    report: _Report,
+) -> dict[str, Any]:
+    """Train the CNN classifier or the autoencoder on the shared loop; returns the metrics."""
+    world = distributed.world_size() if distributed.is_distributed() else 1
+    tr_x = data[0]
+    device = tr_x.device
     # `gen` (shared by all ranks) shuffles; augmentation draws from a private stream per rank
-    aug_gen = (
-        gen
-        if world == 1
-        else torch.Generator().manual_seed(distributed.rank_seed(int(cfg["seed"])))
-    )
+    seed = int(cfg["seed"])
+    aug_gen = gen if world == 1 else torch.Generator().manual_seed(distributed.rank_seed(seed))
     method = cfg["method"]
-    c = info["num_classes"]
     if method == "cnn":
-        name = cfg["model"] or default_model_for(info["name"], info["image_size"])
+        name = cfg["model"] or default_model_for(
+            info["name"], info["image_size"], info["in_channels"]
+        )
         try:
             net = create_model(name, info["in_channels"], image_size=info["image_size"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        model: nn.Module = Classifier(net, c)
+        model: nn.Module = Classifier(net, info["num_classes"])
         augment = resolve_augment(cfg["augment"], info["in_channels"])
     else:
         name = "autoencoder"
@@ -320,12 +297,10 @@ def _train_net(
         augment = "none"
     fmt = torch.channels_last if cfg["channels_last"] and method == "cnn" else None
     model.to(device=device, memory_format=fmt or torch.contiguous_format)
-    net = distributed.wrap_ddp(model if method == "cnn" else _Reconstruct(model), device)
     # every parameter (head included) goes to the optimiser
     opt_cfg = dict(cfg)
     if method == "knn-ae" and "optimizer" not in getattr(cfg, "explicit", set()):
         opt_cfg.update(optimizer="adam", weight_decay=0.0)
-    opt = make_optimizer(model.parameters(), opt_cfg)
     n = tr_x.shape[0]
     bs = min(cfg["batch_size"], n // world)
     if bs < 1:
@@ -333,138 +308,108 @@ def _train_net(
     steps = max(1, n // (bs * world))
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
-    num_epochs = int(cfg["num_epochs"])
-    sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)
-
-    epoch, history, best_val, elapsed_before = 0, [], -1.0, 0.0
-    state = run.load_checkpoint("last", shared=True) if run.resumed else None
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} does not fit this config "
-                f"({str(exc).splitlines()[0]}); use a new --out"
-            ) from None
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
-                f"resume it with the same number (this start has {world})"
-            )
-        amp.load_state_dict(state.get("amp"))
-        set_rng_state(state["rng"], gen)
-        if world > 1:
-            aug_gen.set_state(state["ranks"][rank]["aug"])
-        epoch, history = state["epoch"], list(state["history"])
-        best_val, elapsed_before = state["best_val"], state["elapsed"]
-    procs = f" x {world} processes (global batch {bs * world})" if world > 1 else ""
-    say(
-        f"baseline {method} on {info['name']}: {name} ({count_parameters(model):,} parameters) "
-        f"on {device}{procs}, {steps} steps x {num_epochs} epochs; output {run.path}"
+    task = _BaselineTask(
+        model=model,
+        train_module=model if method == "cnn" else _Reconstruct(model),
+        steps_per_epoch=steps,
+        select="val_acc",
+        ties_to_later=True,
+        optimizer=opt_cfg,
+        generator=gen,
+        streams={"aug": aug_gen} if world > 1 else {},  # in one process `aug_gen` is `gen`
+        plot_keys=["train_acc", "val_acc"] if method == "cnn" else ["val_acc"],
+        plot_file="accuracy.png",
     )
-
-    def evaluate() -> tuple[float, Tensor | None]:
-        if method == "cnn":
-            logits = embed(model, va_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
-            return (logits.argmax(1).cpu() == va_y).double().mean().item(), None
-        codes_tr = embed(model, tr_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
-        codes_va = embed(model, va_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
-        acc = knn_accuracy(
-            codes_va,
-            va_y,
-            codes_tr,
-            tr_y,
-            cfg["k"],
-            num_classes=c,
-            query_chunk=cfg["num_test_queries"],
+    task.setup(cfg, data, info, aug_gen, augment, fmt, bs, world, name, report)
+    if run.is_main:
+        procs = f" x {world} processes (global batch {bs * world})" if world > 1 else ""
+        print(
+            f"baseline {method} on {info['name']}: {name} ({count_parameters(model):,} "
+            f"parameters) on {device}{procs}, {steps} steps x {cfg['num_epochs']} epochs; "
+            f"output {run.path}"
         )
-        return acc, codes_tr
+    return fit(task, run, cfg, amp, device)
 
-    from tqdm.auto import tqdm
 
-    write = tqdm.write if ctx.is_main else say
-    while epoch < num_epochs:
-        t_ep = time.time()
-        model.train()
-        order = index_stream(n, steps * bs * world, gen)
-        if device.type == "cuda":
-            order = order.pin_memory()  # asynchronous per-step index copies
-        loss_sum, correct = 0.0, 0
-        for step in progress(range(steps), desc=f"epoch {epoch + 1}/{num_epochs}", unit="step"):
-            lo = (step * world + rank) * bs  # this rank's slice of the global batch
-            idx = order[lo : lo + bs].to(device, non_blocking=True)
-            x = augment_batch(tr_x[idx], augment, aug_gen)
-            if fmt is not None:
-                x = x.contiguous(memory_format=fmt)
-            with amp.autocast():
-                out = net(x)
-            if method == "cnn":
-                logits = out.float()
-                loss = F.cross_entropy(logits, tr_y[idx])
-                correct += int((logits.argmax(1) == tr_y[idx]).sum())
-            else:
-                loss = F.mse_loss(out.float(), x.flatten(1))
-            opt.zero_grad(set_to_none=True)
-            amp.backward_step(loss, opt)
-            sched.step()
-            loss_sum += float(loss.detach())
-        # means over ranks (each rank's loss is the mean over its equal share)
-        loss_sum, correct = distributed.reduce_sum([loss_sum / world, correct])
-        val_acc = 0.0
-        if ctx.is_main:  # the other ranks wait at the barrier below
-            val_acc, _ = evaluate()
-        distributed.barrier()
-        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / steps}
-        if method == "cnn":
-            rec["train_acc"] = correct / (steps * bs * world)
-        rec.update(val_acc=val_acc, epoch_time_s=time.time() - t_ep)
-        history.append(rec)
-        run.log(rec)
-        is_best = val_acc >= best_val
-        best_val = max(best_val, val_acc)
-        epoch += 1
-        ranks = distributed.all_gather_objects({"aug": aug_gen.get_state()} if world > 1 else None)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_state(gen),
-            "epoch": epoch,
-            "history": history,
-            "best_val": best_val,
-            "elapsed": elapsed_before + time.time() - t_start,
-            "world_size": world,
-            "amp": amp.state_dict(),
-        }
-        if world > 1:
-            state["ranks"] = ranks
-        run.save_checkpoint(state, is_best=is_best)
-        write(
-            f"epoch {epoch}/{num_epochs}: train loss {rec['train_loss']:.4f}, val acc "
-            f"{val_acc:.4f}{' (best)' if is_best else ''}, {rec['epoch_time_s']:.1f}s"
+class _BaselineTask(Task):
+    """Cross-entropy of the CNN classifier, or the autoencoder's reconstruction error."""
+
+    def setup(
+        self,
+        cfg: dict[str, Any],
+        data: tuple[Tensor, ...],
+        info: dict[str, Any],
+        aug_gen: torch.Generator,
+        augment: str,
+        fmt: torch.memory_format | None,
+        bs: int,
+        world: int,
+        name: str,
+        report: _Report,
+    ) -> None:
+        self.cfg, self.info, self.aug_gen, self.augment = cfg, info, aug_gen, augment
+        self.tr_x, self.tr_y, self.va_x, self.va_y, self.te_x, self.te_y = data
+        self.fmt, self.bs, self.world, self.name, self.report = fmt, bs, world, name, report
+        self.rank = distributed.rank() if world > 1 else 0
+        self.cnn = cfg["method"] == "cnn"
+        self.order: Tensor | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        n = self.tr_x.shape[0]
+        self.order = index_stream(n, self.steps_per_epoch * self.bs * self.world, self.generator)
+        if self.tr_x.device.type == "cuda":
+            self.order = self.order.pin_memory()  # asynchronous per-step index copies
+
+    def loss(self, net: nn.Module, step: int, amp: Amp) -> tuple[Tensor, dict[str, float]]:
+        lo = (step * self.world + self.rank) * self.bs  # this rank's slice of the global batch
+        idx = self.order[lo : lo + self.bs].to(self.tr_x.device, non_blocking=True)
+        x = augment_batch(self.tr_x[idx], self.augment, self.aug_gen)
+        if self.fmt is not None:
+            x = x.contiguous(memory_format=self.fmt)
+        with amp.autocast():
+            out = net(x)
+        if not self.cnn:
+            return F.mse_loss(out.float(), x.flatten(1)), {}
+        logits = out.float()
+        correct = int((logits.argmax(1) == self.tr_y[idx]).sum())
+        return F.cross_entropy(logits, self.tr_y[idx]), {"correct": correct}
+
+    def record(self, stats: EpochStats) -> dict[str, Any]:
+        rec: dict[str, Any] = {"epoch": stats.epoch, "train_loss": stats.loss}
+        if self.cnn:
+            rec["train_acc"] = stats.sums["correct"] / (stats.steps * self.bs * self.world)
+        return rec
+
+    def _embed(self, x: Tensor) -> Tensor:
+        cfg = self.cfg
+        return embed(self.model, x, batch_size=cfg["eval_batch"], channels_last=bool(self.fmt))
+
+    def _knn(self, x: Tensor, y: Tensor) -> float:
+        cfg, c = self.cfg, self.info["num_classes"]
+        codes_tr, codes = self._embed(self.tr_x), self._embed(x)
+        chunk = cfg["num_test_queries"]
+        return knn_accuracy(
+            codes, y, codes_tr, self.tr_y, cfg["k"], num_classes=c, query_chunk=chunk
         )
-    if not ctx.is_main:
-        return 0.0, 0.0, history, {"model": name, "elapsed_before": elapsed_before}
-    best = run.load_checkpoint("best")
-    if best is not None:
-        model.load_state_dict(best["model"])
-    if method == "cnn":
-        logits = embed(model, te_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
-        test_acc = (logits.argmax(1).cpu() == te_y).double().mean().item()
-        val_acc = best_val if best_val >= 0 else evaluate()[0]
-    else:
-        val_acc, codes_tr = evaluate()
-        codes_te = embed(model, te_x, batch_size=cfg["eval_batch"], channels_last=fmt is not None)
-        test_acc = knn_accuracy(
-            codes_te,
-            te_y,
-            codes_tr,
-            tr_y,
-            cfg["k"],
-            num_classes=c,
-            query_chunk=cfg["num_test_queries"],
+
+    def _accuracy(self, x: Tensor, y: Tensor) -> float:
+        if self.cnn:
+            return (self._embed(x).argmax(1).cpu() == y).double().mean().item()
+        return self._knn(x, y)
+
+    def validate(self) -> dict[str, Any]:
+        return {"val_acc": self._accuracy(self.va_x, self.va_y)}
+
+    def epoch_message(self, rec: dict[str, Any], is_best: bool, num_epochs: int) -> str:
+        return (
+            f"epoch {rec['epoch']}/{num_epochs}: train loss {rec['train_loss']:.4f}, val acc "
+            f"{rec['val_acc']:.4f}{' (best)' if is_best else ''}, {rec['epoch_time_s']:.1f}s"
         )
-    return val_acc, test_acc, history, {"model": name, "elapsed_before": elapsed_before}
+
+    def finish(self, result: Result) -> dict[str, Any]:
+        test_acc = self._accuracy(self.te_x, self.te_y)
+        if self.cnn and result.best is not None:
+            val_acc = result.best
+        else:
+            val_acc = self._accuracy(self.va_x, self.va_y)
+        return self.report(val_acc, test_acc, result.history, result.elapsed, {"model": self.name})

@@ -36,8 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .run import UserError, resolve_device
-from .run import _rank as _run_rank
+from .config import UserError, resolve_device
 
 __all__ = [
     "Context",
@@ -53,6 +52,7 @@ __all__ = [
     "all_gather_with_grad",
     "all_gather_objects",
     "broadcast_object",
+    "from_rank0",
     "rank_seed",
     "wrap_ddp",
     "unwrap",
@@ -83,9 +83,14 @@ def is_distributed() -> bool:
 def rank() -> int:
     """This process's global rank: the process group's, else ``$RANK`` (when ``$WORLD_SIZE > 1``).
 
-    The same rule decides :attr:`neuralsort.experiments.run.Run.is_main`.
+    The same rule decides :attr:`neuralsort.experiments.run.Run.is_main` and the progress bars.
     """
-    return _run_rank()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    # before the process group exists: torchrun's variables, when they describe several processes
+    if _env_int("WORLD_SIZE", 1) > 1:
+        return _env_int("RANK", 0)
+    return 0
 
 
 def world_size() -> int:
@@ -277,6 +282,27 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if dist.get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def from_rank0(compute: Any) -> Any:
+    """Run ``compute()`` on rank 0 only and hand its result (or its UserError) to every rank."""
+    if not is_distributed():
+        return compute()
+    if dist.get_rank() == 0:
+        try:
+            box: list[Any] = [("ok", compute())]
+        except UserError as exc:
+            box = [("error", str(exc))]
+        except Exception as exc:  # noqa: BLE001 - tell the other ranks, then re-raise here
+            dist.broadcast_object_list([("error", f"rank 0 failed: {exc!r}")], src=0)
+            raise
+    else:
+        box = [None]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def rank_seed(seed: int, rank_: int | None = None) -> int:

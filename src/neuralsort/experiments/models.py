@@ -148,11 +148,25 @@ def create_model(
     return MODELS[name](in_channels=in_channels, image_size=tuple(image_size))
 
 
-def default_model_for(dataset: str, image_size: tuple[int, int]) -> str:
-    """The paper's choice: the convnet for MNIST, ResNet-18 for the rest, a small net for digits."""
+# Image sizes up to which a grayscale image folder gets the MNIST ConvNet instead of ResNet-18.
+SMALL_GRAYSCALE = 64
+
+
+def default_model_for(
+    dataset: str, image_size: tuple[int, int], in_channels: int | None = None
+) -> str:
+    """The default embedding net for a data set and its images.
+
+    The paper's choice for its data sets: the convnet for MNIST, ResNet-18 for Fashion-MNIST and
+    CIFAR, a small net for scikit-learn's 8x8 digits. Other data (``imagefolder:PATH``) by the
+    images: ``digits-net`` below 16 pixels, the MNIST convnet for small grayscale images (at most
+    :data:`SMALL_GRAYSCALE` pixels a side, ``in_channels == 1``), ResNet-18 otherwise.
+    """
     name = dataset.lower()
     if name == "mnist":
         return "mnist-convnet"
     if name == "digits" or min(image_size) < 16:
         return "digits-net"
+    if name.startswith("imagefolder") and in_channels == 1 and max(image_size) <= SMALL_GRAYSCALE:
+        return "mnist-convnet"
     return "resnet18"

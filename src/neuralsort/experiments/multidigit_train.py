@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,21 +30,14 @@ import torch
 from torch import nn
 
 from . import distributed
+from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
-from .run import (
-    AMP_MODES,
-    Run,
-    UserError,
-    add_common_args,
-    add_flag,
-    progress,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from .training import SCHEDULES, Amp, make_scheduler, restore_generator
+from .multidigit_task import MultiDigitTask
+from .seeding import seed_everything
+from .trainer import fit, start_run
+from .training import SCHEDULES, Amp
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -274,11 +266,16 @@ def loss_module(model: nn.Module, amp: Amp, device: torch.device) -> nn.Module:
     (:class:`DigitCNN`) run in half precision but hand float32 scores to the relaxations and losses
     (a forward hook casts their outputs), so the sort, its logarithm and the loss stay float32.
     """
+    return distributed.wrap_ddp(_train_module(model, amp), device)
+
+
+def _train_module(model: nn.Module, amp: Amp) -> nn.Module:
+    """:func:`loss_module` before the DDP wrapper (the training loop wraps it)."""
     if amp.enabled:
         for sub in model.modules():
             if isinstance(sub, DigitCNN):
                 sub.register_forward_hook(_float_outputs)
-    return distributed.wrap_ddp(_TrainLoss(model), device)
+    return _TrainLoss(model)
 
 
 def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigitNumbers:
@@ -312,17 +309,13 @@ def train_and_test(
         task: the experiment.
         splits: train / val / test number sources; loaded from ``cfg["data_dir"]`` when None.
     """
-    validate_common(cfg)
-    ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
-    device, world, rank = ctx.device, ctx.world_size, ctx.rank
-    Amp(cfg["amp"], device)  # fail on an unsupported --amp before opening a run folder
-    # Read MNIST before opening the run folder, so that missing data leaves no empty run behind.
-    raw = load_raw_dataset("mnist", cfg.get("data_dir")) if splits is None else None
-    run = Run.start(cfg, name=task.name)  # on --resume this restores the saved settings into cfg
-    validate_common(cfg)
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
-    amp = Amp(cfg["amp"], device)
+    run, ctx, amp, raw = start_run(
+        cfg,
+        task.name,
+        check=validate_common,
+        load=lambda c: load_raw_dataset("mnist", c.get("data_dir")) if splits is None else None,
+    )
+    device, world = ctx.device, ctx.world_size
     seed = int(cfg["seed"])
     seed_everything(seed)
     if splits is None:
@@ -339,152 +332,29 @@ def train_and_test(
 
     model = task.build(cfg, image_shape).to(device)
     trainable = getattr(model, "trainable", True)
-    step_loss = loss_module(model, amp, device) if trainable else None
-    steps_per_epoch = int(cfg["steps_per_epoch"])
-    optimizer = scheduler = None
-    if trainable:
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
-        )
-        scheduler = make_scheduler(
-            optimizer,
-            cfg,
-            steps_per_epoch=steps_per_epoch,
-            num_epochs=int(cfg["num_epochs"]),
-        )
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
-
-    epoch0, history, best, best_epoch, train_seconds = 0, [], None, None, 0.0
-    # rank 0 reads the checkpoint, every rank gets it
-    state = run.load_checkpoint("last", shared=True) if cfg.get("resume") else None
-    if state is not None:
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
-            raise UserError(
-                f"checkpoint {run.path / 'last.pt'} was written by {saved_world} process(es); "
-                f"resume it with the same number (this start has {world}), as the global batch "
-                "and each rank's noise stream depend on it"
-            )
-        model.load_state_dict(state["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        amp.load_state_dict(state.get("amp"))
-        train_src.load_state_dict(state["data"])
-        restore_generator(
-            noise,
-            state["ranks"][rank]["noise"] if world > 1 else state["noise"],
-            fallback_seed=distributed.rank_seed(seed + 2),
-            what="noise",
-        )
-        set_rng_state(state["rng"])
-        epoch0, history = int(state["epoch"]), list(state["history"])
-        best, best_epoch = state["best"], state["best_epoch"]
-        train_seconds = float(state["train_seconds"])
-
-    batch_size, eval_bs = int(cfg["batch_size"]), int(cfg["eval_batch_size"])
+    batch_size = int(cfg["batch_size"])
     if ctx.is_main and world > 1:
         print(
             f"{task.name}: {world} processes x {batch_size} sequences = global batch "
             f"{world * batch_size}; output {run.path}"
         )
-    for epoch in range(epoch0 + 1, int(cfg["num_epochs"]) + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = 0.0
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step")
-        for _ in bar:
-            # the global batch from the shared source; this rank renders its own slice
-            index, all_values = train_src.sample_indices(batch_size * world, n)
-            mine = slice(rank * batch_size, (rank + 1) * batch_size)
-            images = render_src.render(index[mine].to(device, non_blocking=True))
-            values = all_values[mine].to(device)
-            if step_loss is None:
-                model.observe(all_values.to(device))  # every rank sees the whole global batch
-                with torch.no_grad():
-                    loss = model.loss(images, values)
-            else:
-                with amp.autocast():
-                    loss = step_loss(images, values, generator=noise)
-                optimizer.zero_grad(set_to_none=True)
-                amp.backward_step(loss, optimizer)
-                scheduler.step()
-            loss_sum += float(loss.detach())
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        (loss_sum,) = distributed.reduce_mean([loss_sum])
-        val: dict[str, float] = {task.select: 0.0}
-        if ctx.is_main:  # the other ranks wait at the barrier below
-            val = task.evaluate(model, val_set, device, eval_bs)
-        distributed.barrier()
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "train_loss": loss_sum / steps_per_epoch,
-            **{f"val_{k}": v for k, v in val.items()},
-            "lr": optimizer.param_groups[0]["lr"] if optimizer is not None else None,
-            "epoch_seconds": seconds,
-            "steps_per_second": steps_per_epoch / max(seconds, 1e-9),
-        }
-        if not math.isfinite(record["train_loss"]):  # the same mean loss on every rank
-            run.log({"event": "error", "epoch": epoch, "message": "training loss is not finite"})
-            raise UserError(
-                f"training diverged in epoch {epoch} (loss {record['train_loss']}); "
-                "lower --lr or raise --tau"
-            )
-        history.append(record)
-        run.log(record)
-        is_best = _is_better(val[task.select], best, task.mode)
-        if is_best:
-            best, best_epoch = val[task.select], epoch
-        ranks = distributed.all_gather_objects({"noise": noise.get_state()} if world > 1 else None)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else {},
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "data": train_src.state_dict(),
-            "noise": noise.get_state(),
-            "rng": rng_state(),
-            "epoch": epoch,
-            "history": history,
-            "best": best,
-            "best_epoch": best_epoch,
-            "train_seconds": train_seconds,
-            "world_size": world,
-            "amp": amp.state_dict(),
-        }
-        if world > 1:
-            state["ranks"] = ranks
-        run.save_checkpoint(state, is_best=is_best)
-
-    if not ctx.is_main:  # rank 0 tests and writes the metrics
-        distributed.barrier()
-        return distributed.broadcast_object(None)
-    best_state = run.load_checkpoint("best") if best_epoch is not None else None
-    if best_state is not None:
-        model.load_state_dict(best_state["model"])
-    test = task.evaluate(model, test_set, device, eval_bs)
-    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
-    steps = len(history) * steps_per_epoch
-    metrics: dict[str, Any] = {
-        **{f"test_{k}": v for k, v in test.items()},
-        **{k: v for k, v in best_record.items() if k.startswith("val_")},
-        "best_epoch": best_epoch,
-        "epochs": len(history),
-        "steps": steps,
-        "train_seconds": train_seconds,
-        "steps_per_second": steps / train_seconds if train_seconds > 0 else None,
-        "n": n,
-        "method": cfg["method"],
-        "test_sequences": len(test_set),
-        "val_sequences": len(val_set),
-        "world_size": world,
-        "amp": cfg["amp"],
-        "device": str(device),
-    }
-    run.write_metrics(metrics)
-    run.log({"event": "test", **metrics})
-    run.plot_history(history, task.plot_keys, "history.png")
-    distributed.barrier()
-    return distributed.broadcast_object(metrics)
+    loop = MultiDigitTask(
+        model=model,
+        train_module=_train_module(model, amp) if trainable else None,
+        steps_per_epoch=int(cfg["steps_per_epoch"]),
+        select=f"val_{task.select}",
+        mode=task.mode,
+        optimizer=(
+            {"optimizer": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+            if trainable
+            else None
+        ),
+        streams={"noise": noise},
+        fallback_seed=distributed.rank_seed(seed + 2),
+        plot_keys=task.plot_keys,
+        time_key=None,
+    )
+    loop.setup(run, cfg, task, train_src, render_src, val_set, test_set, noise, device)
+    return fit(loop, run, cfg, amp, device)

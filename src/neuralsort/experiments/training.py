@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
-from typing import Any
+import os
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .run import AMP_MODES, UserError
+from . import distributed
+from .checkpoint import restore_generator
+from .config import AMP_MODES, UserError
 
 __all__ = [
     "OPTIMIZERS",
@@ -24,7 +27,11 @@ __all__ = [
     "index_stream",
     "Amp",
     "restore_generator",
+    "progress",
+    "count_parameters",
 ]
+
+T = TypeVar("T")
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -32,16 +39,17 @@ AUGMENTS = ("auto", "none", "shift", "flipcrop")
 
 
 def make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """``cfg["optimizer"]`` with lr ``10**-cfg["nloglr"]``, ``momentum`` and ``weight_decay``.
+    """``cfg["optimizer"]`` with ``cfg["lr"]`` (else ``10**-cfg["nloglr"]``) and ``weight_decay``.
 
     ``sgd`` is the paper's (momentum, L2 weight decay); ``adam`` uses L2 weight decay, ``adamw``
     decoupled weight decay.
     """
     name = cfg["optimizer"]
-    lr = 10.0 ** (-float(cfg["nloglr"]))
+    lr = float(cfg["lr"]) if cfg.get("lr") is not None else 10.0 ** (-float(cfg["nloglr"]))
     wd = float(cfg["weight_decay"])
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+        momentum = float(cfg["momentum"])
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
@@ -173,25 +181,15 @@ class Amp:
             self.scaler.load_state_dict(state)
 
 
-def restore_generator(
-    generator: torch.Generator, state: Tensor | None, *, fallback_seed: int, what: str
-) -> bool:
-    """Load a saved generator state; if it does not fit (saved on another device type), reseed.
+def progress(iterable: Iterable[T], **kwargs: Any) -> Any:
+    """A tqdm bar over ``iterable`` on stderr; off with ``NEURALSORT_PROGRESS=0`` or rank != 0.
 
-    A CPU generator state cannot be loaded into a CUDA generator and the other way round, so a
-    run resumed on another kind of device continues with ``fallback_seed`` for that stream and a
-    note on stderr (its results then differ from an uninterrupted run). Returns True if restored.
+    Returns the ``tqdm`` object (iterate it; ``set_postfix`` works).
     """
-    if state is not None:
-        try:
-            generator.set_state(state)
-            return True
-        except (RuntimeError, ValueError, TypeError):
-            pass
-    generator.manual_seed(int(fallback_seed))
-    print(
-        f"note: the saved {what} random stream does not fit this device; it restarts from a "
-        "derived seed (results will differ from an uninterrupted run)",
-        file=sys.stderr,
-    )
-    return False
+    from tqdm.auto import tqdm
+
+    off = os.environ.get("NEURALSORT_PROGRESS", "1") == "0" or distributed.rank() != 0
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(iterable, disable=off, **kwargs)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..run import UserError
+from ..config import UserError
 from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar_folder
 from .digits import load_digits_split
 from .imagefolder import load_image_folder
