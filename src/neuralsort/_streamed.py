@@ -206,7 +206,7 @@ def windows(vs64: Tensor, a64: Tensor, coef: Tensor, rank: Tensor, tau: float, t
     return lo, hi
 
 
-def windowed(
+def _windowed_autograd(
     x: Tensor,
     coef: Tensor,
     tau: Tensor,
@@ -214,6 +214,7 @@ def windowed(
     tol: float,
     v: Tensor | None = None,
     w: Tensor | None = None,
+    lohi: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     r"""``(Q @ v, w @ Q)`` for the certified-sparse rows ``Q`` of ``tol``, with autograd.
 
@@ -246,9 +247,11 @@ def windowed(
     order = _ascending_order(xc)
     vs = xc.gather(-1, order)
     a64 = _sorted_rowsum(vs)
-    tau_value = float(tau.detach())
-    with torch.no_grad():
-        lo, hi = windows(vs.detach().double(), a64.detach(), coef, rank, tau_value, tol)
+    if lohi is None:
+        with torch.no_grad():
+            tau_value = float(tau.detach())
+            lohi = windows(vs.detach().double(), a64.detach(), coef, rank, tau_value, tol)
+    lo, hi = lohi
     batch = x.shape[:-1]
     m = coef.shape[0]
     vs64 = vs.double()
@@ -290,3 +293,157 @@ def windowed(
         unsort = order.unsqueeze(-2).expand_as(u_sorted)
         u = u_sorted.new_zeros(u_sorted.shape).scatter(-1, unsort, u_sorted)
     return y, u
+
+
+def _window_rows(vs64, a64, lo, hi, coef, rank, inv_tau64, s, e, dtype):
+    """Rows ``s:e`` of ``Q`` over their windows: ``(q, flat, d)``, ``q`` of shape
+    ``(..., rows, width)`` (0 past a row's window), ``flat`` the ascending ranks
+    ``(..., rows * width)`` and ``d = tau * (z - z_peak)`` in float64."""
+    l_c, h_c = lo[..., s:e], hi[..., s:e]
+    width = int((h_c - l_c).max()) + 1
+    idx = l_c.unsqueeze(-1) + torch.arange(width, device=lo.device)
+    valid = idx <= h_c.unsqueeze(-1)
+    idx = torch.minimum(idx, h_c.unsqueeze(-1))
+    flat = idx.flatten(-2)
+    k = rank[s:e].expand(l_c.shape)
+    c = coef[s:e].double()
+    peak = c * vs64.gather(-1, k) - a64.gather(-1, k)
+    vw = vs64.gather(-1, flat).view(idx.shape)
+    d = torch.addcmul(-a64.gather(-1, flat).view(idx.shape), c.unsqueeze(-1), vw)
+    d -= peak.unsqueeze(-1)
+    z = (d * inv_tau64).to(dtype).masked_fill_(~valid, -math.inf)
+    return torch.softmax(z, dim=-1), flat, d
+
+
+def _unsort(t: Tensor, order: Tensor, dim: int) -> Tensor:
+    """The inverse of gathering ``t`` by ``order`` along ``dim`` (-1 or -2)."""
+    if dim == -2:
+        index = order.unsqueeze(-1)
+    else:
+        index = order.unsqueeze(-2) if t.dim() > order.dim() else order
+    return torch.zeros_like(t).scatter_(dim, index.expand_as(t), t)
+
+
+class _Windowed(torch.autograd.Function):
+    """:func:`windowed` with a hand-written first derivative: saves ``(..., n)`` data and the
+    windows, and rebuilds each chunk of windows in the backward (O(n + chunk) memory)."""
+
+    @staticmethod
+    def forward(ctx, x, coef, tau, rank, tol, v, w):  # type: ignore[override]
+        from .ops import _ascending_order, _centred
+
+        xc = _centred(x)
+        order = _ascending_order(xc)
+        vs64 = xc.gather(-1, order).double()
+        a64 = _sorted_rowsum(vs64)
+        lo, hi = windows(vs64, a64, coef, rank, float(tau), tol)
+        inv_tau64 = 1.0 / tau.double()
+        batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
+        y = u = v_sorted = None
+        if v is not None:
+            v_sorted = v.gather(-2, order.unsqueeze(-1).expand_as(v))
+            y = x.new_empty((*batch, m, v.shape[-1]))
+        if w is not None:
+            u = x.new_zeros((*batch, w.shape[0], n))
+        for s in range(0, m, _WINDOW_ROWS):
+            e = min(m, s + _WINDOW_ROWS)
+            q, flat, _ = _window_rows(vs64, a64, lo, hi, coef, rank, inv_tau64, s, e, x.dtype)
+            if v is not None:
+                vsel = v_sorted.gather(-2, flat.unsqueeze(-1).expand(*flat.shape, v.shape[-1]))
+                y[..., s:e, :] = torch.matmul(q.unsqueeze(-2), vsel.view(*q.shape, -1)).squeeze(-2)
+            if w is not None:
+                vals = (w[:, s:e].unsqueeze(-1) * q.unsqueeze(-3)).flatten(-2)
+                u.scatter_add_(-1, flat.unsqueeze(-2).expand_as(vals), vals)
+        if w is not None:
+            u = _unsort(u, order, -1)
+        ctx.tol = tol
+        ctx.save_for_backward(x, coef, tau, rank, v, w, order, vs64, a64, lo, hi)
+        if y is None:
+            return u
+        return y if u is None else (y, u)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        from .ops import _abs_dev_rowsum_backward
+
+        x, coef, tau, rank, v, w, order, vs64, a64, lo, hi = ctx.saved_tensors
+        if v is not None and w is not None:
+            gy, gu = grads
+        elif v is not None:
+            gy, gu = grads[0], None
+        else:
+            gy, gu = None, grads[0]
+        need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        need_v = v is not None and ctx.needs_input_grad[5]
+        if torch.is_grad_enabled():  # create_graph=True: autograd through the same windows
+            xa, ta = x.view_as(x), tau.view_as(tau)  # partials only (v may depend on x)
+            y, u = _windowed_autograd(xa, coef, ta, rank, ctx.tol, v, w, lohi=(lo, hi))
+            outs = [t for t, g in ((y, gy), (u, gu)) if t is not None and g is not None]
+            gos = [g for t, g in ((y, gy), (u, gu)) if t is not None and g is not None]
+            wrt = [t for t, need in ((xa, need_x), (ta, need_tau), (v, need_v)) if need]
+            got = list(torch.autograd.grad(outs, wrt, gos, create_graph=True, allow_unused=True))
+            gx = got.pop(0) if need_x else None
+            gt = got.pop(0) if need_tau else None
+            gv = got.pop(0) if need_v else None
+            return gx, None, gt, None, None, gv, None
+        m = coef.shape[0]
+        inv_tau64 = 1.0 / tau.double()
+        grad_vs = x.new_zeros(x.shape)
+        grad_as = x.new_zeros(x.shape)
+        tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
+        v_sorted = gv_sorted = gu_sorted = None
+        if gy is not None:
+            v_sorted = v.gather(-2, order.unsqueeze(-1).expand_as(v))
+            gv_sorted = torch.zeros_like(v) if need_v else None
+        if gu is not None:
+            gu_sorted = gu.gather(-1, order.unsqueeze(-2).expand_as(gu))
+        for s in range(0, m, _WINDOW_ROWS):
+            e = min(m, s + _WINDOW_ROWS)
+            q, flat, d = _window_rows(vs64, a64, lo, hi, coef, rank, inv_tau64, s, e, x.dtype)
+            gq = torch.zeros_like(q)
+            if gy is not None:
+                c_out = v.shape[-1]
+                vsel = v_sorted.gather(-2, flat.unsqueeze(-1).expand(*flat.shape, c_out))
+                gq += torch.matmul(vsel.view(*q.shape, c_out), gy[..., s:e, :, None]).squeeze(-1)
+                if need_v:
+                    vals = (q.unsqueeze(-1) * gy[..., s:e, None, :]).flatten(-3, -2)
+                    gv_sorted.scatter_add_(-2, flat.unsqueeze(-1).expand_as(vals), vals)
+            if gu is not None:
+                gsel = gu_sorted.gather(
+                    -1, flat.unsqueeze(-2).expand(*gu.shape[:-1], flat.shape[-1])
+                )
+                gq += (w[:, s:e].unsqueeze(-1) * gsel.view(*gu.shape[:-1], *q.shape[-2:])).sum(-3)
+            gl = q * (gq - (q * gq).sum(dim=-1, keepdim=True))
+            gl_flat = gl.flatten(-2)
+            grad_vs.scatter_add_(-1, flat, (gl * coef[s:e].unsqueeze(-1)).flatten(-2))
+            grad_as.scatter_add_(-1, flat, gl_flat)
+            if need_tau:
+                tau_part += (gl.double() * d).sum()
+        inv_tau = tau.reciprocal()
+        gx = gt = gv = None
+        if need_x:
+            a_part = _abs_dev_rowsum_backward(_unsort(grad_as, order, -1), order)
+            gx = (_unsort(grad_vs, order, -1) - a_part) * inv_tau
+        if need_tau:
+            gt = (-tau_part * inv_tau64 * inv_tau64).to(tau.dtype)
+        if need_v:
+            gv = _unsort(gv_sorted, order, -2)
+        return gx, None, gt, None, None, gv, None
+
+
+def windowed(
+    x: Tensor,
+    coef: Tensor,
+    tau: Tensor,
+    rank: Tensor,
+    tol: float,
+    v: Tensor | None = None,
+    w: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(Q @ v, w @ Q)`` for the certified-sparse rows ``Q`` (see :func:`_windowed_autograd`
+    for the bound and its proof) in :math:`O(n \\log n + \\sum_i w_i)` time and
+    :math:`O(n + \\text{chunk})` memory; second derivatives by autograd over the same windows."""
+    out = _Windowed.apply(x, coef, tau, rank, tol, v, w)
+    if v is not None and w is not None:
+        return out[0], out[1]
+    return (out, None) if v is not None else (None, out)
