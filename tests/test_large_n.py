@@ -146,3 +146,22 @@ def test_soft_rank_at_16k_needs_under_64_mib():
     )
     extra_mib = float(out.stdout.strip().splitlines()[-1])
     assert extra_mib < 64, extra_mib
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_windowed_native_and_torch_paths_agree(dtype):
+    if not ns.backends.is_available():
+        pytest.skip(f"native CPU operator unavailable: {ns.backends.status()}")
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat((torch.randn(2, 250, generator=g), torch.randint(0, 4, (2, 50), generator=g)), -1)
+    x = x.to(dtype).requires_grad_(True)
+    tau = torch.tensor(0.05, dtype=dtype, requires_grad=True)
+    results = []
+    for native in (True, False):
+        with ns.backends.native(native):
+            results.append([_run(f, x, tau) for f in _ops(tau, tol=1e-6).values()])
+    atol = 1e-9 if dtype == torch.float64 else 2e-3
+    for a_case, b_case in zip(*results, strict=True):
+        for a, b in zip(a_case, b_case, strict=True):
+            scale = max(1.0, float(a.abs().max()))
+            assert torch.allclose(a, b, rtol=0, atol=atol * scale)

@@ -216,30 +216,8 @@ def _windowed_autograd(
     w: Tensor | None = None,
     lohi: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    r"""``(Q @ v, w @ Q)`` for the certified-sparse rows ``Q`` of ``tol``, with autograd.
-
-    Row ``i`` of :math:`\hat P` is :math:`\operatorname{softmax}_j z_j` with
-    :math:`z_j = (c_i x_j - (A_x 1)_j)/\tau`. As a function of the value :math:`t`,
-    :math:`z(t) = (c_i t - \sum_k |t - x_k|)/\tau` is concave, so along the ascending order
-    :math:`v_0 \le \dots \le v_{n-1}` the logits :math:`z_r = z(v_r)` are non-increasing on
-    each side of the row's peak rank :math:`k` (if :math:`k \le r \le r'` then
-    :math:`z_r \ge \min(z_k, z_{r'}) = z_{r'}` by concavity, :math:`z_k` being the largest;
-    likewise to the left). Hence the mass beyond rank :math:`h \ge k` is at most
-    :math:`(n - 1 - h)\, e^{z_{h+1}}`, and below rank :math:`l \le k` at most
-    :math:`l\, e^{z_{l-1}}`. The window :math:`[l, h]` is the narrowest with both bounds
-    :math:`\le \tfrac{\mathrm{tol}}{2} e^{z_k}` (each bound is monotone in its end, so each end
-    is found by a binary search, :math:`O(\log n)` logits per row). The dropped mass :math:`D`
-    and the window's mass :math:`M \ge e^{z_k}` then satisfy :math:`D \le \mathrm{tol}\, M`, so
-    the row renormalised over its window, :math:`Q[i, j] = e^{z_j} / M` on the window and 0
-    outside, drops a fraction :math:`D / (M + D) \le \mathrm{tol}` of the row's mass and
-    :math:`\lVert Q[i] - \hat P[i] \rVert_1 = 2D/(M + D) \le 2\,\mathrm{tol}` (up to the
-    rounding of the logits, which are computed in float64 as differences to the peak).
-
-    The windows are constants (they change only where the discrete choice changes); values and
-    gradients (x, ``v``, a tensor ``tau``, second derivatives) are those of ``Q`` by autograd.
-    Cost: :math:`O(n \log n + \sum_i w_i)`, rows processed in chunks as wide as their widest
-    window.
-    """
+    """:func:`windowed` by autograd through the truncated rows (the windows ``lohi`` given or
+    found again): its second derivatives, and a check of the hand-written backward."""
     from .ops import _ascending_order, _centred
 
     n = x.shape[-1]
@@ -440,9 +418,31 @@ def windowed(
     v: Tensor | None = None,
     w: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """``(Q @ v, w @ Q)`` for the certified-sparse rows ``Q`` (see :func:`_windowed_autograd`
-    for the bound and its proof) in :math:`O(n \\log n + \\sum_i w_i)` time and
-    :math:`O(n + \\text{chunk})` memory; second derivatives by autograd over the same windows."""
+    r"""``(Q @ v, w @ Q)`` for the certified-sparse rows ``Q`` of ``tol``, in O(n + chunk) memory.
+
+    Row ``i`` of :math:`\hat P` is :math:`\operatorname{softmax}_j z_j` with
+    :math:`z_j = (c_i x_j - (A_x 1)_j)/\tau`. As a function of the value :math:`t`,
+    :math:`z(t) = (c_i t - \sum_k |t - x_k|)/\tau` is concave, so along the ascending order
+    :math:`v_0 \le \dots \le v_{n-1}` the logits :math:`z_r = z(v_r)` are non-increasing on
+    each side of the row's peak rank :math:`k` (if :math:`k \le r \le r'` then
+    :math:`z_r \ge \min(z_k, z_{r'}) = z_{r'}` by concavity, :math:`z_k` being the largest;
+    likewise to the left). Hence the mass beyond rank :math:`h \ge k` is at most
+    :math:`(n - 1 - h)\, e^{z_{h+1}}`, and below rank :math:`l \le k` at most
+    :math:`l\, e^{z_{l-1}}`. The window :math:`[l, h]` is the narrowest with both bounds
+    :math:`\le \tfrac{\mathrm{tol}}{2} e^{z_k}` (each bound is monotone in its end, so each end
+    is found by a binary search, :math:`O(\log n)` logits per row). The dropped mass :math:`D`
+    and the window's mass :math:`M \ge e^{z_k}` then satisfy :math:`D \le \mathrm{tol}\, M`, so
+    the row renormalised over its window, :math:`Q[i, j] = e^{z_j} / M` on the window and 0
+    outside, drops a fraction :math:`D / (M + D) \le \mathrm{tol}` of the row's mass and
+    :math:`\lVert Q[i] - \hat P[i] \rVert_1 = 2D/(M + D) \le 2\,\mathrm{tol}` (up to the
+    rounding of the logits, which are computed in float64 as differences to the peak).
+
+    The windows are constants (they change only where the discrete choice changes); values and
+    gradients (x, ``v``, a tensor ``tau``, second derivatives) are those of ``Q``: the backward
+    rebuilds each chunk of windows, and ``create_graph=True`` runs autograd over the same
+    windows. Cost: :math:`O(n \log n + \sum_i w_i)` time and :math:`O(n + \text{chunk})`
+    memory, rows processed in chunks as wide as their widest window.
+    """
     out = _Windowed.apply(x, coef, tau, rank, tol, v, w)
     if v is not None and w is not None:
         return out[0], out[1]
