@@ -273,6 +273,15 @@ def _windowed_autograd(
     return y, u
 
 
+def _native_usable(x: Tensor) -> bool:
+    """Whether the windows run in C++: the native operator is usable for ``x`` (CPU,
+    float32/float64, built) and torch.compile is not tracing."""
+    from . import _native
+    from ._checks import is_compiling
+
+    return not is_compiling() and _native.usable(x)
+
+
 def _window_rows(vs64, a64, lo, hi, coef, rank, inv_tau64, s, e, dtype):
     """Rows ``s:e`` of ``Q`` over their windows: ``(q, flat, d)``, ``q`` of shape
     ``(..., rows, width)`` (0 past a row's window), ``flat`` the ascending ranks
@@ -314,9 +323,25 @@ class _Windowed(torch.autograd.Function):
         order = _ascending_order(xc)
         vs64 = xc.gather(-1, order).double()
         a64 = _sorted_rowsum(vs64)
+        batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
+        ctx.tol = tol
+        if _native_usable(x):  # the C++ loops of _kernels/windowed.cpp
+            empty = x.new_empty(0)
+            v_sorted = empty if v is None else v.gather(-2, order.unsqueeze(-1).expand_as(v))
+            coef64, inv_tau = coef.double(), 1.0 / float(tau)
+            y, u, q, offsets, lo, hi = torch.ops.neuralsort.windowed_forward(
+                vs64, a64, coef64, rank, inv_tau, tol, v_sorted, empty if w is None else w
+            )
+            u = _unsort(u, order, -1) if w is not None else None
+            y = y if v is not None else None
+            ctx.native = (q, offsets, coef64)
+            ctx.save_for_backward(x, coef, tau, rank, v, w, order, vs64, a64, lo, hi)
+            if y is None:
+                return u
+            return y if u is None else (y, u)
+        ctx.native = None
         lo, hi = windows(vs64, a64, coef, rank, float(tau), tol)
         inv_tau64 = 1.0 / tau.double()
-        batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
         y = u = v_sorted = None
         if v is not None:
             v_sorted = v.gather(-2, order.unsqueeze(-1).expand_as(v))
@@ -334,7 +359,6 @@ class _Windowed(torch.autograd.Function):
                 u.scatter_add_(-1, flat.unsqueeze(-2).expand_as(vals), vals)
         if w is not None:
             u = _unsort(u, order, -1)
-        ctx.tol = tol
         ctx.save_for_backward(x, coef, tau, rank, v, w, order, vs64, a64, lo, hi)
         if y is None:
             return u
@@ -342,8 +366,6 @@ class _Windowed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        from .ops import _abs_dev_rowsum_backward
-
         x, coef, tau, rank, v, w, order, vs64, a64, lo, hi = ctx.saved_tensors
         if v is not None and w is not None:
             gy, gu = grads
@@ -364,6 +386,31 @@ class _Windowed(torch.autograd.Function):
             gt = got.pop(0) if need_tau else None
             gv = got.pop(0) if need_v else None
             return gx, None, gt, None, None, gv, None
+        if ctx.native is not None:
+            q, offsets, coef64 = ctx.native
+            empty = x.new_empty(0)
+            v_sorted = empty if v is None else v.gather(-2, order.unsqueeze(-1).expand_as(v))
+            gu_sorted = empty
+            if gu is not None:
+                gu_sorted = gu.gather(-1, order.unsqueeze(-2).expand_as(gu))
+            grad_vs, grad_as, gv_sorted, tau_part = torch.ops.neuralsort.windowed_backward(
+                vs64,
+                a64,
+                coef64,
+                rank,
+                q,
+                offsets,
+                lo,
+                hi,
+                v_sorted,
+                empty if w is None else w,
+                empty if gy is None else gy,
+                gu_sorted,
+                need_v,
+            )
+            return _finish(
+                x, tau, order, grad_vs, grad_as, gv_sorted, tau_part, need_x, need_tau, need_v
+            )
         m = coef.shape[0]
         inv_tau64 = 1.0 / tau.double()
         grad_vs = x.new_zeros(x.shape)
@@ -397,16 +444,27 @@ class _Windowed(torch.autograd.Function):
             grad_as.scatter_add_(-1, flat, gl_flat)
             if need_tau:
                 tau_part += (gl.double() * d).sum()
-        inv_tau = tau.reciprocal()
-        gx = gt = gv = None
-        if need_x:
-            a_part = _abs_dev_rowsum_backward(_unsort(grad_as, order, -1), order)
-            gx = (_unsort(grad_vs, order, -1) - a_part) * inv_tau
-        if need_tau:
-            gt = (-tau_part * inv_tau64 * inv_tau64).to(tau.dtype)
-        if need_v:
-            gv = _unsort(gv_sorted, order, -2)
-        return gx, None, gt, None, None, gv, None
+        return _finish(
+            x, tau, order, grad_vs, grad_as, gv_sorted, tau_part, need_x, need_tau, need_v
+        )
+
+
+def _finish(x, tau, order, grad_vs, grad_as, gv_sorted, tau_part, need_x, need_tau, need_v):
+    """The inputs' gradients from those of the sorted scores (through ``c_i``), of ``A 1`` (in
+    sorted order), of the logits' ``tau`` factor and of the sorted ``v``."""
+    from .ops import _abs_dev_rowsum_backward
+
+    inv_tau = tau.reciprocal()
+    inv_tau64 = 1.0 / tau.double()
+    gx = gt = gv = None
+    if need_x:
+        a_part = _abs_dev_rowsum_backward(_unsort(grad_as, order, -1), order)
+        gx = (_unsort(grad_vs, order, -1) - a_part) * inv_tau
+    if need_tau:
+        gt = (-tau_part * inv_tau64 * inv_tau64).to(tau.dtype)
+    if need_v:
+        gv = _unsort(gv_sorted, order, -2)
+    return gx, None, gt, None, None, gv, None
 
 
 def windowed(
