@@ -4,7 +4,8 @@ Per size (batch B x n, N(0,1) predictions, tau 0.1) it compares, side by side in
 (each round runs every case once, in a shuffled order):
 
 * ``exact``: ``spearman_loss(tol=0)`` (rows streamed in chunks once B n^2 passes 2^20);
-* ``tol=1e-6``: the certified windows;
+* ``tol=1e-6``: the certified windows (C++ loops on the CPU), and again on the PyTorch path
+  (``tol=1e-6 torch``, what other devices run);
 * ``dense``: the dense rows (the whole ``(B, n, n)`` matrix; the native operator on the CPU),
   only while ``B n^2`` stays under ``--dense_max``;
 * ``torchsort``: the same Spearman loss with ``torchsort.soft_rank`` (same regularisation
@@ -58,6 +59,13 @@ def make_case(method: str, pred: torch.Tensor, target: torch.Tensor):
         return lambda: ns.spearman_loss(pred, target, TAU)
     if method == "tol=1e-6":
         return lambda: ns.spearman_loss(pred, target, TAU, tol=1e-6)
+    if method == "tol=1e-6 torch":
+
+        def torch_path():
+            with ns.backends.native(False):
+                return ns.spearman_loss(pred, target, TAU, tol=1e-6)
+
+        return torch_path
     if method == "dense":
 
         def dense():
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default="results/ops/large_n")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    methods = ["exact", "tol=1e-6", "dense"] + (["torchsort"] if have_torchsort() else [])
+    methods = ["exact", "tol=1e-6", "tol=1e-6 torch", "dense"]
+    methods += ["torchsort"] if have_torchsort() else []
     rows = []
     for size in args.sizes:
         b, n = (int(v) for v in size.split("x"))
