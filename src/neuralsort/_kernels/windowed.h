@@ -10,18 +10,53 @@
 // (sum of the window widths values, O(n w)) and returns them for the backward, which reduces
 // the softmax gradient to the gradients of v (through c_i), of a and of tau.
 // The autograd node is neuralsort/_streamed.py's _Windowed; this file has no autograd.
+// Included at the end of extension.cpp (one translation unit with relaxed_rows.h, whose
+// vector exp it uses).
+
+#pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <vector>
 
+#include "relaxed_rows.h"
+
 namespace {
 
 using at::Tensor;
+
+// exp of a window's logits in place, returning their sum. float: the kernel's vector exp,
+// floored 64 below the peak as the dense rows are (no subnormals); double: std::exp.
+inline double exp_in_place(float* p, int64_t width) {
+    namespace nk = neuralsort_kernels;
+    nk::vf acc = {};
+    int64_t j = 0;
+    for (; j + nk::kLanes <= width; j += nk::kLanes) {
+        const nk::vf e = nk::vexp(nk::clamp(nk::load(p + j), -64.0f, 80.0f));
+        nk::store(p + j, e);
+        acc += e;
+    }
+    double sum = nk::lane_sum<float>(acc);
+    for (; j < width; ++j) {
+        p[j] = std::exp(std::min(std::max(p[j], -64.0f), 80.0f));
+        sum += p[j];
+    }
+    return sum;
+}
+
+inline double exp_in_place(double* p, int64_t width) {
+    double sum = 0;
+    for (int64_t j = 0; j < width; ++j) {
+        p[j] = std::exp(p[j]);
+        sum += p[j];
+    }
+    return sum;
+}
 
 struct Row {
     const double* vs;
@@ -33,14 +68,14 @@ struct Row {
 
 // smallest R in [k, n-1] whose right tail (n-1-R elements, each <= exp(z_{R+1})) is within
 // the bound, and largest L in [0, k] likewise on the left
-std::pair<int64_t, int64_t> window(const Row& row, double log_half_tol) {
+// (log_count[j] = log j)
+std::pair<int64_t, int64_t> window(const Row& row, double log_half_tol, const double* log_count) {
     const int64_t n = row.n, k = row.k;
     auto right_ok = [&](int64_t r) {
-        return r == n - 1 ||
-               std::log(double(n - 1 - r)) + row.d(r + 1) * row.inv_tau <= log_half_tol;
+        return r == n - 1 || log_count[n - 1 - r] + row.d(r + 1) * row.inv_tau <= log_half_tol;
     };
     auto left_ok = [&](int64_t l) {
-        return l == 0 || std::log(double(l)) + row.d(l - 1) * row.inv_tau <= log_half_tol;
+        return l == 0 || log_count[l] + row.d(l - 1) * row.inv_tau <= log_half_tol;
     };
     int64_t lo = k, hi = n - 1;
     while (lo < hi) {
@@ -84,12 +119,8 @@ void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const T
                 const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
                 const int64_t l = lp[b * m + i], h = hp[b * m + i];
                 T* qi = qp + op[b * m + i];
-                double sum = 0;
-                for (int64_t r = l; r <= h; ++r) {
-                    const T e = static_cast<T>(std::exp(row.d(r) * inv_tau));
-                    qi[r - l] = e;
-                    sum += e;
-                }
+                for (int64_t r = l; r <= h; ++r) qi[r - l] = static_cast<T>(row.d(r) * inv_tau);
+                const double sum = exp_in_place(qi, h - l + 1);
                 const T scale = static_cast<T>(1.0 / sum);
                 for (int64_t r = l; r <= h; ++r) qi[r - l] *= scale;
                 if (c) {
@@ -123,6 +154,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
     Tensor lo = at::empty(shape, vs.options().dtype(at::kLong));
     Tensor hi = at::empty(shape, vs.options().dtype(at::kLong));
     const double log_half_tol = std::log(tol / 2);
+    std::vector<double> log_count(static_cast<size_t>(n) + 1);
+    for (int64_t j = 1; j <= n; ++j) log_count[j] = std::log(double(j));
     {
         const double *vp = vsc.data_ptr<double>(), *ap = ac.data_ptr<double>();
         const double* cp = cc.data_ptr<double>();
@@ -132,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
             for (int64_t b = begin; b < end; ++b)
                 for (int64_t i = 0; i < m; ++i) {
                     const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
-                    std::tie(lp[b * m + i], hp[b * m + i]) = window(row, log_half_tol);
+                    std::tie(lp[b * m + i], hp[b * m + i]) = window(row, log_half_tol, log_count.data());
                 }
         });
     }
