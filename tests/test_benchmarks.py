@@ -69,3 +69,13 @@ def test_train_step_benchmark_writes_its_table(tmp_path):
     with open(tmp_path / "train_step_cpu-1threads.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["experiment"] == "dknn" and float(row["images_per_s"]) > 0
+
+
+def test_large_n_benchmark_runs_at_the_smallest_size(tmp_path):
+    rows = load("large_n").main(
+        ["--sizes", "1x256", "--repeats", "1", "--budget_s", "1", "--out", str(tmp_path)]
+    )
+    methods = {r["method"] for r in rows}
+    assert {"exact", "tol=1e-6", "dense"} <= methods
+    assert all(r["median_ms"] > 0 and r["peak_rss_MiB"] >= 0 for r in rows)
+    assert (tmp_path / "large_n_cpu-1threads.csv").exists()

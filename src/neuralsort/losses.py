@@ -30,7 +30,15 @@ from ._checks import (
     check_sort_input,
     compute_dtype,
 )
-from .ops import sample_gumbel, soft_rank, soft_topk, soft_topk_mask
+from .ops import (
+    _check_tol,
+    _reduce_rows,
+    _streams,
+    sample_gumbel,
+    soft_rank,
+    soft_topk,
+    soft_topk_mask,
+)
 
 __all__ = ["spearman_loss", "ndcg_loss", "topk_cross_entropy"]
 
@@ -91,6 +99,7 @@ def spearman_loss(
     dim: int = -1,
     mask: Tensor | None = None,
     reduction: str = "mean",
+    tol: float = 0.0,
 ) -> Tensor:
     r"""One minus Spearman's rank correlation, with soft ranks of ``pred`` (relaxes
     ``1 - scipy.stats.spearmanr``).
@@ -116,6 +125,9 @@ def spearman_loss(
             ranked and correlated over its real elements alone (padding changes nothing).
         reduction: ``"mean"`` (over rows), ``"sum"`` or ``"none"`` (the shape of ``pred`` with
             ``dim`` removed).
+        tol: the soft ranks' certified truncation (:func:`~neuralsort.soft_rank`): 0 is exact
+            (in :math:`O(n)` extra memory for long rows); ``tol > 0`` drops at most that
+            fraction of each row of :math:`\hat P`'s mass, in :math:`O(n w)` time.
 
     Rows whose target is constant, or that have fewer than two (real) elements, have no
     defined correlation: they contribute a loss of 0 with zero gradient (and count in the
@@ -127,9 +139,10 @@ def spearman_loss(
     t = _check_like(target, x, "target", "pred", fn)
     mask = check_mask(mask, x, "pred", fn)
     reduction = _check_reduction(reduction, fn)
+    tol = _check_tol(tol, fn)
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
-    r = soft_rank(x, tau, dim=d, mask=mask).movedim(d, -1)
+    r = soft_rank(x, tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
     cdt = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
     r = r.to(cdt)
     m = mask.movedim(d, -1)
@@ -222,16 +235,21 @@ def ndcg_loss(
         raise ValueError(f"{fn}: `relevance` must be finite and non-negative at real elements")
     g = torch.exp2(rel) - 1 if gain == "exp2" else rel
     discount = 1 / torch.log2(torch.arange(2, k + 2, device=x.device, dtype=cdt))
-    if n_samples == 0:
-        p = soft_topk(x, k, tau, mask=mask).to(cdt)  # (..., k, n)
-    else:
+    src = x
+    if n_samples:
         noise = sample_gumbel(
             (n_samples, *x.shape), dtype=cdt, device=x.device, generator=generator
         )
-        perturbed = x.to(cdt) + noise
-        m = None if mask is None else mask.expand_as(perturbed)
-        p = soft_topk(perturbed, k, tau, mask=m)  # (S, ..., k, n)
-    dcg = (torch.matmul(p, g.unsqueeze(-1)).squeeze(-1) * discount).sum(dim=-1)
+        src = x.to(cdt) + noise  # (S, ..., n)
+    if mask is None and _streams(src, k, 0.0):
+        # long lists: P G by rows streamed in chunks, never the (..., k, n) matrix
+        gains = g.expand_as(src).unsqueeze(-1)
+        pg = _reduce_rows(src.to(cdt), k, tau, True, v=gains)[0].squeeze(-1)
+    else:
+        m = None if mask is None else mask.expand_as(src)
+        p = soft_topk(src, k, tau, mask=m).to(cdt)  # (S, ..., k, n)
+        pg = torch.matmul(p, g.unsqueeze(-1)).squeeze(-1)
+    dcg = (pg * discount).sum(dim=-1)
     if n_samples:
         dcg = dcg.mean(dim=0)
     idcg = (torch.sort(g, dim=-1, descending=True).values[..., :k] * discount).sum(dim=-1)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _native, _triton
+from . import _native, _streamed, _triton
 from ._checks import (
     TauLike,
     check_mask,
@@ -380,6 +380,52 @@ def _rows_times(p: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(p, x.unsqueeze(-1)).squeeze(-1)
 
 
+def _relaxed_rows_dense(x: Tensor, coef: Tensor, tau: Tensor, rank_of_row: Tensor) -> Tensor:
+    """The dense rows on the PyTorch path (differentiable twice): the streamed path's
+    ``create_graph=True`` fallback."""
+    return _RelaxedRows.apply(x, coef, tau, rank_of_row)
+
+
+def _check_tol(tol: object, fn: str) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"{fn}: `tol` must be a float in [0, 1), got {type(tol).__name__}")
+    if not 0.0 <= float(tol) < 1.0:
+        raise ValueError(f"{fn}: `tol` must lie in [0, 1), got {tol!r}")
+    return float(tol)
+
+
+def _streams(x: Tensor, m: int, tol: float) -> bool:
+    """Whether rows are reduced without the dense ``(..., m, n)`` matrix: always with ``tol``,
+    else when that matrix would exceed ``_streamed.CHUNK_ELEMENTS`` elements."""
+    return tol > 0 or x.numel() * m > _streamed.CHUNK_ELEMENTS
+
+
+def _reduce_rows(
+    x: Tensor,
+    rows: Tensor | int,
+    tau: TauLike,
+    descending: bool,
+    *,
+    v: Tensor | None = None,
+    w: Tensor | None = None,
+    tol: float = 0.0,
+) -> tuple[Tensor | None, Tensor | None]:
+    r"""``(P @ v, w @ P)`` for the rows ``rows`` of :math:`\hat P(x)` (as :func:`_relaxed_rows`)
+    without the ``(..., m, n)`` matrix: exactly by streamed chunks of rows, or with ``tol > 0``
+    over certified windows (:mod:`neuralsort._streamed`). ``v``: ``(..., n, c)``; ``w``: a
+    constant ``(c, m)``; both in the compute dtype of ``x``."""
+    n = x.shape[-1]
+    xc = _as_dtype(x, compute_dtype(x.dtype))
+    if isinstance(rows, int):
+        coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
+    else:
+        coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
+    tau_t = _as_tau_tensor(tau, xc)
+    if tol > 0:
+        return _streamed.windowed(xc, coef, tau_t, rank_of_row, tol, v, w)
+    return _streamed.streamed(xc, coef, tau_t, rank_of_row, v, w)
+
+
 def _last(x: Tensor, dim: int) -> Tensor:
     """``x`` with axis ``dim`` moved last (no view, so no autograd node, when it already is)."""
     return x if dim == x.dim() - 1 else x.movedim(dim, -1)
@@ -546,6 +592,7 @@ def soft_sort(
     dim: int = -1,
     descending: bool = False,
     mask: Tensor | None = None,
+    tol: float = 0.0,
 ) -> Tensor:
     r"""Relaxed sorted values (relaxes ``torch.sort(values, dim).values``).
 
@@ -554,19 +601,32 @@ def soft_sort(
     With a bool ``mask`` (True = real element, the shape of ``values``), a row with ``m`` real
     elements holds the relaxed sort of those alone in its first ``m`` positions and zeros after
     (see :func:`neural_sort`).
+
+    ``tol`` (default 0: exact) skips, in each row of :math:`\hat P`, the elements outside a
+    window around the row's peak that together hold at most a fraction ``tol`` of the row's
+    mass, and renormalises over the window: :math:`O(n w)` time and memory for windows of
+    ``w`` elements instead of :math:`O(n^2)` (the bound and its proof:
+    :func:`neuralsort._streamed.windowed`; gradients are those of the truncated rows). With
+    ``tol=0`` large inputs are computed exactly in :math:`O(n)` extra memory (rows streamed in
+    chunks, rebuilt in the backward).
     """
     fn = "soft_sort"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
+    tol = _check_tol(tol, fn)
     mask = _real_mask(mask, x, "values", fn)
     xm = _last(x, d)
     n = xm.shape[-1]
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            return _pad_axis(soft_sort(xs, tau, descending=descending), -1, n)
+            return _pad_axis(soft_sort(xs, tau, descending=descending, tol=tol), -1, n)
 
         return _from_last(_masked_apply(xm, _last(mask, d), op, (n,)), d)
-    out = _relaxed_rows(xm, n, tau, descending, times_x=True)
+    if _streams(xm, n, tol):
+        xc = _as_dtype(xm, compute_dtype(xm.dtype))
+        out = _reduce_rows(xc, n, tau, descending, v=xc.unsqueeze(-1), tol=tol)[0].squeeze(-1)
+    else:
+        out = _relaxed_rows(xm, n, tau, descending, times_x=True)
     return _from_last(_as_dtype(out, x.dtype), d)
 
 
@@ -577,6 +637,7 @@ def soft_rank(
     dim: int = -1,
     descending: bool = False,
     mask: Tensor | None = None,
+    tol: float = 0.0,
 ) -> Tensor:
     r"""Relaxed ranks in ``[1, n]`` (relaxes the rank, i.e. the inverse sorting permutation).
 
@@ -593,22 +654,37 @@ def soft_rank(
     (the smallest when ``descending=False``). Same shape as ``values``. With a bool ``mask``
     (True = real element), real elements are ranked among the real ones of their row (in
     ``[1, m]``) and padded elements get rank 0 (see :func:`neural_sort`).
+
+    ``tol`` (default 0: exact) skips, in each row of :math:`\hat P`, the elements outside a
+    window around the row's peak that together hold at most a fraction ``tol`` of the row's
+    mass, and renormalises over the window: :math:`O(n w)` time and memory for windows of
+    ``w`` elements instead of :math:`O(n^2)` (the bound and its proof:
+    :func:`neuralsort._streamed.windowed`; gradients are those of the truncated rows). With
+    ``tol=0`` large inputs are computed exactly in :math:`O(n)` extra memory (rows streamed in
+    chunks, rebuilt in the backward).
     """
     fn = "soft_rank"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
+    tol = _check_tol(tol, fn)
     mask = _real_mask(mask, x, "values", fn)
     xm = _last(x, d)
     n = xm.shape[-1]
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            return _scatter_columns(soft_rank(xs, tau, descending=descending), idx, n)
+            return _scatter_columns(soft_rank(xs, tau, descending=descending, tol=tol), idx, n)
 
         return _from_last(_masked_apply(xm, _last(mask, d), op, (n,)), d)
-    p = _relaxed_rows(xm, n, tau, descending)
-    positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
-    weighted = _rows_times(p.transpose(-1, -2), positions)
-    mass = p.sum(dim=-2)
+    if _streams(xm, n, tol):
+        cdt = compute_dtype(xm.dtype)
+        positions = torch.arange(1, n + 1, dtype=cdt, device=xm.device)
+        weights = torch.stack((positions, torch.ones_like(positions)))
+        weighted, mass = _reduce_rows(xm, n, tau, descending, w=weights, tol=tol)[1].unbind(-2)
+    else:
+        p = _relaxed_rows(xm, n, tau, descending)
+        positions = torch.arange(1, n + 1, dtype=p.dtype, device=p.device)
+        weighted = _rows_times(p.transpose(-1, -2), positions)
+        mass = p.sum(dim=-2)
     ranks = weighted / mass
     return _from_last(_as_dtype(ranks, x.dtype), d)
 
@@ -724,6 +800,7 @@ def soft_quantile(
     *,
     dim: int = -1,
     mask: Tensor | None = None,
+    tol: float = 0.0,
 ) -> Tensor:
     r"""Relaxed ``q``-quantile (relaxes :func:`torch.quantile`, linear interpolation).
 
@@ -734,12 +811,21 @@ def soft_quantile(
     ``mask`` (True = real element), each row's quantile is that of its real elements alone
     (:math:`n` above is their number); a row with none gives 0.
 
+    ``tol`` (default 0: exact) skips, in each row of :math:`\hat P`, the elements outside a
+    window around the row's peak that together hold at most a fraction ``tol`` of the row's
+    mass, and renormalises over the window: :math:`O(w + \log n)` per row instead of
+    :math:`O(n)`, for windows of ``w`` elements (the bound and its proof:
+    :func:`neuralsort._streamed.windowed`; gradients are those of the truncated rows). With
+    ``tol=0`` large inputs are computed exactly in :math:`O(n)` extra memory (rows streamed in
+    chunks, rebuilt in the backward).
+
     Returns:
         For a float ``q``, the shape of ``values`` with ``dim`` removed; for a 1-D ``q`` of length
         ``Q``, a leading axis of size ``Q`` (as :func:`torch.quantile`).
     """
     fn = "soft_quantile"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
+    tol = _check_tol(tol, fn)
     scalar_q = not isinstance(q, (Tensor, Sequence))
     qt = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
     if isinstance(q, Tensor) and q.dim() > 1:
@@ -755,7 +841,7 @@ def soft_quantile(
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            out = soft_quantile(xs, q, tau)
+            out = soft_quantile(xs, q, tau, tol=tol)
             return out if scalar_q else out.movedim(0, -1)
 
         out = _masked_apply(xm, _last(mask, d), op, () if scalar_q else (qt.numel(),))
@@ -766,7 +852,12 @@ def soft_quantile(
     hi = (lo + 1).clamp(max=n - 1)
     w = (h - lo).to(device=x.device)
     positions = torch.cat((lo, hi)).to(x.device) + 1
-    picked = _relaxed_rows(xm, positions, tau, descending=False, times_x=True)  # (..., 2Q)
+    if _streams(xm, positions.numel(), tol):
+        xc = _as_dtype(xm, compute_dtype(xm.dtype))
+        picked = _reduce_rows(xc, positions, tau, False, v=xc.unsqueeze(-1), tol=tol)[0]
+        picked = picked.squeeze(-1)
+    else:
+        picked = _relaxed_rows(xm, positions, tau, descending=False, times_x=True)  # (..., 2Q)
     at_lo, at_hi = picked.split(qt.numel(), dim=-1)
     w = w.to(picked.dtype)
     out = (1 - w) * at_lo + w * at_hi  # (..., Q)

@@ -1,0 +1,286 @@
+// neuralsort::windowed_forward / windowed_backward: the certified-sparse rows of tol= (see
+// neuralsort/_streamed.py, `windowed`, for the bound) on the CPU. Row i of Q over ascending
+// ranks r in its window [lo_i, hi_i]:
+//
+//   d_ir = c_i (v_r - v_k) - (a_r - a_k)        (k = the row's peak rank; float64)
+//   Q[i, r] = exp(d_ir / tau) / sum_{window} exp(d_ir' / tau)
+//   y[i, :] = sum_r Q[i, r] V[r, :]      u[:, r] = sum_i W[:, i] Q[i, r]
+//
+// The forward finds each window by two binary searches on the bound, keeps the rows of Q
+// (sum of the window widths values, O(n w)) and returns them for the backward, which reduces
+// the softmax gradient to the gradients of v (through c_i), of a and of tau.
+// The autograd node is neuralsort/_streamed.py's _Windowed; this file has no autograd.
+// Included at the end of extension.cpp (one translation unit with relaxed_rows.h, whose
+// vector exp it uses).
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "relaxed_rows.h"
+
+namespace {
+
+using at::Tensor;
+
+// exp of a window's logits in place, returning their sum. float: the kernel's vector exp,
+// floored 64 below the peak as the dense rows are (no subnormals); double: std::exp.
+inline double exp_in_place(float* p, int64_t width) {
+    namespace nk = neuralsort_kernels;
+    nk::vf acc = {};
+    int64_t j = 0;
+    for (; j + nk::kLanes <= width; j += nk::kLanes) {
+        const nk::vf e = nk::vexp(nk::clamp(nk::load(p + j), -64.0f, 80.0f));
+        nk::store(p + j, e);
+        acc += e;
+    }
+    double sum = nk::lane_sum<float>(acc);
+    for (; j < width; ++j) {
+        p[j] = std::exp(std::min(std::max(p[j], -64.0f), 80.0f));
+        sum += p[j];
+    }
+    return sum;
+}
+
+inline double exp_in_place(double* p, int64_t width) {
+    double sum = 0;
+    for (int64_t j = 0; j < width; ++j) {
+        p[j] = std::exp(p[j]);
+        sum += p[j];
+    }
+    return sum;
+}
+
+struct Row {
+    const double* vs;
+    const double* as;
+    int64_t n, k;
+    double c, peak, inv_tau;
+    double d(int64_t r) const { return c * vs[r] - as[r] - peak; }
+};
+
+// smallest R in [k, n-1] whose right tail (n-1-R elements, each <= exp(z_{R+1})) is within
+// the bound, and largest L in [0, k] likewise on the left
+// (log_count[j] = log j)
+std::pair<int64_t, int64_t> window(const Row& row, double log_half_tol, const double* log_count) {
+    const int64_t n = row.n, k = row.k;
+    auto right_ok = [&](int64_t r) {
+        return r == n - 1 || log_count[n - 1 - r] + row.d(r + 1) * row.inv_tau <= log_half_tol;
+    };
+    auto left_ok = [&](int64_t l) {
+        return l == 0 || log_count[l] + row.d(l - 1) * row.inv_tau <= log_half_tol;
+    };
+    int64_t lo = k, hi = n - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (right_ok(mid)) hi = mid; else lo = mid + 1;
+    }
+    const int64_t right = hi;
+    lo = 0, hi = k;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (left_ok(mid)) lo = mid; else hi = mid - 1;
+    }
+    return {lo, right};
+}
+
+Row make_row(const double* vs, const double* as, int64_t n, const double* coef,
+             const int64_t* rank, int64_t i, double inv_tau) {
+    Row row{vs, as, n, rank[i], coef[i], 0.0, inv_tau};
+    row.peak = row.c * vs[row.k] - as[row.k];
+    return row;
+}
+
+template <typename T>
+void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank,
+                  double inv_tau, const Tensor& lo, const Tensor& hi, const Tensor& offsets,
+                  const Tensor& v, const Tensor& w, Tensor& q, Tensor& y, Tensor& u) {
+    const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
+    const int64_t c = v.numel() ? v.size(-1) : 0, cw = w.numel() ? w.size(0) : 0;
+    const double *vp = vs.data_ptr<double>(), *ap = a.data_ptr<double>();
+    const double* cp = coef.data_ptr<double>();
+    const int64_t *rp = rank.data_ptr<int64_t>(), *lp = lo.data_ptr<int64_t>();
+    const int64_t *hp = hi.data_ptr<int64_t>(), *op = offsets.data_ptr<int64_t>();
+    const T* vv = c ? v.data_ptr<T>() : nullptr;
+    const T* wv = cw ? w.data_ptr<T>() : nullptr;
+    T* qp = q.data_ptr<T>();
+    T* yp = c ? y.data_ptr<T>() : nullptr;
+    T* up = cw ? u.data_ptr<T>() : nullptr;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+            for (int64_t i = 0; i < m; ++i) {
+                const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
+                const int64_t l = lp[b * m + i], h = hp[b * m + i];
+                T* qi = qp + op[b * m + i];
+                for (int64_t r = l; r <= h; ++r) qi[r - l] = static_cast<T>(row.d(r) * inv_tau);
+                const double sum = exp_in_place(qi, h - l + 1);
+                const T scale = static_cast<T>(1.0 / sum);
+                for (int64_t r = l; r <= h; ++r) qi[r - l] *= scale;
+                if (c) {
+                    T* yi = yp + (b * m + i) * c;
+                    for (int64_t j = 0; j < c; ++j) yi[j] = 0;
+                    for (int64_t r = l; r <= h; ++r)
+                        for (int64_t j = 0; j < c; ++j) yi[j] += qi[r - l] * vv[(b * n + r) * c + j];
+                }
+                for (int64_t j = 0; j < cw; ++j) {
+                    const T wj = wv[j * m + i];
+                    T* uj = up + (b * cw + j) * n;
+                    for (int64_t r = l; r <= h; ++r) uj[r] += wj * qi[r - l];
+                }
+            }
+        }
+    });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
+    const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, double inv_tau,
+    double tol, const Tensor& v, const Tensor& w) {
+    TORCH_CHECK(vs.scalar_type() == at::kDouble && a.scalar_type() == at::kDouble &&
+                    coef.scalar_type() == at::kDouble && rank.scalar_type() == at::kLong,
+                "windowed_forward: vs, a, coef float64 and rank int64");
+    const Tensor vsc = vs.contiguous(), ac = a.contiguous(), cc = coef.contiguous();
+    const Tensor rc = rank.contiguous(), vc = v.contiguous(), wc = w.contiguous();
+    const auto dtype = v.numel() ? v.scalar_type() : w.scalar_type();
+    const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
+    auto shape = vs.sizes().vec();
+    shape.back() = m;
+    Tensor lo = at::empty(shape, vs.options().dtype(at::kLong));
+    Tensor hi = at::empty(shape, vs.options().dtype(at::kLong));
+    const double log_half_tol = std::log(tol / 2);
+    std::vector<double> log_count(static_cast<size_t>(n) + 1);
+    for (int64_t j = 1; j <= n; ++j) log_count[j] = std::log(double(j));
+    {
+        const double *vp = vsc.data_ptr<double>(), *ap = ac.data_ptr<double>();
+        const double* cp = cc.data_ptr<double>();
+        const int64_t* rp = rc.data_ptr<int64_t>();
+        int64_t *lp = lo.data_ptr<int64_t>(), *hp = hi.data_ptr<int64_t>();
+        at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b)
+                for (int64_t i = 0; i < m; ++i) {
+                    const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
+                    std::tie(lp[b * m + i], hp[b * m + i]) = window(row, log_half_tol, log_count.data());
+                }
+        });
+    }
+    Tensor offsets = at::empty({batch * m + 1}, lo.options());
+    {
+        int64_t* op = offsets.data_ptr<int64_t>();
+        const int64_t *lp = lo.data_ptr<int64_t>(), *hp = hi.data_ptr<int64_t>();
+        op[0] = 0;
+        for (int64_t t = 0; t < batch * m; ++t) op[t + 1] = op[t] + hp[t] - lp[t] + 1;
+    }
+    const int64_t total = offsets.data_ptr<int64_t>()[batch * m];
+    Tensor q = at::empty({total}, vs.options().dtype(dtype));
+    auto yshape = vs.sizes().vec();
+    yshape.back() = m;
+    if (v.numel()) yshape.push_back(v.size(-1));
+    Tensor y = v.numel() ? at::empty(yshape, q.options()) : at::empty({0}, q.options());
+    auto ushape = vs.sizes().vec();
+    if (w.numel()) ushape.insert(ushape.end() - 1, w.size(0));
+    Tensor u = w.numel() ? at::zeros(ushape, q.options()) : at::empty({0}, q.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "windowed_forward", [&] {
+        forward_rows<scalar_t>(vsc, ac, cc, rc, inv_tau, lo, hi, offsets, vc, wc, q, y, u);
+    });
+    return {y, u, q, offsets, lo, hi};
+}
+
+template <typename T>
+void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank,
+                   const Tensor& q, const Tensor& offsets, const Tensor& lo, const Tensor& hi,
+                   const Tensor& v, const Tensor& w, const Tensor& gy, const Tensor& gu,
+                   bool need_v, Tensor& gvs, Tensor& gas, Tensor& gv, Tensor& tau_part) {
+    const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
+    const int64_t c = gy.numel() ? v.size(-1) : 0, cw = gu.numel() ? w.size(0) : 0;
+    const double *vp = vs.data_ptr<double>(), *ap = a.data_ptr<double>();
+    const double* cp = coef.data_ptr<double>();
+    const int64_t *rp = rank.data_ptr<int64_t>(), *lp = lo.data_ptr<int64_t>();
+    const int64_t *hp = hi.data_ptr<int64_t>(), *op = offsets.data_ptr<int64_t>();
+    const T* qp = q.data_ptr<T>();
+    const T* vv = c ? v.data_ptr<T>() : nullptr;
+    const T* gyp = c ? gy.data_ptr<T>() : nullptr;
+    const T* wv = cw ? w.data_ptr<T>() : nullptr;
+    const T* gup = cw ? gu.data_ptr<T>() : nullptr;
+    T *gvsp = gvs.data_ptr<T>(), *gasp = gas.data_ptr<T>();
+    T* gvp = need_v ? gv.data_ptr<T>() : nullptr;
+    double* tp = tau_part.data_ptr<double>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> gq;
+        for (int64_t b = begin; b < end; ++b) {
+            double tau_sum = 0;
+            for (int64_t i = 0; i < m; ++i) {
+                const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, 1.0);
+                const int64_t l = lp[b * m + i], h = hp[b * m + i], width = h - l + 1;
+                const T* qi = qp + op[b * m + i];
+                gq.assign(width, T(0));
+                if (c) {
+                    const T* gyi = gyp + (b * m + i) * c;
+                    for (int64_t r = l; r <= h; ++r) {
+                        T s = 0;
+                        for (int64_t j = 0; j < c; ++j) s += vv[(b * n + r) * c + j] * gyi[j];
+                        gq[r - l] += s;
+                        if (need_v)
+                            for (int64_t j = 0; j < c; ++j)
+                                gvp[(b * n + r) * c + j] += qi[r - l] * gyi[j];
+                    }
+                }
+                for (int64_t j = 0; j < cw; ++j) {
+                    const T wj = wv[j * m + i];
+                    const T* guj = gup + (b * cw + j) * n;
+                    for (int64_t r = l; r <= h; ++r) gq[r - l] += wj * guj[r];
+                }
+                double dot = 0;
+                for (int64_t r = 0; r < width; ++r) dot += double(qi[r]) * gq[r];
+                const T ci = static_cast<T>(row.c);
+                T* gvsb = gvsp + b * n;
+                T* gasb = gasp + b * n;
+                for (int64_t r = l; r <= h; ++r) {
+                    const T gl = qi[r - l] * (gq[r - l] - static_cast<T>(dot));
+                    gvsb[r] += ci * gl;
+                    gasb[r] += gl;
+                    tau_sum += double(gl) * row.d(r);
+                }
+            }
+            tp[b] = tau_sum;
+        }
+    });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_backward(
+    const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, const Tensor& q,
+    const Tensor& offsets, const Tensor& lo, const Tensor& hi, const Tensor& v, const Tensor& w,
+    const Tensor& gy, const Tensor& gu, bool need_v) {
+    const Tensor vc = v.contiguous(), gyc = gy.contiguous(), guc = gu.contiguous();
+    const int64_t n = vs.size(-1), batch = vs.numel() / n;
+    Tensor gvs = at::zeros(vs.sizes(), q.options());
+    Tensor gas = at::zeros(vs.sizes(), q.options());
+    Tensor gv = need_v ? at::zeros(v.sizes(), q.options()) : at::empty({0}, q.options());
+    Tensor tau_part = at::zeros({batch}, vs.options());
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "windowed_backward", [&] {
+        backward_rows<scalar_t>(vs.contiguous(), a.contiguous(), coef.contiguous(),
+                                rank.contiguous(), q, offsets, lo, hi, vc, w.contiguous(), gyc,
+                                guc, need_v, gvs, gas, gv, tau_part);
+    });
+    return {gvs, gas, gv, tau_part.sum()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(neuralsort, m) {
+    m.def("windowed_forward(Tensor vs, Tensor a, Tensor coef, Tensor rank, float inv_tau, "
+          "float tol, Tensor v, Tensor w) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("windowed_backward(Tensor vs, Tensor a, Tensor coef, Tensor rank, Tensor q, "
+          "Tensor offsets, Tensor lo, Tensor hi, Tensor v, Tensor w, Tensor gy, Tensor gu, "
+          "bool need_v) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(neuralsort, CPU, m) {
+    m.impl("windowed_forward", &windowed_forward);
+    m.impl("windowed_backward", &windowed_backward);
+}
