@@ -1,0 +1,98 @@
+"""MkDocs hooks: show the committed results (tables and plots under results/) on the site.
+
+- The PNGs under results/ are added to the site as ``results/...``, so pages can show them.
+- ``<!-- ops-table results/ops/ops_cpu-1threads.csv -->`` becomes a table of the operator
+  benchmark (median forward + backward time, ratio to the floor), ``<!-- csv-table FILE -->`` a
+  plain table of any CSV file, both read from the committed files when the site is built.
+- A line ``<!-- include results/table1.md -->`` in a page is replaced by that file's text, its
+  headings moved one level down and its links to run folders (which are in the repository, not
+  on the site) written as repository paths. The tables are never copied by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import posixpath
+import re
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[1]
+_INCLUDE = re.compile(r"^<!-- include (\S+) -->$", re.M)
+_OPS = re.compile(r"^<!-- ops-table (\S+) -->$", re.M)
+_CSV = re.compile(r"^<!-- csv-table (\S+) -->$", re.M)
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def on_files(files, config):
+    for png in sorted((ROOT / "results").rglob("*.png")):
+        uri = png.relative_to(ROOT).as_posix()
+        files.append(File.generated(config, uri, abs_src_path=str(png)))
+    return files
+
+
+def _included(rel: str) -> str:
+    path = ROOT / rel
+    base = posixpath.dirname(rel)
+    text = path.read_text()
+
+    def link(m: re.Match) -> str:
+        bang, label, target = m.groups()
+        if "://" in target or target.startswith("#"):
+            return m.group(0)
+        repo_path = posixpath.normpath(posixpath.join(base, target))
+        if bang:  # an image: published under the same path by on_files
+            return f"![{label}]({repo_path})"
+        if label.strip("`") == target:
+            return f"`{repo_path}`"
+        return f"{label} (`{repo_path}`)"
+
+    text = _LINK.sub(link, text)
+    return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)
+
+
+def _rows(rel: str) -> list[dict[str, str]]:
+    with open(ROOT / rel, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _ops_table(rel: str) -> str:
+    """Rows = operators, columns = sizes: "median ms (ratio to the floor x)"."""
+    rows = _rows(rel)
+    sizes = list(dict.fromkeys((r["B"], r["n"]) for r in rows))
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    cell = {(r["op"], r["B"], r["n"]): r for r in rows}
+    out = ["| op | " + " | ".join(f"B={b}, n={n}" for b, n in sizes) + " |"]
+    out.append("| --- " * (len(sizes) + 1) + "|")
+    for op in ops:
+        vals = []
+        for b, n in sizes:
+            r = cell.get((op, b, n))
+            vals.append(
+                f"{float(r['median_ms']):.2f} ms ({float(r['vs_floor']):.2f}×)" if r else "-"
+            )
+        out.append(f"| {op} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def _csv_table(rel: str) -> str:
+    rows = _rows(rel)
+    cols = list(rows[0])
+
+    def fmt(v: str) -> str:
+        try:
+            x = float(v)
+        except ValueError:
+            return v
+        return v if x.is_integer() else f"{x:.3g}"
+
+    out = ["| " + " | ".join(cols) + " |", "| --- " * len(cols) + "|"]
+    out += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown, page, config, files):
+    markdown = _OPS.sub(lambda m: _ops_table(m.group(1)), markdown)
+    markdown = _CSV.sub(lambda m: _csv_table(m.group(1)), markdown)
+    return _INCLUDE.sub(lambda m: _included(m.group(1)), markdown)
