@@ -1,6 +1,6 @@
 """MkDocs hooks: show the committed results (tables and plots under results/) on the site.
 
-- The PNGs under results/ are added to the site as ``results/...``, so pages can show them.
+- The plots of results/ and results/ops/ are added to the site as ``results/...``, so pages can show them.
 - ``<!-- ops-table results/ops/ops_cpu-1threads.csv -->`` becomes a table of the operator
   benchmark (median forward + backward time, ratio to the floor), ``<!-- csv-table FILE -->`` a
   plain table of any CSV file, both read from the committed files when the site is built.
@@ -26,7 +26,8 @@ _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def on_files(files, config):
-    for png in sorted((ROOT / "results").rglob("*.png")):
+    results = ROOT / "results"
+    for png in sorted([*results.glob("*.png"), *(results / "ops").rglob("*.png")]):
         uri = png.relative_to(ROOT).as_posix()
         files.append(File.generated(config, uri, abs_src_path=str(png)))
     return files
