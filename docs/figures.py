@@ -43,7 +43,7 @@ def phat_heatmaps(out: Path) -> None:
 
 
 def soft_ranks(out: Path) -> None:
-    """soft_rank of each of the eight scores as tau grows: hard ranks at small tau, n+1/2 at large."""
+    """soft_rank of each score as tau grows: hard ranks at small tau, (n + 1) / 2 at large."""
     taus = torch.logspace(-2, 1.5, 120)
     ranks = torch.stack([ns.soft_rank(SCORES, tau=float(t), descending=True) for t in taus])
     fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
@@ -97,8 +97,14 @@ def choosing_tau(out: Path, trials: int = 200) -> list[tuple[int, float, float, 
     taus = torch.logspace(-3, 1, 25).tolist()
     rows = []
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for n, spread, style in ((16, 0.1, "-"), (16, 1.0, "-"), (16, 10.0, "-"), (4, 1.0, "--"),
-                             (64, 1.0, "--"), (256, 1.0, "--")):
+    for n, spread, style in (
+        (16, 0.1, "-"),
+        (16, 1.0, "-"),
+        (16, 10.0, "-"),
+        (4, 1.0, "--"),
+        (64, 1.0, "--"),
+        (256, 1.0, "--"),
+    ):
         errs = [off_mass(n, spread, t, max(8, trials * 16 // n), gen) for t in taus]
         rows.extend((n, spread, t, e) for t, e in zip(taus, errs, strict=True))
         label = f"n = {n}, spread = {spread:g}"

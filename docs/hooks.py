@@ -1,6 +1,7 @@
 """MkDocs hooks: show the committed results (tables and plots under results/) on the site.
 
-- The plots of results/ and results/ops/ are added to the site as ``results/...``, so pages can show them.
+- The plots of results/ and results/ops/ are added to the site as ``results/...``, for the
+  pages to show.
 - ``<!-- ops-table results/ops/ops_cpu-1threads.csv -->`` becomes a table of the operator
   benchmark (median forward + backward time, ratio to the floor), ``<!-- csv-table FILE -->`` a
   plain table of any CSV file, both read from the committed files when the site is built.
