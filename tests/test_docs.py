@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,45 @@ def test_page_examples_run(page: Path):
         with contextlib.redirect_stdout(io.StringIO()):
             # line numbers in a traceback point into the page
             exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
+
+
+def _api_entries() -> set[str]:
+    text = "".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.md"))
+    entries = set(re.findall(r"^::: (\S+)", text, flags=re.M))
+    # members listed under a module's entry
+    for module, block in re.findall(r"^::: (\S+)\n((?:[ \t]+.*\n)*)", text, flags=re.M):
+        entries.update(f"{module}.{m}" for m in re.findall(r"^\s+- (\w+)$", block, flags=re.M))
+    return entries
+
+
+def test_every_public_name_has_an_api_entry():
+    import neuralsort
+    import neuralsort.losses
+
+    entries = _api_entries()
+    modules = {"losses", "backends", "knn", "nn", "__version__"}
+    for name in set(neuralsort.__all__) - modules:
+        assert f"neuralsort.{name}" in entries or f"neuralsort.losses.{name}" in entries, name
+    for name in neuralsort.losses.__all__:
+        assert f"neuralsort.losses.{name}" in entries, name
+    assert "neuralsort.backends" in entries
+
+
+def test_pages_show_figures_that_exist():
+    for page in (ROOT / "docs").rglob("*.md"):
+        for target in re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.name}: {target}"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """The site builds with warnings as errors (where the docs extra is installed)."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
