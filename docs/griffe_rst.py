@@ -50,7 +50,8 @@ def rst_to_markdown(text: str) -> str:
         out.append(lines[i])
         i += 1
     text = "\n".join(out)
-    text = _MATH_ROLE.sub(lambda m: f"${m.group(1)}$", text)
+    text = re.sub(r"`\\ ", "`", text)  # reST's escaped space after a role: nothing
+    text = _MATH_ROLE.sub(lambda m: f"${m.group(1).strip()}$", text)
     text = _XREF_ROLE.sub(lambda m: f"`{m.group(1)}`", text)
     # double-backtick literals, except inside math (already converted) and doctest output
     return _LITERAL.sub(lambda m: f"`{m.group(1)}`", text)
