@@ -40,7 +40,7 @@ import torch
 
 import neuralsort as ns
 
-# the one folder of benchmark results, the one the README cites (CSV + PNG named by hardware)
+# the one folder of benchmark results, the one the docs cite (CSV + PNG named by hardware)
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "ops"
 DEFAULT_SIZES = ["256x16", "100x100", "64x100", "8x512", "2x2048"]
 

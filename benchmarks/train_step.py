@@ -47,7 +47,7 @@ import torch.multiprocessing as mp
 
 from neuralsort.experiments.distributed import free_port
 
-# the one folder of benchmark results, the one the README cites
+# the one folder of benchmark results, the one the docs cite
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "ops"
 EXPERIMENTS = ("dknn", "sort", "quantile")
 
