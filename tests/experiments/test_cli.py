@@ -55,6 +55,17 @@ def test_all_seed_flags_and_dashed_aliases():
     assert cfg["optimizer"] == "adam" and cfg["lr_schedule"] == "cosine"
 
 
+def test_help_lists_each_command_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    commands = ["dknn", "baseline", "sort", "quantile", "reproduce", "report", "info"]
+    for cmd in commands:
+        (line,) = [x for x in out.splitlines() if x.split()[:1] == [cmd]]
+        assert len(line.split()) > 2, line  # the name, then its help on the same line
+
+
 def test_version_and_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

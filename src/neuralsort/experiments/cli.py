@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -40,11 +41,20 @@ def _version() -> str:
         return "unknown"
 
 
+class _OneLinePerCommand(argparse.HelpFormatter):
+    """`neuralsort --help` lists each sub-command on one line, its help beside its name."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=16, width=max(100, shutil.get_terminal_size()[0]))
+        self._action_max_length = 14  # room for the longest name, "reproduce", indented
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered sub-command."""
     parser = argparse.ArgumentParser(
         prog="neuralsort",
         description="Differentiable sorting (NeuralSort): the paper's experiments.",
+        formatter_class=_OneLinePerCommand,
     )
     parser.add_argument("--version", action="version", version=f"neuralsort {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

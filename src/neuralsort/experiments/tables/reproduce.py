@@ -199,8 +199,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``neuralsort reproduce``."""
     p = subparsers.add_parser(
         "reproduce",
-        help="run every cell of a paper table from its grid, configs/tables/table{N}.yaml "
-        "(resumable)",
+        help="run every cell of a paper table from its grid, tables/table{N}.yaml (resumable)",
         description=__doc__.split("\n\n")[0],
         epilog="Example: neuralsort reproduce --table 1 --budget smoke --data_dir ../shared/data "
         "&& neuralsort report results",
