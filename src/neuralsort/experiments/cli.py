@@ -49,6 +49,17 @@ class _OneLinePerCommand(argparse.HelpFormatter):
         self._action_max_length = 14  # room for the longest name, "reproduce", indented
 
 
+class _MetavarOnce(argparse.HelpFormatter):
+    """A sub-command's help names each flag's spellings, then its value once:
+    ``--num_epochs, --num-epochs N`` (argparse repeats the value after every spelling)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered sub-command."""
     parser = argparse.ArgumentParser(
@@ -64,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
         for cmd in set(sub.choices) - before:
             sub.choices[cmd].set_defaults(func=module.main, command=cmd)
+            sub.choices[cmd].formatter_class = _MetavarOnce
     return parser
 
 
