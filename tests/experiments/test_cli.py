@@ -66,12 +66,15 @@ def test_help_lists_each_command_on_one_line(capsys, monkeypatch):
         assert len(line.split()) > 2, line  # the name, then its help on the same line
 
 
-def test_subcommand_help_names_a_flags_value_once(capsys):
+def test_subcommand_help_groups_flags_and_names_a_flags_value_once(capsys):
     with pytest.raises(SystemExit):
         main(["dknn", "--help"])
     out = capsys.readouterr().out
     assert "--num_train_queries, --num-train-queries NUM_TRAIN_QUERIES" in out
     assert "--num_train_queries NUM_TRAIN_QUERIES," not in out
+    headings = [line for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
+    for group in ("run folder:", "data:", "training length and precision:"):
+        assert group in headings, headings
 
 
 def test_version_and_bad_flags(capsys):

@@ -90,46 +90,51 @@ def add_flag(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Add the flags every experiment shares (see :data:`COMMON_DEFAULTS` for their defaults)."""
-    g = parser.add_argument_group("common run options")
-    add_flag(g, "--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
-    add_flag(g, "--out", metavar="DIR", help="output folder (default: runs/<name>-<timestamp>)")
-    add_flag(g, "--seed", type=int, help="random seed (default 0)")
+    """Add the flags every experiment shares (see :data:`COMMON_DEFAULTS` for their defaults),
+    grouped in the help by what they set: the run folder, the data, the training length and
+    precision, and the devices and processes."""
+    run = parser.add_argument_group("run folder")
+    add_flag(run, "--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
+    add_flag(run, "--out", metavar="DIR", help="output folder (default: runs/<name>-<timestamp>)")
+    add_flag(run, "--seed", type=int, help="random seed (default 0)")
     add_flag(
-        g,
+        run,
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (or the latest runs/<name>-*) from its last checkpoint",
+    )
+    data = parser.add_argument_group("data")
+    add_flag(
+        data,
+        "--data_dir",
+        metavar="DIR",
+        help="folder holding the data sets (default: $NEURALSORT_DATA, then ./data)",
+    )
+    length = parser.add_argument_group("training length and precision")
+    add_flag(length, "--num_epochs", type=int, metavar="N", help="number of training epochs")
+    add_flag(length, "--steps_per_epoch", type=int, metavar="N", help="cap on steps per epoch")
+    add_flag(
+        length,
+        "--amp",
+        choices=list(AMP_MODES),
+        help="mixed precision for training steps: off (default), bf16 or fp16 (fp16 adds a "
+        "gradient scaler); evaluation stays float32",
+    )
+    devices = parser.add_argument_group("devices and processes (torchrun for several)")
+    add_flag(
+        devices,
         "--device",
         choices=["auto", "cpu", "cuda", "mps"],
         help="compute device (default auto: cuda, then mps, then cpu)",
     )
     add_flag(
-        g,
-        "--data_dir",
-        metavar="DIR",
-        help="folder holding the data sets (default: $NEURALSORT_DATA, then ./data)",
-    )
-    add_flag(g, "--num_epochs", type=int, metavar="N", help="number of training epochs")
-    add_flag(g, "--steps_per_epoch", type=int, metavar="N", help="cap on steps per epoch")
-    add_flag(
-        g,
+        devices,
         "--threads",
         "--num_threads",
         "--num-threads",
         type=int,
         metavar="N",
         help="torch CPU threads per process (default: torch's choice; torchrun sets 1)",
-    )
-    add_flag(
-        g,
-        "--amp",
-        choices=list(AMP_MODES),
-        help="mixed precision for training steps: off (default), bf16 or fp16 (fp16 adds a "
-        "gradient scaler); evaluation stays float32",
-    )
-    add_flag(
-        g,
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (or the latest runs/<name>-*) from its last checkpoint",
     )
 
 
