@@ -49,6 +49,13 @@ def _chunks(m: int, batch: int, n: int) -> range:
     return range(0, m, step), step
 
 
+def _split_grads(grads: tuple, v: Tensor | None, w: Tensor | None) -> tuple:
+    """``(gy, gu)``: the gradients of the ``P V`` and ``W P`` outputs (None where not computed)."""
+    if v is not None and w is not None:
+        return grads[0], grads[1]
+    return (grads[0], None) if v is not None else (None, grads[0])
+
+
 class _Streamed(torch.autograd.Function):
     """``(P @ V, W @ P)`` with the rows of ``P`` built chunk by chunk, forward and backward.
 
@@ -90,12 +97,7 @@ class _Streamed(torch.autograd.Function):
         from .ops import _abs_dev_rowsum_backward, _relaxed_rows_dense, _rows_backward, _tau_part
 
         x, xc, a, order, coef, tau, rank, v, w = ctx.saved_tensors
-        if v is not None and w is not None:
-            gy, gu = grads
-        elif v is not None:
-            gy, gu = grads[0], None
-        else:
-            gy, gu = None, grads[0]
+        gy, gu = _split_grads(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_v = v is not None and ctx.needs_input_grad[4]
         inv_tau = tau.reciprocal()
@@ -367,12 +369,7 @@ class _Windowed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         x, coef, tau, rank, v, w, order, vs64, a64, lo, hi = ctx.saved_tensors
-        if v is not None and w is not None:
-            gy, gu = grads
-        elif v is not None:
-            gy, gu = grads[0], None
-        else:
-            gy, gu = None, grads[0]
+        gy, gu = _split_grads(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_v = v is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: autograd through the same windows
