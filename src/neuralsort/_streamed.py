@@ -29,21 +29,6 @@ CHUNK_ELEMENTS = 1 << 20
 _WINDOW_ROWS = 256
 
 
-def _chunk_rows(xc: Tensor, a: Tensor, order: Tensor, coef: Tensor, rank: Tensor, inv_tau: Tensor):
-    """Rows ``coef`` of :math:`\\hat P` (``(..., c, n)``), as the PyTorch path builds them."""
-    from .ops import _LOGIT_RANGE
-
-    scaled_coef = coef * inv_tau
-    scaled_a = a * -inv_tau
-    logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
-    if logits.device.type == "cpu":  # no subnormals (as _RelaxedRows)
-        argmax = order[..., rank]
-        row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
-        torch.maximum(logits, (row_max - _LOGIT_RANGE[xc.dtype]).unsqueeze(-1), out=logits)
-        return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-    return torch.softmax(logits, dim=-1)
-
-
 def _chunks(m: int, batch: int, n: int) -> range:
     step = max(1, CHUNK_ELEMENTS // max(1, batch * n))
     return range(0, m, step), step
@@ -67,7 +52,7 @@ class _Streamed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, tau, rank, v, w):  # type: ignore[override]
-        from .ops import _abs_dev_rowsum, _ascending_order, _centred
+        from .ops import _abs_dev_rowsum, _ascending_order, _centred, _softmax_rows
 
         xc = _centred(x).contiguous()
         order = _ascending_order(xc)
@@ -79,7 +64,7 @@ class _Streamed(torch.autograd.Function):
         u = x.new_zeros((*batch, w.shape[0], n)) if w is not None else None
         for s in starts:
             e = min(m, s + step)
-            p = _chunk_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
+            p = _softmax_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
             if v is not None:
                 torch.matmul(p, v, out=y[..., s:e, :])
             if w is not None:
@@ -94,7 +79,13 @@ class _Streamed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        from .ops import _abs_dev_rowsum_backward, _relaxed_rows_dense, _rows_backward, _tau_part
+        from .ops import (
+            _abs_dev_rowsum_backward,
+            _relaxed_rows_dense,
+            _rows_backward,
+            _softmax_rows,
+            _tau_part,
+        )
 
         x, xc, a, order, coef, tau, rank, v, w = ctx.saved_tensors
         gy, gu = _split_grads(grads, v, w)
@@ -119,7 +110,7 @@ class _Streamed(torch.autograd.Function):
         tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
         for s in starts:
             e = min(m, s + step)
-            p = _chunk_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
+            p = _softmax_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
             gp = None
             if gy is not None:
                 gp = torch.matmul(gy[..., s:e, :], v.transpose(-1, -2))

@@ -155,6 +155,27 @@ def _abs_dev_rowsum_backward(grad_a: Tensor, order: Tensor) -> Tensor:
 _LOGIT_RANGE = {torch.float32: 64.0, torch.float64: 600.0}
 
 
+def _softmax_rows(
+    xc: Tensor, a: Tensor, order: Tensor, coef: Tensor, rank_of_row: Tensor, inv_tau: Tensor
+) -> Tensor:
+    """The rows ``coef`` of :math:`\\hat P` from the centred scores, ``A 1`` and their order: one
+    fused multiply-add for the logits, floored on the CPU (see :class:`_RelaxedRows`), and one
+    softmax (in place where that is safe)."""
+    scaled_coef = coef * inv_tau
+    scaled_a = a * -inv_tau
+    logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
+    on_cpu = logits.device.type == "cpu"
+    if on_cpu:
+        argmax = order[..., rank_of_row]
+        row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
+        torch.maximum(logits, (row_max - _LOGIT_RANGE[xc.dtype]).unsqueeze(-1), out=logits)
+    if on_cpu and logits.is_contiguous():
+        # in place (only safe on contiguous memory): saves one (..., m, n) allocation and its
+        # page faults per call
+        return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+    return torch.softmax(logits, dim=-1)
+
+
 class _RelaxedRows(torch.autograd.Function):
     """``softmax((coef_i * x_j - (A_x 1)_j) / tau)`` over ``j`` for the rows ``i`` in ``coef``.
 
@@ -178,22 +199,7 @@ class _RelaxedRows(torch.autograd.Function):
         xc = _centred(x).contiguous()
         order = _ascending_order(xc)
         a = _abs_dev_rowsum(xc, order)
-        inv_tau = tau.reciprocal()
-        scaled_coef = coef * inv_tau
-        scaled_a = a * -inv_tau
-        logits = torch.addcmul(scaled_a.unsqueeze(-2), scaled_coef.unsqueeze(-1), xc.unsqueeze(-2))
-        on_cpu = logits.device.type == "cpu"
-        if on_cpu:
-            argmax = order[..., rank_of_row]
-            row_max = torch.addcmul(scaled_a.gather(-1, argmax), scaled_coef, xc.gather(-1, argmax))
-            torch.maximum(logits, (row_max - _LOGIT_RANGE[x.dtype]).unsqueeze(-1), out=logits)
-        if on_cpu and logits.is_contiguous():
-            # in place (only safe on contiguous memory): saves one (..., m, n) allocation
-            # and its page faults per call
-            p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-        else:
-            p = torch.softmax(logits, dim=-1)
-        del logits
+        p = _softmax_rows(xc, a, order, coef, rank_of_row, tau.reciprocal())
         ctx.save_for_backward(p, xc, a, coef, tau, order, x)
         return p
 
