@@ -34,11 +34,13 @@ def _chunks(m: int, batch: int, n: int) -> range:
     return range(0, m, step), step
 
 
-def _split_grads(grads: tuple, v: Tensor | None, w: Tensor | None) -> tuple:
-    """``(gy, gu)``: the gradients of the ``P V`` and ``W P`` outputs (None where not computed)."""
+def _pair(out: Tensor | tuple, v: Tensor | None, w: Tensor | None) -> tuple:
+    """``(for P V, for W P)`` from what a Function here returns (one tensor where only one of
+    ``v``, ``w`` is given) or the gradients it receives; None where not computed."""
+    outs = out if isinstance(out, tuple) else (out,)
     if v is not None and w is not None:
-        return grads[0], grads[1]
-    return (grads[0], None) if v is not None else (None, grads[0])
+        return outs[0], outs[1]
+    return (outs[0], None) if v is not None else (None, outs[0])
 
 
 class _Streamed(torch.autograd.Function):
@@ -88,7 +90,7 @@ class _Streamed(torch.autograd.Function):
         )
 
         x, xc, a, order, coef, tau, rank, v, w = ctx.saved_tensors
-        gy, gu = _split_grads(grads, v, w)
+        gy, gu = _pair(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_v = v is not None and ctx.needs_input_grad[4]
         inv_tau = tau.reciprocal()
@@ -142,9 +144,7 @@ def streamed(
     r"""Exactly ``(P @ v, w @ P)`` for the rows ``coef`` of :math:`\hat P(x)`, in
     :math:`O(n + \text{chunk})` memory (either may be ``None``, then not computed)."""
     out = _Streamed.apply(x, coef, tau, rank, v, w)
-    if v is not None and w is not None:
-        return out[0], out[1]
-    return (out, None) if v is not None else (None, out)
+    return _pair(out, v, w)
 
 
 def _sorted_rowsum(vs: Tensor) -> Tensor:
@@ -360,7 +360,7 @@ class _Windowed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         x, coef, tau, rank, v, w, order, vs64, a64, lo, hi = ctx.saved_tensors
-        gy, gu = _split_grads(grads, v, w)
+        gy, gu = _pair(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_v = v is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: autograd through the same windows
@@ -490,6 +490,4 @@ def windowed(
     memory, rows processed in chunks as wide as their widest window.
     """
     out = _Windowed.apply(x, coef, tau, rank, tol, v, w)
-    if v is not None and w is not None:
-        return out[0], out[1]
-    return (out, None) if v is not None else (None, out)
+    return _pair(out, v, w)
