@@ -20,6 +20,8 @@ from neuralsort.experiments.models import (
         ("mnist-convnet", 3, (32, 32), 500),
         ("resnet18", 1, (28, 28), 512),
         ("resnet18", 3, (32, 32), 512),
+        ("resnet8", 3, (32, 32), 64),
+        ("resnet8", 1, (96, 96), 64),
         ("digits-net", 1, (8, 8), 128),
     ],
 )
@@ -30,6 +32,15 @@ def test_embedding_shapes(name, channels, size, dim):
     assert out.shape == (2, dim) and m.embedding_dim == dim
     out.sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_resnet_sizes():
+    """ResNet-18 keeps its 11.17M parameters; ResNet-8 is the CIFAR one (16/32/64, 78k)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(create_model("resnet18", 3, image_size=(32, 32))) == 11_167_040
+    r8 = create_model("resnet8", 3, image_size=(32, 32))
+    assert count(r8) == 77_200 and len(r8.layers) == 3
+    assert [b.conv2.out_channels for b in r8.layers] == [16, 32, 64]
 
 
 def test_paper_mnist_net_layout():

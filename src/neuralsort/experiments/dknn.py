@@ -30,7 +30,7 @@ from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_con
 from .data import load_dataset
 from .dknn_task import step_loss as _step_loss  # noqa: F401 - tests and benchmarks use it
 from .dknn_task import train_dknn
-from .models import default_model_for
+from .models import MODELS, default_model_for
 from .run import Run
 from .trainer import start_run
 from .training import (
@@ -152,8 +152,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(
         t,
         "--model",
-        help="embedding net: mnist-convnet, resnet18, digits-net (default: mnist-convnet for "
-        "mnist and small grayscale image folders, digits-net for digits, else resnet18)",
+        help=f"embedding net: {', '.join(MODELS)} (default: mnist-convnet for mnist and small "
+        "grayscale image folders, digits-net for digits, else resnet18)",
     )
     add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help="default sgd (the paper's)")
     add_flag(t, "--momentum", type=float, help="SGD momentum (default 0.9)")
