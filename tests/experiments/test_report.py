@@ -152,6 +152,38 @@ def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
     assert "ops_cpu-1threads.csv" in (results / "ops_benchmark.md").read_text()
 
 
+def test_runs_show_note_net_wall_time_and_compute(tmp_path):
+    root = tmp_path / "results"
+    path = fake_run(root, 3, "cpu", "cifar10-cnn", metrics={"test_acc": 0.6})
+    (path / "log.jsonl").write_text(
+        json.dumps({"event": "setup", "model": "resnet8", "parameters": 77850}) + "\n"
+    )
+    rec = {
+        "overrides": {"dataset": "imagefolder:/data/c10"},
+        "note": "lossy JPEG copy of CIFAR-10",
+        "attempts": [  # resumed once: both attempts count, each with its threads
+            {"status": "interrupted", "wall_s": 1800.0, "hardware": {**HW, "torch_threads": 2}},
+            {"status": "done", "wall_s": 1800.0, "hardware": {**HW, "torch_threads": 1}},
+        ],
+    }
+    (path / "reproduce.json").write_text(json.dumps(rec))
+    gpu = {"summary": "GPU H200", "device": "cuda"}
+    path = fake_run(root, 3, "paper", "cifar10-knn", metrics={"test_acc": 0.3}, hardware=gpu)
+    write_report(root, tables=[3])
+    md = (root / "table3.md").read_text()
+    # the grid names the budget and the note; the run list adds the overrides, net and time
+    assert "**60.00%** (cpu; lossy JPEG copy of CIFAR-10) / 95.1%" in md
+    row = next(line for line in md.splitlines() if line.startswith("| cifar10-cnn |"))
+    assert "cpu (overrides: dataset=imagefolder:/data/c10); lossy JPEG copy of CIFAR-10" in row
+    assert "| resnet8 (77,850 parameters) |" in row and "| 60.0 min |" in row
+    assert "not run: data not available here" in md  # CIFAR-100 has no copy here
+    assert "2 finished runs;" in md and "1.5 CPU core-hours" in md and "0.0 GPU-hours" in md
+    rows = {r["cell"]: r for r in read_csv(root / "table3.csv")}
+    assert rows["cifar10-cnn"]["note"] == "lossy JPEG copy of CIFAR-10"
+    assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 5400.0
+    assert rows["cifar10-knn"]["cpu_core_s"] == "" and rows["cifar10-knn"]["net"] == ""
+
+
 def test_plots_are_skipped_with_a_note_when_there_is_nothing_to_plot(tmp_path):
     root = tmp_path / "results"
     fake_run(root, 3, "cpu", "mnist-knn", metrics={"test_acc": 0.97, "k": 9})  # a single k

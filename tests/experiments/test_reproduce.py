@@ -78,6 +78,11 @@ def test_the_recipes_each_budget_uses():
     assert cells[1, "cpu"]["n3-sinkhorn"].settings["regroup"] == 32
     assert cells[1, "cpu"]["n15-stochastic"].settings["lr"] == 5e-3
     assert cells[2, "cpu"]["n9-vanilla"].settings["warmup_epochs"] == 1
+    # ... cut shorter as n grows, in float32 (bf16 is slow on CPUs without bf16 units)
+    steps = [cells[1, "cpu"][f"n{n}-deterministic"].settings["steps_per_epoch"] for n in (3, 5, 15)]
+    assert steps == [200, 300, 120] and cells[1, "cpu"]["n5-stochastic"].settings["amp"] == "off"
+    # CIFAR-10 at the cpu budget: ResNet-8, not ResNet-18
+    assert cells[3, "cpu"]["cifar10-dknn-stochastic"].settings["model"] == "resnet8"
     # one paper recipe for the dKNN rows: lr 1e-4 and the default tau 16
     paper = cells[3, "paper"]["cifar10-dknn-stochastic-k3"].settings
     assert paper["nloglr"] == 4.0 and "tau" not in paper and paper["k"] == 3
@@ -213,12 +218,13 @@ def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys, restor
     # the cell sets torch's threads, which must not leak into what runs after it
     torch.set_num_threads(2)
     ok = [*base, "--only", "mnist-knn", "--data_dir", str(mnist_dir), "--set", "val_size=10"]
-    assert main([*ok, "--set", "threads=1"]) == 0
+    assert main([*ok, "--set", "threads=1", "--note", "tiny copy"]) == 0
     assert torch.get_num_threads() == 2
     cell = results / "table3" / "smoke" / "mnist-knn"
     assert 0.0 <= json.loads((cell / "metrics.json").read_text())["test_acc"] <= 1.0
     record = json.loads((cell / "reproduce.json").read_text())
     assert record["overrides"] == {"val_size": 10, "threads": 1}
+    assert record["note"] == "tiny copy"
     assert "--val_size 10" in record["attempts"][0]["command"]
     assert record["attempts"][0]["hardware"]["torch_threads"] == 1
 
@@ -233,8 +239,8 @@ def test_overrides_and_failures_are_recorded(mnist_dir, tmp_path, capsys, restor
 
     assert main(["report", str(results), "--bench_dir", str(empty)]) == 0
     md = (results / "table3.md").read_text()
-    assert "(smoke (overrides: threads=1, val_size=10))" in md  # the grid
-    assert "| smoke (overrides: threads=1, val_size=10) | done |" in md  # the runs list
+    assert "(smoke; tiny copy)" in md  # the grid: budget and note
+    assert "| smoke (overrides: threads=1, val_size=10); tiny copy | done |" in md  # the runs
     assert "failed (smoke)" in md
 
     assert main([*base, "--only", "no-such-cell"]) == 2

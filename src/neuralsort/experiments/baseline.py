@@ -321,6 +321,7 @@ def _train_net(
         plot_file="accuracy.png",
     )
     task.setup(cfg, data, info, aug_gen, augment, fmt, bs, world, name, report)
+    run.log({"event": "setup", "model": name, "parameters": count_parameters(model)})
     if run.is_main:
         procs = f" x {world} processes (global batch {bs * world})" if world > 1 else ""
         print(

@@ -159,6 +159,7 @@ def train_dknn(
         {
             "event": "setup",
             "model": model_name,
+            "parameters": count_parameters(model),
             "steps_per_epoch": steps,
             "n_train": n_tr,
             "world_size": world,

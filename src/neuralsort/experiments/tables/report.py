@@ -84,11 +84,30 @@ def _status_text(run: CellRun) -> str:
     return f"half-finished ({run.progress}; no checkpoint)"
 
 
-def _budget_text(run: CellRun) -> str:
-    if not run.overrides:
-        return run.budget
-    extra = ", ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()))
-    return f"{run.budget} (overrides: {extra})"
+def _budget_text(run: CellRun, *, full: bool = False) -> str:
+    """The budget, with the run's note; its overrides too if ``full`` or there is no note."""
+    text = run.budget
+    if run.overrides and (full or not run.note):
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()))
+        text += f" (overrides: {extra})"
+    return f"{text}; {run.note}" if run.note else text
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _time_summary(runs: list[CellRun]) -> str:
+    """One line: the finished cells and the compute they took, every attempt included."""
+    done = [r for r in runs if r.status == "done"]
+    cpu = sum(r.cpu_s or 0.0 for r in runs) / 3600
+    gpu = sum(r.gpu_s or 0.0 for r in runs) / 3600
+    text = (
+        f"{len(done)} finished run{'' if len(done) == 1 else 's'}; compute of all runs listed "
+        f"here, resumed and failed attempts included: {cpu:.1f} CPU core-hours (wall time x "
+        "torch threads)"
+    )
+    return text + (f" and {gpu:.1f} GPU-hours." if gpu else ".")
 
 
 def _md_escape(text: str) -> str:
@@ -98,6 +117,11 @@ def _md_escape(text: str) -> str:
 def _link(run: CellRun, results_dir: pathlib.Path) -> str:
     rel = run.path.relative_to(results_dir).as_posix()
     return f"[{rel}/]({rel}/)"
+
+
+def _not_run(spec: TableSpec, column: str) -> str:
+    why = spec.unavailable.get(column)
+    return f"not run: {why}" if why else "not run"
 
 
 def _table_rows(spec: TableSpec, runs: list[CellRun]) -> dict[str, list[CellRun]]:
@@ -134,13 +158,16 @@ def _csv_rows(spec: TableSpec, runs: list[CellRun], results_dir: pathlib.Path) -
                 "overrides": (
                     json.dumps(run.overrides, sort_keys=True) if run and run.overrides else ""
                 ),
-                "status": _status_text(run) if run else "not run",
+                "status": _status_text(run) if run else _not_run(spec, column),
+                "note": run.note if run else "",
             }
             for i, (key, _, _) in enumerate(spec.metrics):
                 rec[f"ours_{key}"] = run.value(key) if run else None
                 rec[f"paper_{key}"] = paper[i] if i < len(paper) else None
             rec["hardware"] = run.hardware if run else ""
             rec["wall_time_s"] = round(run.wall_s, 1) if run and run.wall_s is not None else None
+            rec["cpu_core_s"] = round(run.cpu_s, 1) if run and run.cpu_s is not None else None
+            rec["net"] = run.net if run else ""
             rec["run_dir"] = run.path.relative_to(results_dir).as_posix() if run else ""
             rows.append(rec)
     return rows
@@ -185,7 +212,7 @@ def _markdown(
             paper_txt = _pair(spec, list(paper), paper=True) if paper else "-"
             best = _best_run(by_cell.get(spec.cell(row, col), []))
             if best is None:
-                ours = "not run"
+                ours = _not_run(spec, col)
             elif best.status == "done":
                 vals = [best.value(key) for key, _, _ in shown]
                 ours = f"**{_pair(spec, vals)}** ({_budget_text(best)})"
@@ -196,14 +223,17 @@ def _markdown(
             entries.append(f"{ours} / {paper_txt}")
         lines.append(f"| {label} | " + " | ".join(_md_escape(e) for e in entries) + " |")
 
+    nets = spec.number == 3  # Tables 1 and 2 always train the same multi-digit CNN
     lines += [
         "",
         "## Runs",
         "",
         "| cell | budget | status | "
         + " | ".join(f"ours: {label}" for _, label, _ in spec.metrics)
-        + " | paper | hardware | run folder |",
-        "|" + " --- |" * (len(spec.metrics) + 6),
+        + " | paper | "
+        + ("net | " if nets else "")
+        + "hardware | wall time | run folder |",
+        "|" + " --- |" * (len(spec.metrics) + 7 + nets),
     ]
     for rec in _csv_rows(spec, runs, results_dir):
         if rec["cell"] not in spec.cells():
@@ -222,9 +252,15 @@ def _markdown(
         if rec["overrides"]:
             pairs = json.loads(rec["overrides"]).items()
             budget += " (overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(pairs)) + ")"
-        cells = [rec["cell"], budget, rec["status"], *ours, paper_txt, rec["hardware"] or "-", link]
+        if rec["note"]:
+            budget += f"; {rec['note']}"
+        net = [rec["net"] or "-"] if nets else []
+        wall = _minutes(rec["wall_time_s"])
+        hardware = rec["hardware"] or "-"
+        cells = [rec["cell"], budget, rec["status"], *ours, paper_txt, *net, hardware, wall, link]
         lines.append("| " + " | ".join(_md_escape(str(c)) for c in cells) + " |")
 
+    lines += ["", _time_summary(runs)]
     extra = [r for r in runs if r.cell not in spec.cells()]
     if extra:
         lines += ["", "Other runs of this table (variants at another k), used in the plots:", ""]
@@ -306,7 +342,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
         help="rebuild table{1,2,3}.md/.csv and plots from the run folders of `reproduce`",
-        description=__doc__.split("\n\n")[0],
+        description="Rebuild the paper's tables (table{N}.md and .csv) and their plots from the "
+        "run folders of `neuralsort reproduce` alone.",
     )
     p.add_argument(
         "results_dir",

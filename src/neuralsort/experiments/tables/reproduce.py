@@ -111,6 +111,7 @@ def run_cell(
     overrides: dict[str, Any],
     data_dir: str | None,
     device: str | None,
+    note: str | None = None,
 ) -> tuple[str, int]:
     """Run (or resume) one cell; returns ``(outcome, exit status)``.
 
@@ -136,6 +137,7 @@ def run_cell(
         "config_file": cell.source,
         "cell_sha256": cell.sha256,
         "overrides": overrides,
+        "note": note or (old or {}).get("note") or "",
         "attempts": old.get("attempts", []) if old else [],
     }
     device_name = device or str(settings.get("device") or "auto")
@@ -200,14 +202,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "reproduce",
         help="run every cell of a paper table from its grid, tables/table{N}.yaml (resumable)",
-        description=__doc__.split("\n\n")[0],
+        description="Run every cell of one of the paper's tables from its grid, "
+        "configs/tables/table{N}.yaml, one run folder per cell; a finished cell is skipped and "
+        "a half-finished one resumed.",
         epilog="Example: neuralsort reproduce --table 1 --budget smoke --data_dir ../shared/data "
         "&& neuralsort report results",
     )
     add_flag(
         p, "--table", type=int, choices=sorted(TABLES), help="paper table (optional with --dry_run)"
     )
-    add_flag(p, "--budget", choices=list(BUDGETS), help="smoke, cpu or paper (idem)")
+    add_flag(
+        p, "--budget", choices=list(BUDGETS), help="smoke, cpu or paper (optional with --dry_run)"
+    )
     add_flag(
         p,
         "--only",
@@ -233,6 +239,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         dest="set",
         help="override a setting in every selected cell (recorded in reproduce.json and shown "
         "in the report), e.g. --set dataset=imagefolder:/data/cifar10",
+    )
+    add_flag(
+        p,
+        "--note",
+        metavar="TEXT",
+        help="a remark on how the selected cells ran, recorded in reproduce.json and printed "
+        "beside their results by the report, e.g. --note 'lossy JPEG copy of CIFAR-10'",
     )
     add_flag(
         p,
@@ -345,6 +358,7 @@ def _run_table(
             overrides=overrides,
             data_dir=args.data_dir,
             device=args.device,
+            note=args.note,
         )
         outcomes.append((cell.name, outcome))
         if outcome == "interrupted":

@@ -87,6 +87,10 @@ class CellRun:
     overrides: dict[str, Any]
     failure: str | None
     wall_s: float | None = None
+    cpu_s: float | None = None
+    gpu_s: float | None = None
+    note: str = ""
+    net: str = ""
 
     def value(self, key: str) -> float | None:
         """A metric of a finished run (None if absent or not finished)."""
@@ -142,6 +146,24 @@ def _progress(path: pathlib.Path, cfg: dict[str, Any], status: str) -> str:
     return f"epoch {done}" if epochs else "no epoch finished"
 
 
+def _threads(attempt: dict[str, Any]) -> int:
+    """CPU cores an attempt held (its torch threads); 0 if it ran on a GPU."""
+    hw = attempt.get("hardware")
+    if not isinstance(hw, dict) or hw.get("device", "cpu") != "cpu":
+        return 0
+    t = hw.get("torch_threads")
+    return t if isinstance(t, int) and t > 0 else 1
+
+
+def _net(path: pathlib.Path) -> str:
+    """The trained net and its size, from the run's ``setup`` log record ("" if none)."""
+    for rec in _read_log(path / "log.jsonl"):
+        if rec.get("event") == "setup" and rec.get("model"):
+            n = rec.get("parameters")
+            return f"{rec['model']} ({n:,} parameters)" if isinstance(n, int) else str(rec["model"])
+    return ""
+
+
 def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | None:
     parsed = spec.parse(path.name)
     if parsed is None:
@@ -158,14 +180,20 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
     overrides: dict[str, Any] = {}
     failure = None
     wall = metrics.get("wall_time_s", metrics.get("train_seconds"))
+    cpu_s = gpu_s = None
+    note = ""
     if isinstance(rec, dict):
         overrides = dict(rec.get("overrides") or {})
+        note = str(rec.get("note") or "")
         attempts = [a for a in rec.get("attempts", []) if isinstance(a, dict)]
         if attempts and status != "done" and attempts[-1].get("status") == "failed":
             failure = str(attempts[-1].get("error") or f"exit status {attempts[-1].get('rc')}")
-        walls = [a["wall_s"] for a in attempts if isinstance(a.get("wall_s"), int | float)]
-        if walls:
-            wall = sum(walls)  # every attempt, resumed ones included
+        timed = [a for a in attempts if isinstance(a.get("wall_s"), int | float)]
+        if timed:
+            wall = sum(a["wall_s"] for a in timed)  # every attempt, resumed ones included
+            cpu = [a for a in timed if _threads(a)]
+            cpu_s = sum(a["wall_s"] * _threads(a) for a in cpu) if cpu else None
+            gpu_s = sum(a["wall_s"] for a in timed if not _threads(a)) or None
     return CellRun(
         table=spec.number,
         budget=budget,
@@ -181,6 +209,10 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
         overrides=overrides,
         failure=failure,
         wall_s=float(wall) if isinstance(wall, int | float) else None,
+        cpu_s=cpu_s,
+        gpu_s=gpu_s,
+        note=note,
+        net=_net(path),
     )
 
 

@@ -23,7 +23,8 @@ class TableSpec:
     also accepts extra cells ``f"{column}-{row}-k{K}"`` that rerun a row at another ``k``.
     ``metrics`` lists ``(metrics.json key, label, kind)`` with kind ``pct`` (a fraction shown in
     percent), ``frac`` (three decimals) or ``num`` (two decimals); ``paper`` maps
-    ``(row, column)`` to the paper's values of the same metrics (``None`` where absent).
+    ``(row, column)`` to the paper's values of the same metrics (``None`` where absent);
+    ``unavailable`` says why a column's cells cannot run where our results were made.
     """
 
     number: int
@@ -33,6 +34,7 @@ class TableSpec:
     metrics: tuple[tuple[str, str, str], ...]
     paper: dict[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
     note: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)  # column -> why it has no runs
 
     @property
     def final_metric(self) -> str:
@@ -163,6 +165,11 @@ TABLES: dict[int, TableSpec] = {
             for col, vals in _T3_PAPER.items()
             for i, (row, _) in enumerate(_T3_ROWS)
         },
-        note="CIFAR-100 is not in the paper's table; its cells have no paper value.",
+        note="CIFAR-100 is not in the paper's table; its cells have no paper value. There was "
+        "no copy of it where our runs were made; with `cifar-100-python/` in the data folder, "
+        "`neuralsort reproduce --table 3 --budget paper --only cifar100-knn cifar100-knn-pca "
+        "cifar100-knn-ae cifar100-dknn-deterministic cifar100-dknn-stochastic cifar100-cnn "
+        "--data_dir DIR` runs them.",
+        unavailable={"cifar100": "data not available here"},
     ),
 }
