@@ -35,7 +35,7 @@ def test_embedding_shapes(name, channels, size, dim):
 
 
 def test_resnet_sizes():
-    """ResNet-18 keeps its 11.17M parameters; ResNet-8 is the CIFAR one (16/32/64, 78k)."""
+    """ResNet-18 keeps its 11.17M parameters; ResNet-8 is the CIFAR one (16/32/64, 77k)."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(create_model("resnet18", 3, image_size=(32, 32))) == 11_167_040
     r8 = create_model("resnet8", 3, image_size=(32, 32))

@@ -6,7 +6,7 @@
   removed; 512-d embedding after global average pooling. The stem is a 3x3 convolution, as usual
   for 28x28 and 32x32 inputs; inputs larger than 64 pixels get a stride-2 stem and a max-pool.
 * ``resnet8``: the CIFAR ResNet-8 (three stages of one block, 16/32/64 channels), pre-activation;
-  64-d embedding. A CPU-sized stand-in for ResNet-18 (78k parameters against 11M).
+  64-d embedding. A CPU-sized stand-in for ResNet-18 (77k parameters against 11M).
 * ``digits-net``: a small convnet for scikit-learn's 8x8 digits; 128-d embedding.
 
 Every model maps ``(B, C, H, W)`` images to ``(B, embedding_dim)`` and exposes ``embedding_dim``.
@@ -123,7 +123,7 @@ class PreActResNet18(PreActResNet):
 class PreActResNet8(PreActResNet):
     """The CIFAR ResNet-8 (He et al. 2016, n = 1), pre-activation, without its classifier.
 
-    Three stages of one block, 16, 32 and 64 channels: ``(B, C, H, W) -> (B, 64)``, 78k
+    Three stages of one block, 16, 32 and 64 channels: ``(B, C, H, W) -> (B, 64)``, 77k
     parameters for RGB input, about 1/140 of ResNet-18's multiply-adds on 32x32 images.
     """
 
