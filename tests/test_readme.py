@@ -30,3 +30,12 @@ def test_ci_runs_the_readme_commands():
     for line in setup.strip().splitlines()[1:] + test.strip().splitlines():
         assert line.strip() in ci, f"README command missing from .ci/run: {line}"
     assert "python3 -m venv" in ci
+
+
+def test_results_grids_match_the_run_folders():
+    """Every number in the README's results comes from results/, as `report --readme` writes it."""
+    from neuralsort.experiments.tables.report import render_readme
+
+    text, blocks = render_readme(README, ROOT, ROOT / "results")
+    assert blocks == ["table1", "table2", "table3", "compute"]
+    assert text == README, "run `neuralsort report results --readme README.md`"

@@ -184,6 +184,29 @@ def test_runs_show_note_net_wall_time_and_compute(tmp_path):
     assert rows["cifar10-knn"]["cpu_core_s"] == "" and rows["cifar10-knn"]["net"] == ""
 
 
+def test_readme_blocks_are_filled_from_the_run_folders(results, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# x\nkept\n<!-- report:table1 -->\nold\n<!-- /report:table1 -->\nkept too\n"
+        "<!-- report:compute -->\n<!-- /report:compute -->\n"
+    )
+    assert main(["report", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "kept\n" in text and "kept too" in text
+    # first metric only, linked to the run folder relative to the README
+    link = "[0.910](results/table1/cpu/n3-deterministic/)"
+    assert f"| Deterministic NeuralSort | {link} / 0.930" in text
+    assert "not run / 0.467" in text and "finished runs;" in text
+    # a second pass changes nothing
+    assert main(["report", str(results), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text
+    readme.write_text("no blocks\n")
+    assert main(["report", str(results), "--readme", str(readme)]) == 2
+    assert "no block to fill" in capsys.readouterr().err
+    readme.write_text("<!-- report:table2 -->\nunclosed\n")
+    assert main(["report", str(results), "--readme", str(readme)]) == 2
+
+
 def test_plots_are_skipped_with_a_note_when_there_is_nothing_to_plot(tmp_path):
     root = tmp_path / "results"
     fake_run(root, 3, "cpu", "mnist-knn", metrics={"test_acc": 0.97, "k": 9})  # a single k
