@@ -12,6 +12,9 @@ Plots (PNG): test accuracy against k for Table 3 (rows with finished runs at sev
 sorting accuracy against n for Table 1, and, when ``RESULTS_DIR/ops/`` (or ``--bench_dir``) holds
 ``benchmarks/ops.py``'s ``ops_*.csv``, the operator benchmark as a grouped bar chart of time
 relative to the softmax floor. The paper's numbers live in :mod:`.spec`.
+
+With ``--readme FILE`` it also rewrites FILE's generated blocks (compact grids of the three
+tables, and the compute all runs took), so that a README shows the results without copying them.
 """
 
 from __future__ import annotations
@@ -85,13 +88,18 @@ def _status_text(run: CellRun) -> str:
     return f"half-finished ({run.progress}; no checkpoint)"
 
 
-def _budget_text(run: CellRun, *, full: bool = False) -> str:
-    """The budget, with the run's note; its overrides too if ``full`` or there is no note."""
-    text = run.budget
-    if run.overrides and (full or not run.note):
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()))
+def _budget_label(budget: str, overrides: dict[str, Any], note: str, *, full: bool) -> str:
+    """The budget, then the run's note; its overrides too if ``full`` or there is no note."""
+    text = budget
+    if overrides and (full or not note):
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         text += f" (overrides: {extra})"
-    return f"{text}; {run.note}" if run.note else text
+    return f"{text}; {note}" if note else text
+
+
+def _budget_text(run: CellRun) -> str:
+    """A run's budget as the grid shows it (the note stands in for the overrides)."""
+    return _budget_label(run.budget, run.overrides, run.note, full=False)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -249,12 +257,8 @@ def _markdown(
         )
         run_dir = rec["run_dir"]
         link = f"[{run_dir}/]({run_dir}/)" if run_dir else "-"
-        budget = rec["budget"] or "-"
-        if rec["overrides"]:
-            pairs = json.loads(rec["overrides"]).items()
-            budget += " (overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(pairs)) + ")"
-        if rec["note"]:
-            budget += f"; {rec['note']}"
+        overrides = json.loads(rec["overrides"]) if rec["overrides"] else {}
+        budget = _budget_label(rec["budget"] or "-", overrides, rec["note"], full=True)
         net = [rec["net"] or "-"] if nets else []
         wall = _minutes(rec["wall_time_s"])
         hardware = rec["hardware"] or "-"
