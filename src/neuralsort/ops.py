@@ -347,6 +347,19 @@ def _row_constants(
     return coef, rank_of_row
 
 
+def _row_inputs(
+    x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``x`` in its compute dtype, the rows' coefficients and peak ranks, ``tau`` as a tensor."""
+    n = x.shape[-1]
+    xc = _as_dtype(x, compute_dtype(x.dtype))
+    if isinstance(rows, int):
+        coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
+    else:
+        coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
+    return xc, coef, rank_of_row, _as_tau_tensor(tau, xc)
+
+
 def _relaxed_rows(
     x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool, *, times_x: bool = False
 ) -> Tensor:
@@ -356,13 +369,7 @@ def _relaxed_rows(
     sorted positions. Returns ``(..., m, n)`` in the compute dtype (float32 for half inputs), or
     with ``times_x`` the rows applied to ``x`` itself, ``(..., m)``: the relaxed sorted values.
     """
-    n = x.shape[-1]
-    xc = _as_dtype(x, compute_dtype(x.dtype))
-    if isinstance(rows, int):
-        coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
-    else:
-        coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
-    tau_t = _as_tau_tensor(tau, xc)
+    xc, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
     if _triton.usable(xc) and not is_compiling():
         p = _TritonRows.apply(xc, coef, tau_t)
         return _rows_times(p, xc) if times_x else p
@@ -420,13 +427,7 @@ def _reduce_rows(
     without the ``(..., m, n)`` matrix: exactly by streamed chunks of rows, or with ``tol > 0``
     over certified windows (:mod:`neuralsort._streamed`). ``v``: ``(..., n, c)``; ``w``: a
     constant ``(c, m)``; both in the compute dtype of ``x``."""
-    n = x.shape[-1]
-    xc = _as_dtype(x, compute_dtype(x.dtype))
-    if isinstance(rows, int):
-        coef, rank_of_row = _cached(_leading_rows, n, rows, descending, xc.device, xc.dtype)
-    else:
-        coef, rank_of_row = _row_constants(rows, n, descending, xc.dtype)
-    tau_t = _as_tau_tensor(tau, xc)
+    xc, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
     if tol > 0:
         return _streamed.windowed(xc, coef, tau_t, rank_of_row, tol, v, w)
     return _streamed.streamed(xc, coef, tau_t, rank_of_row, v, w)
