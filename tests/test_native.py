@@ -540,3 +540,16 @@ def test_rows_past_the_kernel_limit_take_the_torch_path(monkeypatch):
     with ns.backends.native(False):
         expected = ns.neural_sort(x, 0.5)
     torch.testing.assert_close(ns.neural_sort(x, 0.5), expected, atol=0, rtol=0)
+
+
+@needs_native
+def test_build_key_depends_on_where_torch_is_installed(monkeypatch):
+    # two environments with the same torch version compile with different include paths: each
+    # gets its own build folder instead of rebuilding the other's on every switch
+    from neuralsort import _native
+
+    cxx = _native._compiler()
+    here = _native._build_key(cxx).hexdigest()
+    assert _native._build_key(cxx).hexdigest() == here
+    monkeypatch.setattr(torch, "__file__", "/another/venv/site-packages/torch/__init__.py")
+    assert _native._build_key(cxx).hexdigest() != here

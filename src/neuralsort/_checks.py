@@ -13,6 +13,28 @@ TauLike = float | Tensor
 # torch.compiler.is_compiling appeared in torch 2.3
 is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
+_is_wrapped = getattr(
+    getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda t: False
+)
+
+
+def values_readable(t: Tensor) -> bool:
+    """Whether argument checks may read ``t``'s values (not while torch.compile traces, nor
+    under a :mod:`torch.func` transform, where ``vmap`` forbids data-dependent branches)."""
+    return not is_compiling() and not _is_wrapped(t)
+
+
+def is_transformed(x: Tensor) -> bool:
+    """Whether ``x`` is seen through a :mod:`torch.func` transform (``grad``, ``jacrev``,
+    ``jvp``, ``vmap``) or carries a forward-mode tangent: the operators then run as plain
+    differentiable PyTorch ops, which every transform composes with."""
+    if is_compiling():  # (dynamo cannot trace the check; compiled code is not transformed here)
+        return False
+    if _is_wrapped(x):
+        return True
+    forward_ad = torch.autograd.forward_ad
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None
+
 
 def check_float_tensor(x: object, name: str, fn: str) -> Tensor:
     """Return ``x`` if it is a floating-point tensor, else raise ``TypeError``."""
@@ -59,8 +81,8 @@ def check_tau(tau: object, fn: str) -> TauLike:
             )
         if not tau.is_floating_point():
             raise TypeError(f"{fn}: `tau` must be a floating-point tensor, got {tau.dtype}")
-        # (its value cannot be read while torch.compile traces; checked in eager mode)
-        if not is_compiling() and (not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any())):
+        # (its value cannot be read while torch.compile traces or under vmap)
+        if values_readable(tau) and (not bool(torch.isfinite(tau).all()) or bool((tau <= 0).any())):
             raise ValueError(f"{fn}: `tau` must be positive and finite, got {tau.item()!r}")
         return tau.reshape(())
     if type(tau) is not float and (isinstance(tau, bool) or not isinstance(tau, numbers.Real)):

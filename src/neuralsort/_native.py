@@ -119,14 +119,20 @@ def _sources() -> tuple[list[Path], list[Path]]:
 
 
 def _build_key(cxx: str) -> hashlib._Hash:
-    """A hash of everything the library depends on except the flag set."""
+    """A hash of everything the library depends on except the flag set: the sources, torch
+    (its version and where it is installed, which sets the include paths of the build: two
+    environments with the same torch version get two builds rather than rebuilding each other's),
+    Python, the compiler and the CPU."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256()
     for path in _sources()[1]:
         key.update(path.name.encode() + b"\0" + path.read_bytes())
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
-    for part in (torch.__version__, str(abi), sys.version, cxx, version, _cpu_fingerprint()):
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    python_include = sysconfig.get_paths().get("include", "")
+    for part in (torch.__version__, torch_dir, str(abi), sys.version, python_include, cxx, version):
         key.update(part.encode() + b"\0")
+    key.update(_cpu_fingerprint().encode())
     return key
 
 
@@ -218,8 +224,13 @@ def _build_and_load(cxx: str) -> Path:
             for _, folder, _ in candidates:
                 (folder / "lock").unlink(missing_ok=True)
         for name, folder, flags in candidates:
-            if library(name, folder).exists():  # built before: ninja finds nothing to do
-                return load(name, folder, flags)
+            built = library(name, folder)
+            if built.exists():  # built before: ninja should find nothing to do
+                before = built.stat().st_mtime_ns
+                loaded = load(name, folder, flags)
+                if built.stat().st_mtime_ns != before:
+                    print(f"neuralsort: rebuilt the fused CPU kernel in {folder}", file=sys.stderr)
+                return loaded
         print(
             f"neuralsort: compiling the fused CPU kernel into {cache_dir()} (once per machine "
             "and torch version, ~30 s; NEURALSORT_NATIVE=0 skips it)",

@@ -9,7 +9,7 @@ Two forms of a reduction over the rows ``i`` (sorted positions) of :math:`\hat P
   :func:`~neuralsort.soft_rank` (``W`` = the positions and ones).
 
 :func:`streamed` computes them exactly in :math:`O(mn)` time and :math:`O(n + \text{chunk})`
-memory: the forward builds a chunk of rows at a time and keeps only ``x``-sized data (the centred
+memory: the forward builds a chunk of rows at a time and keeps only ``x``-sized data (the
 scores, :math:`A_x 1`, the order); the backward rebuilds each chunk and reduces its softmax
 gradient at once. :func:`windowed` computes the certified-sparse approximation of ``tol=``
 (see its docstring for the bound) in :math:`O(n w)` time and memory, ``w`` the window width.
@@ -46,19 +46,19 @@ def _pair(out: Tensor | tuple, v: Tensor | None, w: Tensor | None) -> tuple:
 class _Streamed(torch.autograd.Function):
     """``(P @ V, W @ P)`` with the rows of ``P`` built chunk by chunk, forward and backward.
 
-    Saved for backward: ``x``, its centred copy, :math:`A_x 1` and the order (all ``(..., n)``)
-    and ``V``; never a row of ``P``. With ``create_graph=True`` the backward builds the dense
+    Saved for backward: ``x``, :math:`A_x 1` (and its float64 remainder) and the order (all
+    ``(..., n)``) and ``V``; never a row of ``P``. With ``create_graph=True`` the backward builds the dense
     rows once (the differentiable formulas of :func:`neuralsort.ops._rows_backward`), so second
     derivatives cost :math:`O(mn)` memory.
     """
 
     @staticmethod
     def forward(ctx, x, coef, tau, rank, v, w):  # type: ignore[override]
-        from .ops import _abs_dev_rowsum, _ascending_order, _centred, _softmax_rows
+        from .ops import _abs_dev_rowsum, _ascending_order, _softmax_rows
 
-        xc = _centred(x).contiguous()
+        xc = x.contiguous()  # the logits use differences of scores only: no shift needed
         order = _ascending_order(xc)
-        a = _abs_dev_rowsum(xc, order)
+        a, a_lo = _abs_dev_rowsum(xc, order)
         inv_tau = tau.reciprocal()
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
         starts, step = _chunks(m, math.prod(batch), n)
@@ -66,13 +66,13 @@ class _Streamed(torch.autograd.Function):
         u = x.new_zeros((*batch, w.shape[0], n)) if w is not None else None
         for s in starts:
             e = min(m, s + step)
-            p = _softmax_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
+            p = _softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
             if v is not None:
                 torch.matmul(p, v, out=y[..., s:e, :])
             if w is not None:
                 u += torch.matmul(w[:, s:e], p)
             del p
-        ctx.save_for_backward(x, xc, a, order, coef, tau, rank, v, w)
+        ctx.save_for_backward(x, xc, a, a_lo, order, coef, tau, rank, v, w)
         if y is None:
             return u
         if u is None:
@@ -89,7 +89,7 @@ class _Streamed(torch.autograd.Function):
             _tau_part,
         )
 
-        x, xc, a, order, coef, tau, rank, v, w = ctx.saved_tensors
+        x, xc, a, a_lo, order, coef, tau, rank, v, w = ctx.saved_tensors
         gy, gu = _pair(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_v = v is not None and ctx.needs_input_grad[4]
@@ -112,7 +112,7 @@ class _Streamed(torch.autograd.Function):
         tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
         for s in starts:
             e = min(m, s + step)
-            p = _softmax_rows(xc, a, order, coef[s:e], rank[s:e], inv_tau)
+            p = _softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
             gp = None
             if gy is not None:
                 gp = torch.matmul(gy[..., s:e, :], v.transpose(-1, -2))

@@ -9,15 +9,19 @@ sums, the softmax and its clamp), so for short rows it is bound by launches, not
 Here one program per batch element does everything for ``n <= MAX_N``, in one launch forward
 and one backward, with the same formulas as the fused CPU kernel (``_kernels/relaxed_rows.h``):
 
-* forward: ``xc = x - mean(x)``, ``a_j = sum_k |xc_j - xc_k|`` directly (O(n^2): differences
-  in float32, their sum in float64), then for each row ``i`` the logits
-  ``(coef_i xc_j - a_j) / tau``, floored at ``max - logit_range`` like the CPU paths (free
-  here), and their softmax;
+* forward: ``a_j = sum_k |x_j - x_k|`` directly (O(n^2), in float64, where the differences of
+  float32 scores are exact), then for each row ``i`` the logits
+  ``(coef_i xc_j - a_j) / tau``, taken again relative to the element each row peaks at (as the
+  CPU paths do: ``(coef_i (xc_j - xc_k) - (a_j - a_k)) / tau``, each difference before any
+  scaling, ``a`` kept as a float32 pair), floored at ``max - logit_range`` (free here), and
+  their softmax;
 * backward: with ``L = P (G - <G_i, P_i>)`` (the softmax backward),
   ``u_j = sum_i coef_i L_ij`` and ``v_j = -sum_i L_ij``; the gradient of ``x`` is
   ``(u + J_a^T v) / tau`` with ``(J_a^T v)_k = sum_j (v_k + v_j) s_kj``, ``s_kj = +1`` when
   ``k`` comes after ``j`` in the stable ascending order, ``-1`` when before (at ties, the
-  subgradient the native CPU kernel's stable-order prefix sums take).
+  subgradient the native CPU kernel's stable-order prefix sums take); the tau gradient's sum
+  ``sum_ij L_ij (coef_i (x_j - x_k) - (a_j - a_k))``, ``k`` the peak of row ``i``, as on the
+  CPU paths.
 
 Second derivatives (``create_graph=True``) go through the PyTorch path's formulas.
 """

@@ -29,8 +29,10 @@ from ._checks import (
     check_mask,
     check_sort_input,
     compute_dtype,
+    values_readable,
 )
 from .ops import (
+    _auto_tol,
     _check_tol,
     _reduce_rows,
     _streams,
@@ -99,7 +101,7 @@ def spearman_loss(
     dim: int = -1,
     mask: Tensor | None = None,
     reduction: str = "mean",
-    tol: float = 0.0,
+    tol: float | None = None,
 ) -> Tensor:
     r"""One minus Spearman's rank correlation, with soft ranks of ``pred`` (relaxes
     ``1 - scipy.stats.spearmanr``).
@@ -126,7 +128,8 @@ def spearman_loss(
         reduction: ``"mean"`` (over rows), ``"sum"`` or ``"none"`` (the shape of ``pred`` with
             ``dim`` removed).
         tol: the soft ranks' certified truncation (:func:`~neuralsort.soft_rank`): 0 is exact
-            (in :math:`O(n)` extra memory for long rows); ``tol > 0`` drops at most that
+            (in :math:`O(n)` extra memory for long rows); ``None`` (the default) is exact except
+            for long float32 rows, where it is ``2**-24``; ``tol > 0`` drops at most that
             fraction of each row of :math:`\hat P`'s mass, in :math:`O(n w)` time.
 
     Rows whose target is constant, or that have fewer than two (real) elements, have no
@@ -140,9 +143,9 @@ def spearman_loss(
     mask = check_mask(mask, x, "pred", fn)
     reduction = _check_reduction(reduction, fn)
     tol = _check_tol(tol, fn)
+    r = soft_rank(x, tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
-    r = soft_rank(x, tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
     cdt = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
     r = r.to(cdt)
     m = mask.movedim(d, -1)
@@ -171,6 +174,7 @@ def ndcg_loss(
     gain: str = "exp2",
     reduction: str = "mean",
     generator: torch.Generator | None = None,
+    tol: float | None = None,
 ) -> Tensor:
     r"""One minus the relaxed NDCG@k of a ranking by descending ``scores`` (NeuralNDCG; relaxes
     ``1 - sklearn.metrics.ndcg_score``).
@@ -206,12 +210,16 @@ def ndcg_loss(
         gain: ``"exp2"`` (:math:`2^{rel} - 1`) or ``"linear"`` (:math:`rel`).
         reduction: ``"mean"`` (over lists), ``"sum"`` or ``"none"`` (``scores``' batch shape).
         generator: random generator for the Gumbel noise.
+        tol: certified truncation of the rows of :math:`\hat P` for long lists, as in
+            :func:`~neuralsort.soft_rank`: 0 is exact, ``None`` (the default) exact except for
+            long float32 lists (``2**-24``); not with ``mask``.
 
     Lists with no relevant document (IDCG = 0: all gains 0, or no real document) have nothing
     to rank: they contribute a loss of 0 with zero gradient (and count in the mean).
     """
     fn = "ndcg_loss"
     x, _, tau = check_sort_input(scores, -1, tau, "scores", fn)
+    tol = _check_tol(tol, fn)
     rel = _check_like(relevance, x, "relevance", "scores", fn)
     mask = check_mask(mask, x, "scores", fn)
     reduction = _check_reduction(reduction, fn)
@@ -231,7 +239,7 @@ def ndcg_loss(
     rel = rel.detach().to(cdt)
     if mask is not None:
         rel = torch.where(mask, rel, torch.zeros_like(rel))
-    if bool((rel < 0).any()) or not bool(torch.isfinite(rel).all()):
+    if values_readable(rel) and (bool((rel < 0).any()) or not bool(torch.isfinite(rel).all())):
         raise ValueError(f"{fn}: `relevance` must be finite and non-negative at real elements")
     g = torch.exp2(rel) - 1 if gain == "exp2" else rel
     discount = 1 / torch.log2(torch.arange(2, k + 2, device=x.device, dtype=cdt))
@@ -241,10 +249,14 @@ def ndcg_loss(
             (n_samples, *x.shape), dtype=cdt, device=x.device, generator=generator
         )
         src = x.to(cdt) + noise  # (S, ..., n)
-    if mask is None and _streams(src, k, 0.0):
-        # long lists: P G by rows streamed in chunks, never the (..., k, n) matrix
+    if mask is not None and tol:
+        raise ValueError(f"{fn}: `tol` > 0 cannot be combined with `mask`; pass one of them")
+    tol = 0.0 if mask is not None else _auto_tol(tol, src, k)
+    if mask is None and _streams(src, k, tol):
+        # long lists: P G by rows streamed in chunks (or over certified windows with tol), never
+        # the (..., k, n) matrix
         gains = g.expand_as(src).unsqueeze(-1)
-        pg = _reduce_rows(src.to(cdt), k, tau, True, v=gains)[0].squeeze(-1)
+        pg = _reduce_rows(src.to(cdt), k, tau, True, v=gains, tol=tol)[0].squeeze(-1)
     else:
         m = None if mask is None else mask.expand_as(src)
         p = soft_topk(src, k, tau, mask=m).to(cdt)  # (S, ..., k, n)
@@ -270,17 +282,16 @@ def topk_cross_entropy(
     r"""Relaxed top-k classification loss: :math:`-\log P(\text{target in the top } k)` (relaxes
     the top-k error ``target not in logits.topk(k).indices``).
 
-    With :math:`\hat P` the first ``k`` rows (largest first) of
-    ``neural_sort(logits, tau, descending=True)`` (:func:`~neuralsort.soft_topk`),
+    With :math:`m` the relaxed top-k indicator of the logits (:func:`~neuralsort.soft_topk_mask`:
+    the column sums of the first ``k`` rows of ``neural_sort(logits, tau, descending=True)``,
+    capped to probabilities in :math:`[0, 1]` that sum to ``k``),
 
     .. math::
 
-        \mathcal{L} = -\log \operatorname{clamp}\Big(\sum_{i=1}^{k} \hat P[i, y],\;
-            \epsilon,\; 1\Big),
+        \mathcal{L} = -\log \max(m_y,\; \epsilon)
 
-    the relaxed top-k indicator (:func:`~neuralsort.soft_topk_mask`) at the target class
-    :math:`y`, clamped to ``[finfo.tiny, 1]`` for the log (a column of :math:`\hat P` can sum to
-    slightly more than 1; there the loss is 0). As ``tau -> 0`` it tends to 0 when the target is
+    at the target class :math:`y`, with :math:`\epsilon` = ``finfo.tiny`` so that the log stays
+    finite. As ``tau -> 0`` it tends to 0 when the target is
     among the ``k`` largest logits and grows without bound otherwise (on the CPU logits are
     floored 64 below a row's maximum in float32, 600 in float64, which caps it near that).
     ``k = C`` gives 0.
@@ -314,10 +325,10 @@ def topk_cross_entropy(
             f"{tuple(x.shape)}), got {k!r}"
         )
     target = target.to(x.device)
-    if target.numel() and bool(((target < 0) | (target >= c)).any()):
+    if target.numel() and values_readable(target) and bool(((target < 0) | (target >= c)).any()):
         raise ValueError(f"{fn}: `target` must hold class indices in [0, {c}), got values outside")
     reduction = _check_reduction(reduction, fn)
     inside = soft_topk_mask(x, int(k), tau)
     p = inside.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    p = p.clamp(min=torch.finfo(p.dtype).tiny, max=1.0)
+    p = p.clamp(min=torch.finfo(p.dtype).tiny)
     return _reduce(-torch.log(p), reduction)

@@ -3,13 +3,13 @@
 // Fused CPU kernels for NeuralSort's relaxed permutation rows (forward and backward), per batch
 // element; extension.cpp runs them over the batch and registers them as a torch operator.
 //
-// For one batch element with scores x (length n), centred xc = x - mean(x), and
-// a_j = sum_k |xc_j - xc_k| (the row sums A 1 of the matrix of absolute differences), row i of
-// the relaxed permutation is
+// For one batch element with scores x (length n) and a_j = sum_k |x_j - x_k| (the row sums A 1
+// of the matrix of absolute differences), row i of the relaxed permutation is
 //
-//     P[i, j] = softmax_j((coef_i * xc_j - a_j) / tau).
+//     P[i, j] = softmax_j((coef_i * x_j - a_j) / tau),
 //
-// forward: the stable ascending order of xc (float: pairwise ranks in registers, counting, or a
+// its logits taken relative to the element the row peaks at (RowSetup).
+// forward: the stable ascending order of x (float: pairwise ranks in registers, counting, or a
 // radix sort, by length) gives a by prefix sums;
 // every row is built, exponentiated and normalised while it sits in L1 (or in registers), so
 // the (m, n) output is written once and no logits tensor exists.
@@ -230,7 +230,7 @@ constexpr int64_t kCountingSortMax = 256;
 template <typename T>
 struct Scratch {
     int64_t padded = 0;
-    std::vector<T> xc, a, key, row;
+    std::vector<T> xc, a, alo, key, row;  // alo: see RowSetup
     std::vector<int32_t> rank;  // ascending rank of each element (the inverse of `order`)
     std::vector<double> prefix;
     std::vector<uint64_t> entries;  // the radix sort's, long float rows only
@@ -239,6 +239,7 @@ struct Scratch {
         const auto size = static_cast<size_t>(padded);
         xc.assign(size, T(0));
         a.assign(size, std::numeric_limits<T>::infinity());
+        alo.assign(size, T(0));
         key.assign(size, std::numeric_limits<T>::infinity());
         row.assign(size, T(0));
         rank.assign(size, 0);
@@ -461,14 +462,44 @@ void ascending_order(Scratch<T>& sc, int64_t n, int64_t* order) {
     if constexpr (kCombinesByRank<T>) invert_order(order, n, sc.rank.data());
 }
 
-// buf_j = exp(clamp(c xc_j - a_j / tau - shift)) over the padded row; returns sum_j buf_j.
-// The clamp from below keeps probabilities normal numbers (subnormals slow CPUs several-fold);
-// the one from above only acts when `shift` is not the row's maximum (see forward_one).
-inline float exp_row(const Scratch<float>& sc, float c, float neg_inv_tau, float shift,
-                     float logit_range, float* buf) {
+// The logits of one row, relative to the element k it peaks at (unimodality: k is known before
+// any logit is computed):
+//     t_j = c (xc_j - xc_k) - ((a_j - a_k) + (alo_j - alo_k)) / tau,   c = coef_i / tau,
+// which is 0 at j = k and negative elsewhere in exact arithmetic. Each difference is taken
+// before anything is scaled or added, so its rounding is relative to the difference itself, not
+// to |coef_i xc_j| or |a_j| (of size n |x| / tau, far larger for long rows at small tau: the
+// logits taken whole and then shifted by the row maximum lose every digit there). `alo` holds
+// the part of A 1 (summed in double) that its float32 copy `a` drops, so that a_j - a_k keeps
+// the precision of the double sum; it is zero for double. A row whose sum shows a logit far
+// above the peak's (rounding only) is redone shifted by its true maximum.
+template <typename T>
+struct RowSetup {
+    const T* xc;   // centred scores (unpadded)
+    const T* a;    // A 1 (unpadded)
+    const T* alo;  // A 1 less its rounded copy a (zero for double)
+    const int64_t* order;
+    T inv_tau, logit_range, sum_ok;
+    T coef(T c_i) const { return c_i * inv_tau; }
+    T logit(T c, int64_t j, int64_t k) const {
+        return std::fma(c, xc[j] - xc[k], (((a[j] - a[k]) + alo[j]) - alo[k]) * -inv_tau);
+    }
+    T true_max(T c, int64_t k, int64_t n) const {
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, logit(c, j, k));
+        return mx;
+    }
+};
+
+// buf_j = exp(clamp(t_j - shift)) over the padded row (t_j as in RowSetup, k the peak); returns
+// sum_j buf_j. The clamp from below keeps probabilities normal numbers (subnormals slow CPUs
+// several-fold); the one from above only acts when the peak is not the row's maximum.
+inline float exp_row(const Scratch<float>& sc, float c, int64_t k, float neg_inv_tau,
+                     float shift, float logit_range, float* buf) {
+    const vf xk = splat(sc.xc[k]), ak = splat(sc.a[k]), alok = splat(sc.alo[k]);
     vf acc = {};
     for (int64_t j = 0; j < sc.padded; j += kLanes) {
-        const vf t = fmadd(load(sc.xc.data() + j), splat(c), load(sc.a.data() + j) * neg_inv_tau) - shift;
+        const vf da = ((load(sc.a.data() + j) - ak) + load(sc.alo.data() + j)) - alok;
+        const vf t = fmadd(load(sc.xc.data() + j) - xk, splat(c), da * neg_inv_tau) - shift;
         const vf e = vexp(clamp(t, -logit_range, 80.0f));
         store(buf + j, e);
         acc += e;
@@ -476,11 +507,12 @@ inline float exp_row(const Scratch<float>& sc, float c, float neg_inv_tau, float
     return lane_sum<float>(acc);
 }
 
-inline double exp_row(const Scratch<double>& sc, double c, double neg_inv_tau, double shift,
-                      double logit_range, double* buf) {
+inline double exp_row(const Scratch<double>& sc, double c, int64_t k, double neg_inv_tau,
+                      double shift, double logit_range, double* buf) {
+    const double xk = sc.xc[k], ak = sc.a[k];
     double sum = 0.0;
     for (int64_t j = 0; j < sc.padded; ++j) {
-        double t = std::fma(c, sc.xc[j], sc.a[j] * neg_inv_tau) - shift;
+        double t = std::fma(c, sc.xc[j] - xk, (sc.a[j] - ak) * neg_inv_tau) - shift;
         t = std::min(std::max(t, -logit_range), 700.0);
         buf[j] = std::exp(t);
         sum += buf[j];
@@ -498,36 +530,15 @@ inline void scale_row(const float* buf, float scale, int64_t n, float* row) {
     for (int64_t j = whole; j < n; ++j) row[j] = buf[j] * scale;
 }
 
-// The row of sorted position i: shift by the logit of the element it peaks at (unimodality:
-// ascending rank rank_of_row[i]). That is the row's maximum up to rounding, so one pass
-// suffices; should rounding put a logit far above it (only for enormous |x| / tau), the sum
-// shows it and the row is redone with the true maximum.
-template <typename T>
-struct RowSetup {
-    const T* xc;  // centred scores (unpadded)
-    const T* a;   // A 1 (unpadded)
-    const int64_t* order;
-    T inv_tau, logit_range, sum_ok;
-    T coef(T c_i) const { return c_i * inv_tau; }
-    T shift(T c, int64_t peak) const { return std::fma(c, xc[peak], a[peak] * -inv_tau); }
-    T true_max(T c, int64_t n) const {
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, std::fma(c, xc[j], a[j] * -inv_tau));
-        return mx;
-    }
-};
-
 template <typename T>
 void rows_buffered(const RowSetup<T>& rs, const Scratch<T>& sc, int64_t n, const T* coef,
                    const int64_t* rank_of_row, int64_t m, T* p, T* buf) {
     for (int64_t i = 0; i < m; ++i) {
         const T c = rs.coef(coef[i]);
-        T shift = rs.shift(c, rs.order[rank_of_row[i]]);
-        T sum = exp_row(sc, c, -rs.inv_tau, shift, rs.logit_range, buf);
-        if (!(sum <= rs.sum_ok)) {
-            shift = rs.true_max(c, n);
-            sum = exp_row(sc, c, -rs.inv_tau, shift, rs.logit_range, buf);
-        }
+        const int64_t k = rs.order[rank_of_row[i]];
+        T sum = exp_row(sc, c, k, -rs.inv_tau, T(0), rs.logit_range, buf);
+        if (!(sum <= rs.sum_ok))
+            sum = exp_row(sc, c, k, -rs.inv_tau, rs.true_max(c, k, n), rs.logit_range, buf);
         scale_row(buf, T(1) / sum, n, p + i * n);
     }
 }
@@ -539,25 +550,30 @@ template <int V>
 void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, int64_t n,
                        const float* coef, const int64_t* rank_of_row, int64_t m, float* p) {
     const int64_t tail = n - (V - 1) * kLanes;
-    vf xc[V], a[V];
+    vf xc[V], a[V], alo[V];
     for (int v = 0; v < V; ++v) {
         xc[v] = load(sc.xc.data() + v * kLanes);
-        a[v] = load(sc.a.data() + v * kLanes) * -rs.inv_tau;
+        a[v] = load(sc.a.data() + v * kLanes);
+        alo[v] = load(sc.alo.data() + v * kLanes);
     }
+    const vf nit = splat(-rs.inv_tau);
     for (int64_t i = 0; i < m; ++i) {
         const float c = rs.coef(coef[i]);
-        float shift = rs.shift(c, rs.order[rank_of_row[i]]);
+        const int64_t k = rs.order[rank_of_row[i]];
+        const vf xk = splat(sc.xc[k]), ak = splat(sc.a[k]), alok = splat(sc.alo[k]);
         vf e[V];
-        float sum = 0.0f;
+        float sum = 0.0f, shift = 0.0f;
         for (int pass = 0; pass < 2; ++pass) {
             vf acc = {};
             for (int v = 0; v < V; ++v) {
-                e[v] = vexp(clamp(fmadd(xc[v], splat(c), a[v]) - shift, -rs.logit_range, 80.0f));
+                const vf da = ((a[v] - ak) + alo[v]) - alok;
+                const vf t = fmadd(xc[v] - xk, splat(c), da * nit) - shift;
+                e[v] = vexp(clamp(t, -rs.logit_range, 80.0f));
                 acc += e[v];
             }
             sum = lane_sum<float>(acc);
             if (sum <= rs.sum_ok) break;
-            shift = rs.true_max(c, n);
+            shift = rs.true_max(c, k, n);
         }
         const float inv_sum = 1.0f / sum;
         float* row = p + i * n;
@@ -567,12 +583,10 @@ void rows_in_registers(const RowSetup<float>& rs, const Scratch<float>& sc, int6
 }
 
 template <typename T>
-inline T row_mean(const T* x, int64_t n) {
-    // P is shift-invariant, but the rounding of xc = x - mean is not: summed in double and
-    // rounded once, the mean is the same on every machine and on the PyTorch path (ops.py)
+inline double row_mean(const T* x, int64_t n) {
     double s = 0.0;
     for (int64_t j = 0; j < n; ++j) s += static_cast<double>(x[j]);
-    return static_cast<T>(s / static_cast<double>(n));
+    return s / static_cast<double>(n);
 }
 
 // Inclusive prefix sums, in double, of values[order[r]] over r; returns the total. Four
@@ -750,13 +764,14 @@ void rows(const RowSetup<T>& rs, Scratch<T>& sc, int64_t n, const T* coef,
     rows_buffered(rs, sc, n, coef, rank_of_row, m, p, sc.row.data());
 }
 
-// One batch element: xc, a, order and the m rows p; with `y` also the relaxed sorted values
-// y_i = sum_j p_ij x_j (= sum_j p_ij xc_j + mean, as the rows sum to one).
+// One batch element: xc (a copy of x: the logits use only differences of scores, which x gives
+// more accurately than any shifted copy), a, order and the m rows p; with `y` also the relaxed
+// sorted values y_i = sum_j p_ij x_j.
 template <typename T>
 void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_row, int64_t m,
                  T inv_tau, T logit_range, T* p, T* xc, T* a, int64_t* order, Scratch<T>& sc,
                  T* y = nullptr) {
-    const T mean = row_mean(x, n);
+    const double mean = row_mean(x, n);
     if (!std::isfinite(mean)) {  // a NaN or inf poisons only this batch element
         fill_nan(p, m * n);
         fill_nan(xc, n);
@@ -765,18 +780,30 @@ void forward_one(const T* x, int64_t n, const T* coef, const int64_t* rank_of_ro
         std::iota(order, order + n, int64_t{0});
         return;
     }
-    for (int64_t j = 0; j < n; ++j) xc[j] = x[j] - mean;
-    std::copy(xc, xc + n, sc.xc.data());
-    for (int64_t j = 0; j < n; ++j) sc.key[j] = xc[j] + T(0);  // (-0 + 0 = +0)
+    std::copy(x, x + n, xc);
+    std::copy(x, x + n, sc.xc.data());
+    for (int64_t j = 0; j < n; ++j) sc.key[j] = x[j] + T(0);  // (-0 + 0 = +0)
     ascending_order(sc, n, order);
-    // element of ascending rank r: sum_k |v_r - v_k| = (2r - n + 2) v_r + total - 2 inclusive_r
-    rank_combine<T>(xc, nullptr, order, sc.rank.data(), n, 1.0, 2, 1.0, sc.prefix.data(), a);
+    // a_j = sum_k |x_j - x_k| in double, of the scores less their mean (no cancellation for
+    // large |x|): for ascending rank r, (2r - n + 2) v_r + total - 2 inclusive_r; stored rounded
+    // to T, with what float drops in sc.alo (see RowSetup)
+    double* inclusive = sc.prefix.data();
+    double total = 0.0;
+    for (int64_t r = 0; r < n; ++r) inclusive[r] = total += static_cast<double>(x[order[r]]) - mean;
+    for (int64_t r = 0; r < n; ++r) {
+        const int64_t j = order[r];
+        const double exact = static_cast<double>(2 * r - n + 2) * (static_cast<double>(x[j]) - mean) +
+                             (total - 2.0 * inclusive[r]);
+        a[j] = static_cast<T>(exact);
+        if constexpr (std::is_same_v<T, float>) sc.alo[j] = static_cast<float>(exact - static_cast<double>(a[j]));
+    }
     std::copy(a, a + n, sc.a.data());
     // with the shift at the true maximum the sum lies in [1, n]; far above means it was not
-    const RowSetup<T> rs{xc, a, order, inv_tau, logit_range, T(4) * static_cast<T>(n) * std::exp(T(8))};
+    const RowSetup<T> rs{sc.xc.data(), sc.a.data(), sc.alo.data(), order, inv_tau, logit_range,
+                         T(4) * static_cast<T>(n) * std::exp(T(8))};
     rows(rs, sc, n, coef, rank_of_row, m, p);
     if (y != nullptr)
-        for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n) + mean;
+        for (int64_t i = 0; i < m; ++i) y[i] = dot(p + i * n, xc, n);
 }
 
 // The tau gradient's part of one batch element, sum_ij L[i, j] (coef_i xc_j - a_j), is a sum of
