@@ -1,5 +1,9 @@
-"""MkDocs hooks: show the committed results (tables and plots under results/) on the site.
+"""MkDocs hooks: serve the math renderer from the site, and show the committed results.
 
+- MathJax 3 (the ``tex-chtml`` component, its fonts and the parts it loads on demand) is copied
+  into the site as ``js/mathjax/`` from the package the docs extra installs
+  (``django-static-mathjax``, a plain copy of MathJax despite its name), so formulas render with
+  no network.
 - The plots of results/ and results/ops/ are added to the site as ``results/...``, for the
   pages to show.
 - ``<!-- ops-table results/ops/ops_cpu-1threads.csv -->`` becomes a table of the operator
@@ -17,16 +21,44 @@ import posixpath
 import re
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
+MATHJAX_URI = "js/mathjax"
+# tex-chtml.js, then what it loads by itself: TeX extensions (autoload), the CommonHTML fonts, the
+# menu and its accessibility parts (the speech rules included)
+_MATHJAX_PARTS = ("tex-chtml.js", "input/tex", "output/chtml", "ui", "a11y", "sre")
 _INCLUDE = re.compile(r"^<!-- include (\S+) -->$", re.M)
 _OPS = re.compile(r"^<!-- ops-table (\S+) -->$", re.M)
 _CSV = re.compile(r"^<!-- csv-table (\S+) -->$", re.M)
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
+def mathjax_files() -> dict[str, Path]:
+    """``{site path: installed file}`` of the MathJax copy the site serves, its licence included."""
+    try:
+        import mathjax  # django-static-mathjax: MathJax's own files under static/mathjax/
+    except ImportError:
+        mathjax = None
+    home = Path(mathjax.__file__).parent / "static" / "mathjax" if mathjax else Path()
+    es5 = home / "es5"
+    if mathjax is None or not (es5 / "tex-chtml.js").is_file():
+        raise PluginError(
+            "MathJax is not installed: the site serves its own copy of it; install the docs "
+            'extra (pip install -e ".[docs]"), which brings django-static-mathjax'
+        )
+    found = {f"{MATHJAX_URI}/LICENSE": home / "LICENSE"}
+    for part in _MATHJAX_PARTS:
+        top = es5 / part
+        for path in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+            found[f"{MATHJAX_URI}/{path.relative_to(es5).as_posix()}"] = path
+    return found
+
+
 def on_files(files, config):
+    for uri, path in mathjax_files().items():
+        files.append(File.generated(config, uri, abs_src_path=str(path)))
     results = ROOT / "results"
     for png in sorted([*results.glob("*.png"), *(results / "ops").rglob("*.png")]):
         uri = png.relative_to(ROOT).as_posix()
