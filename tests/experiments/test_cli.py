@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import pathlib
 import shlex
 
 import pytest
@@ -200,3 +202,17 @@ def test_dknn_help_shows_what_each_data_set_gets(capsys, monkeypatch):
         if dknn.DEFAULTS.get(key) != value:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             assert f"{key} {shown}" in digits, key
+
+
+def test_the_scripts_parsers_refuse_abbreviations_too():
+    root = pathlib.Path(__file__).resolve().parents[2]
+    scripts = [*root.glob("benchmarks/*.py"), *root.glob("examples/*.py"), root / "docs/figures.py"]
+    found = 0
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and getattr(func, "attr", None) == "ArgumentParser":
+                found += 1
+                flags = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert flags.get("allow_abbrev") is False, path.name
+    assert found >= 5
