@@ -11,7 +11,9 @@
   plain table of any CSV file, both read from the committed files when the site is built.
 - A line ``<!-- include results/table1.md -->`` in a page is replaced by that file's text, its
   headings moved one level down and its links to run folders (which are in the repository, not
-  on the site) written as repository paths. The tables are never copied by hand.
+  on the site) written as repository paths; a table's ``run folder`` column is left out, with
+  one line under the table saying where the folders are (a column of paths made the table wider
+  than the page). The tables are never copied by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _INCLUDE = re.compile(r"^<!-- include (\S+) -->$", re.M)
 _OPS = re.compile(r"^<!-- ops-table (\S+) -->$", re.M)
 _CSV = re.compile(r"^<!-- csv-table (\S+) -->$", re.M)
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+_CELL_EDGE = re.compile(r"(?<!\\)\|")  # a table's column separator (not an escaped \|)
 
 
 def mathjax_files() -> dict[str, Path]:
@@ -82,8 +85,25 @@ def _included(rel: str) -> str:
             return f"`{repo_path}`"
         return f"{label} (`{repo_path}`)"
 
+    text = _without_run_folders(text, posixpath.join(base, Path(rel).stem))
     text = _LINK.sub(link, text)
     return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)
+
+
+def _without_run_folders(text: str, folders: str) -> str:
+    """``text`` with the last column of each table whose last column is ``run folder`` removed,
+    and a line after such a table naming the folders: ``folders/<budget>/<cell>/``."""
+    out: list[str] = []
+    dropping = False
+    for line in text.split("\n"):
+        cells = _CELL_EDGE.split(line) if line.startswith("|") else []
+        if len(cells) > 3 and cells[-2].strip() == "run folder":
+            dropping = True
+        elif not cells and dropping:
+            out += ["", f"Each run's folder in the repository: `{folders}/<budget>/<cell>/`."]
+            dropping = False
+        out.append("|".join(cells[:-2] + [""]) if dropping else line)
+    return "\n".join(out)
 
 
 def _rows(rel: str) -> list[dict[str, str]]:

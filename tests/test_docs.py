@@ -13,6 +13,7 @@ import doctest
 import importlib
 import importlib.util
 import io
+import pathlib
 import re
 import subprocess
 import sys
@@ -152,6 +153,28 @@ def _hooks():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# an absolute path of a machine (``/home/me/...``, ``imagefolder:/data/...``)
+_MACHINE_PATH = re.compile(r"(?:^|[\s:=(\"'`])/[\w.-]+/", re.M)
+
+
+@pytest.mark.parametrize("rel", ["results/table1.md", "results/table2.md", "results/table3.md"])
+def test_results_tables_on_the_site(rel):
+    """A results table as the results page shows it: no machine's paths, no column of run
+    folders (it made the table wider than the page), a line saying where the folders are."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    text = _hooks()._included(rel)
+    assert not _MACHINE_PATH.search((ROOT / rel).read_text()), rel
+    assert not _MACHINE_PATH.search((ROOT / rel).with_suffix(".csv").read_text()), rel
+    tables = re.findall(r"(?:^\|.*\|\n)+", text, flags=re.M)
+    assert tables
+    for table in tables:
+        rows = [re.split(r"(?<!\\)\|", row) for row in table.splitlines()]
+        assert len({len(cells) for cells in rows}) == 1, table[:200]  # every row as wide
+        assert "run folder" not in rows[0][-2]
+    folders = f"`results/{pathlib.PurePath(rel).stem}/<budget>/<cell>/`"
+    assert f"Each run's folder in the repository: {folders}." in text
 
 
 def test_docs_build_names_the_missing_math_renderer(monkeypatch):
