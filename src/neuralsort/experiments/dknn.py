@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+import textwrap
 from typing import Any
 
 from . import distributed
@@ -150,13 +151,15 @@ def _val_size_text() -> str:
 
 def _recipes_text() -> str:
     """The --help epilog: each data set's settings where they differ from the paper's."""
-    lines = ["defaults by data set (a --config file and flags override them):"]
     paper = [d for d in DATASETS if d not in _OWN_DEFAULTS]
-    lines.append(f"  {', '.join(paper)}: the paper's recipe, as each flag says")
+    items = [f"{', '.join(paper)}: the paper's recipe, as each flag says"]
     for ds, own in _OWN_DEFAULTS.items():
-        changes = ", ".join(f"{key} {_value_text(value)}" for key, value in own.items())
-        lines.append(f"  {ds}: {changes}")
-    return "\n".join(lines)
+        items.append(f"{ds}: " + ", ".join(f"{k} {_value_text(v)}" for k, v in own.items()))
+    wrap = textwrap.TextWrapper(78, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(
+        ["defaults by data set (a --config file and flags override them):"]
+        + [line for item in items for line in wrap.wrap(item)]
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
