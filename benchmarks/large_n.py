@@ -125,7 +125,7 @@ def have_torchsort() -> bool:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxN")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget_s", type=float, default=20.0, help="time per case at most")

@@ -212,7 +212,7 @@ def plot(csv_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxN, e.g. 64x100")
     parser.add_argument("--repeats", type=int, default=300, help="max rounds per size")
     parser.add_argument("--budget_s", type=float, default=20.0, help="time cap per size")

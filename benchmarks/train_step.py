@@ -215,7 +215,7 @@ def compare_backends(args: argparse.Namespace, amps: list[str], kept: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts")
     parser.add_argument("--amp", nargs="+", default=None, choices=["off", "bf16", "fp16"])

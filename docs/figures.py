@@ -126,7 +126,7 @@ def choosing_tau(out: Path, trials: int = 200) -> list[tuple[int, float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=IMG, help="folder for the PNGs (docs/img)")
     parser.add_argument("--trials", type=int, default=200, help="score vectors per point at n=16")
     args = parser.parse_args()

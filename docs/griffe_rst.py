@@ -3,7 +3,9 @@
 The docstrings are Google style with a few reST constructs: ``.. math::`` blocks, ``:math:``,
 ``:func:``/``:class:``/... roles and double-backtick literals. This turns them into what
 mkdocstrings renders: ``$$ ... $$`` / ``$...$`` (typeset by MathJax through ``arithmatex``) and
-inline code. It changes only the rendered text, never the source.
+inline code. An ``Example:`` section is read as ``Examples:``, the section whose ``>>>`` lines
+are rendered as code (griffe makes an ``Example:`` section a note, whose ``>>>`` lines Markdown
+reads as nested quotes). It changes only the rendered text, never the source.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import griffe
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _XREF_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj|exc|py:\w+):`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
+_EXAMPLE_HEADING = re.compile(r"^(\s*)Example:\s*$")
 
 
 def _math_block(lines: list[str], i: int) -> tuple[list[str], int]:
@@ -43,6 +46,8 @@ def rst_to_markdown(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(lines):
+        if heading := _EXAMPLE_HEADING.match(lines[i]):
+            lines[i] = f"{heading.group(1)}Examples:"
         if lines[i].strip() == ".. math::":
             block, i = _math_block(lines, i)
             out.extend(block)

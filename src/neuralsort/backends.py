@@ -25,6 +25,7 @@ interpreter but have not yet been run or timed on a GPU. ``NEURALSORT_TRITON=1``
 on for the process, :func:`triton` inside a block.
 
 Example:
+    >>> import torch
     >>> import neuralsort as ns
     >>> with ns.backends.native(False):   # pure PyTorch inside the block
     ...     p = ns.neural_sort(torch.randn(3, 5), tau=1.0)

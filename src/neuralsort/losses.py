@@ -13,6 +13,33 @@ Each relaxes a metric defined through a hard sort by replacing that sort with Ne
 
 All take ragged lists through a bool ``mask`` (True = real element) with the contract of the
 operators: a padded element changes nothing and gets zero gradient.
+
+Examples:
+    Predictions in the target's order have Spearman loss 0, in the reverse order 2; a larger
+    ``tau`` blurs the ranks, and the gradient reaches the predictions:
+
+    >>> import torch
+    >>> from neuralsort.losses import ndcg_loss, spearman_loss, topk_cross_entropy
+    >>> pred = torch.tensor([[0.2, 1.5, 0.9, 3.0]], requires_grad=True)
+    >>> target = torch.tensor([[1.0, 3.0, 2.0, 4.0]])
+    >>> round(spearman_loss(pred, target, tau=0.01).item(), 4)
+    0.0
+    >>> round(spearman_loss(-pred, target, tau=0.01).item(), 4)
+    2.0
+    >>> spearman_loss(pred, target, tau=1.0).backward()
+    >>> pred.grad.shape
+    torch.Size([1, 4])
+
+    NDCG of the same ranking (relevance = target), and the top-2 loss of a class that is second
+    and of one that is last among three logits:
+
+    >>> round(ndcg_loss(pred, target, tau=0.01).item(), 4)
+    0.0
+    >>> logits = torch.tensor([[2.0, 0.5, 1.0]])
+    >>> round(topk_cross_entropy(logits, torch.tensor([2]), k=2, tau=0.1).item(), 4)
+    0.0067
+    >>> round(topk_cross_entropy(logits, torch.tensor([1]), k=2, tau=0.1).item(), 2)
+    5.01
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
+import pathlib
 import shlex
 
 import pytest
@@ -153,3 +156,63 @@ def _with_func(parser, func):
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     sub.choices["report"].set_defaults(func=func)
     return parser
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_flags_are_spelt_in_full(capsys):
+    parsers = list(_all_parsers(build_parser()))
+    assert len(parsers) >= 8 and not any(p.allow_abbrev for p in parsers)
+    cases = [
+        ("--num_epoch 2", "--num_epoch 2 (did you mean --num_epochs?)"),
+        ("--num-epoch 2", "--num-epoch 2 (did you mean --num-epochs?)"),
+        ("--num_epochs 2 --tua 1", "--tua 1 (did you mean --tau?)"),
+    ]
+    for line, unknown in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["dknn", "--dataset", "digits", *shlex.split(line)])
+        err = capsys.readouterr().err
+        # the sub-command's usage, the unknown flag and the flag meant
+        assert e.value.code == 2 and err.startswith("usage: neuralsort dknn "), err
+        assert f"neuralsort dknn: error: unrecognized arguments: {unknown}\n" in err
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert capsys.readouterr().err.startswith("usage: neuralsort [-h]")
+
+
+def test_dknn_help_shows_what_each_data_set_gets(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["dknn", "--help"])
+    out = capsys.readouterr().out
+    assert "number of neighbours (default 9; digits 5)" in out
+    assert "NeuralSort temperature (default 16; digits 1)" in out
+    assert "number of training epochs (default 200; digits 15, imagefolder:PATH 10)" in out
+    assert "default sgd; digits adam, imagefolder:PATH adam" in out
+    assert "validation images held out (default 5000; digits 360," in out
+    # the epilog: every setting the quick start's data set changes, in one line
+    (digits,) = [line for line in out.splitlines() if line.startswith("  digits: ")]
+    for key, value in dknn.DATASET_DEFAULTS["digits"].items():
+        if dknn.DEFAULTS.get(key) != value:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert f"{key} {shown}" in digits, key
+
+
+def test_the_scripts_parsers_refuse_abbreviations_too():
+    root = pathlib.Path(__file__).resolve().parents[2]
+    scripts = [*root.glob("benchmarks/*.py"), *root.glob("examples/*.py"), root / "docs/figures.py"]
+    found = 0
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and getattr(func, "attr", None) == "ArgumentParser":
+                found += 1
+                flags = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert flags.get("allow_abbrev") is False, path.name
+    assert found >= 5

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -112,3 +114,63 @@ def test_resume_without_out_finds_latest(tmp_path, monkeypatch):
     run.save_checkpoint({"epoch": 1}, is_best=False)
     run2 = Run.start(resolve_config(args, {}), name="x")
     assert run2.path.resolve() == run.path.resolve() and run2.resumed
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_resume_of_a_folder_without_a_run_stops(tmp_path, folder):
+    out = tmp_path / folder
+    if folder == "empty":
+        out.mkdir()
+    args = _parser().parse_args(["--resume", "--out", str(out)])
+    with pytest.raises(UserError, match=r"--resume --out .*: nothing to resume there"):
+        Run.start(resolve_config(args, {}), name="x")
+    assert (folder == "empty") == out.exists()  # nothing created
+
+
+def test_resume_of_a_missing_folder_exits_2(tmp_path, capsys):
+    from neuralsort.experiments.cli import main
+
+    out = tmp_path / "typo"
+    assert main(["dknn", "--dataset", "digits", "--resume", "--out", str(out)]) == 2
+    assert "nothing to resume there (no such folder)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_files_get_the_mode_of_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        args = _parser().parse_args(["--out", str(tmp_path / "r")])
+        run = Run.start(resolve_config(args, {"tau": 1.0}), name="t")
+        run.save_checkpoint({"epoch": 1}, is_best=True)
+        run.write_metrics({"acc": 1.0})
+        run.plot_history([{"epoch": 1, "val_acc": 0.5}], ["val_acc"], "c.png")
+    finally:
+        os.umask(old)
+    files = ["config.yaml", "log.jsonl", "last.pt", "best.pt", "metrics.json", "c.png"]
+    modes = {name: stat.S_IMODE((run.path / name).stat().st_mode) for name in files}
+    assert modes == dict.fromkeys(files, 0o666 & ~umask)
+
+
+def test_plot_has_a_readable_title_and_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from neuralsort.experiments.run import history_figure, plot_title
+
+    cfg = {"dataset": "imagefolder:/some/machine/path/pets", "method": "deterministic", "k": 5}
+    cfg["tau"], cfg["out"] = 1.0, "/some/machine/path/run"
+    title = plot_title("dknn-imagefolder-pets-deterministic-k5-t1", cfg)
+    assert title == "Differentiable kNN on pets (deterministic, k = 5, τ = 1)"
+    history = [{"epoch": e, "train_topk_correct": 0.9, "val_acc": 0.8} for e in (1, 2)]
+    fig = history_figure(history, ["train_topk_correct", "val_acc"], title)
+    ax = fig.axes[0]
+    assert ax.get_title() == title
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        "training: share of the soft k nearest with the query's label",
+        "validation accuracy",
+    ]
+    assert plot_title(
+        "sort-deterministic-n5", {"method": "deterministic", "n": 5, "tau": 16.0}
+    ) == ("Sorting four-digit numbers (deterministic, n = 5, τ = 16)")

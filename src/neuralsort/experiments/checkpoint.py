@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import sys
-import tempfile
 from typing import Any
 
 import torch
@@ -38,9 +38,21 @@ __all__ = [
 ]
 
 
+def _new_temporary(path: pathlib.Path) -> tuple[int, str]:
+    """A new file beside ``path``, open for writing, with the mode :func:`open` would give it
+    (0666 less the umask: 0644 usually; ``tempfile.mkstemp`` would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # a name already taken: draw another
+            continue
+
+
 def atomic_write_bytes(path: pathlib.Path, write: Any) -> None:
     """Write via a temporary file in the same folder then ``os.replace`` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

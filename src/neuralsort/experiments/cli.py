@@ -11,10 +11,12 @@ A :class:`~neuralsort.experiments.run.UserError` raised by a command is printed 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .run import UserError
 
@@ -41,6 +43,15 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the command, sub-commands included (argparse makes them of the top
+    parser's class): a flag is spelt in full (``--num_epoch`` is an error, not ``--num_epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 class _OneLinePerCommand(argparse.HelpFormatter):
     """`neuralsort --help` lists each sub-command on one line, its help beside its name."""
 
@@ -59,10 +70,26 @@ class _MetavarOnce(argparse.HelpFormatter):
         value = self._format_args(action, self._get_default_metavar_for_optional(action))
         return f"{', '.join(action.option_strings)} {value}"
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Paragraphs are filled to the width; lines indented by two spaces (a list in an
+        epilog) are kept as they are."""
+        out: list[str] = []
+        paragraph: list[str] = []
+        for line in [*text.splitlines(), ""]:
+            if line.strip() and not line.startswith("  "):
+                paragraph.append(line.strip())
+                continue
+            if paragraph:
+                out.append(super()._fill_text(" ".join(paragraph), width, indent))
+                paragraph.clear()
+            if line.strip():
+                out.append(indent + line)
+        return "\n".join(out)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neuralsort",
         description="Differentiable sorting (NeuralSort): the paper's experiments.",
         formatter_class=_OneLinePerCommand,
@@ -79,10 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sub_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of sub-command ``command`` (``parser`` itself for None)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit with ``parser``'s usage and the arguments it does not know, naming close flags."""
+    spellings = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close += difflib.get_close_matches(arg.split("=", 1)[0], spellings, n=1, cutoff=0.75)
+    hint = f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``neuralsort`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
+    if unknown:  # with the usage of the sub-command they were given to
+        _unknown_flags(_sub_parser(parser, getattr(args, "command", None)), unknown)
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2

@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+import textwrap
 from typing import Any
 
 from . import distributed
 from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
-from .data import load_dataset
+from .data import DATASETS, VAL_SIZES, load_dataset
 from .dknn_task import step_loss as _step_loss  # noqa: F401 - tests and benchmarks use it
 from .dknn_task import train_dknn
 from .models import MODELS, default_model_for
@@ -114,12 +115,60 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     return DATASET_DEFAULTS.get(lower, {})
 
 
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# the data sets whose defaults differ from DEFAULTS (the paper's), as --help names them
+_OWN_DEFAULTS = {
+    ds: {key: v for key, v in own.items() if key not in DEFAULTS or DEFAULTS[key] != v}
+    for ds, own in {**DATASET_DEFAULTS, "imagefolder:PATH": IMAGEFOLDER_DEFAULTS}.items()
+}
+
+
+def _others_text(key: str) -> str:
+    """What the data sets with their own defaults get for ``key``: ``digits 5, ...`` or ''."""
+    return ", ".join(f"{ds} {_value_text(d[key])}" for ds, d in _OWN_DEFAULTS.items() if key in d)
+
+
+def _default_text(key: str) -> str:
+    """``default X`` for ``key``, then what the data sets with their own defaults get."""
+    text = f"default {_value_text(DEFAULTS[key])}"
+    others = _others_text(key)
+    return f"{text}; {others}" if others else text
+
+
+def _val_size_text() -> str:
+    common = max(set(VAL_SIZES.values()), key=list(VAL_SIZES.values()).count)
+    others = ", ".join(f"{ds} {n}" for ds, n in VAL_SIZES.items() if n != common)
+    return (
+        f"validation images held out (default {common}; {others}, imagefolder:PATH a tenth of "
+        f"its training images, at most {common})"
+    )
+
+
+def _recipes_text() -> str:
+    """The --help epilog: each data set's settings where they differ from the paper's."""
+    paper = [d for d in DATASETS if d not in _OWN_DEFAULTS]
+    items = [f"{', '.join(paper)}: the paper's recipe, as each flag says"]
+    for ds, own in _OWN_DEFAULTS.items():
+        items.append(f"{ds}: " + ", ".join(f"{k} {_value_text(v)}" for k, v in own.items()))
+    wrap = textwrap.TextWrapper(78, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(
+        ["defaults by data set (a --config file and flags override them):"]
+        + [line for item in items for line in wrap.wrap(item)]
+    )
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``neuralsort dknn``."""
     p = subparsers.add_parser(
         "dknn",
         help="differentiable kNN: NeuralSort kNN loss + hard-kNN classification (Table 3)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog=_recipes_text(),
     )
     g = p.add_argument_group("experiment (the original run_dknn.py flags)")
     add_flag(
@@ -127,9 +176,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--dataset",
         help="mnist, fashion-mnist, cifar10, cifar100, digits or imagefolder:PATH (default mnist)",
     )
-    add_flag(g, "--k", type=int, help="number of neighbours (default 9)")
-    add_flag(g, "--tau", type=float, help="NeuralSort temperature (default 16)")
-    add_flag(g, "--nloglr", type=float, help="learning rate = 10^-nloglr (default 3)")
+    add_flag(g, "--k", type=int, help=f"number of neighbours ({_default_text('k')})")
+    add_flag(g, "--tau", type=float, help=f"NeuralSort temperature ({_default_text('tau')})")
+    add_flag(
+        g, "--nloglr", type=float, help=f"learning rate = 10^-nloglr ({_default_text('nloglr')})"
+    )
     add_flag(
         g,
         "--method",
@@ -148,6 +199,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_flag(g, "--num_samples", type=int, help="Plackett-Luce samples, stochastic (default 5)")
     add_common_args(p)
+    for action in p._actions:  # the shared flags, with this command's defaults
+        if action.dest == "num_epochs":
+            action.help = f"{action.help} ({_default_text('num_epochs')})"
+        elif action.dest == "threads" and action.help.endswith(")"):
+            action.help = f"{action.help[:-1]}; {_others_text('threads')})"
     t = p.add_argument_group("training recipe")
     add_flag(
         t,
@@ -155,10 +211,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"embedding net: {', '.join(MODELS)} (default: mnist-convnet for mnist and small "
         "grayscale image folders, digits-net for digits, else resnet18)",
     )
-    add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help="default sgd (the paper's)")
-    add_flag(t, "--momentum", type=float, help="SGD momentum (default 0.9)")
-    add_flag(t, "--weight_decay", type=float, help="default 5e-4")
-    add_flag(t, "--lr_schedule", choices=list(SCHEDULES), help="default constant")
+    add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help=_default_text("optimizer"))
+    add_flag(t, "--momentum", type=float, help=f"SGD momentum ({_default_text('momentum')})")
+    add_flag(t, "--weight_decay", type=float, help=_default_text("weight_decay"))
+    add_flag(t, "--lr_schedule", choices=list(SCHEDULES), help=_default_text("lr_schedule"))
     add_flag(t, "--warmup_epochs", type=float, help="linear learning-rate warm-up (default 0)")
     add_flag(
         t,
@@ -166,7 +222,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=list(AUGMENTS),
         help="training augmentation (default auto: flipcrop for colour images, none otherwise)",
     )
-    add_flag(t, "--val_size", type=int, help="validation images held out (default 5000)")
+    add_flag(t, "--val_size", type=int, help=_val_size_text())
     add_flag(
         t,
         "--train_subset",

@@ -190,6 +190,12 @@ class Run:
         out = cfg.get("out")
         if out:
             path = pathlib.Path(out)
+            if resume and not (path / "config.yaml").is_file():
+                why = "not a run folder (no config.yaml)" if path.exists() else "no such folder"
+                raise UserError(
+                    f"--resume --out {path}: nothing to resume there ({why}); check the path, "
+                    "or leave out --resume to start a new run"
+                )
         elif resume:
             candidates = sorted(
                 (p for p in pathlib.Path("runs").glob(f"{name}-*") if (p / "last.pt").is_file()),
@@ -287,21 +293,72 @@ class Run:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            pts = [
-                (rec.get("epoch", i), rec[key])
-                for i, rec in enumerate(history)
-                if rec.get(key) is not None
-            ]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.set_title(self.cfg.get("out", "") if isinstance(self.cfg, dict) else "")
-        fig.tight_layout()
+        fig = history_figure(history, keys, plot_title(self.meta.get("name", ""), self.cfg))
         target = self.path / filename
         atomic_write_bytes(target, lambda f: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
+
+
+# What the per-epoch keys the experiments plot mean, for the legends (any other key is shown
+# with spaces for underscores)
+PLOT_LABELS = {
+    "train_loss": "training loss",
+    "train_acc": "training accuracy",
+    "train_topk_correct": "training: share of the soft k nearest with the query's label",
+    "val_acc": "validation accuracy",
+    "val_exact": "validation: sequences sorted exactly",
+    "val_elementwise": "validation: numbers in their right place",
+    "val_mse": "validation: mean squared error",
+}
+
+# The experiment a run belongs to, by the first word of its name
+_EXPERIMENTS = {
+    "dknn": "Differentiable kNN",
+    "baseline": "Baseline",
+    "sort": "Sorting four-digit numbers",
+    "quantile": "Median of four-digit numbers",
+}
+
+
+def plot_title(name: str, cfg: dict[str, Any]) -> str:
+    """A plot's title: the experiment, its data set and its main settings, e.g.
+    ``Differentiable kNN on digits (deterministic, k = 5, τ = 1)``."""
+    kind = name.split("-", 1)[0]
+    title = _EXPERIMENTS.get(kind, name)
+    dataset = str(cfg.get("dataset") or "")
+    if dataset.lower().startswith("imagefolder:"):  # the folder's name, not the machine's path
+        dataset = pathlib.PurePath(dataset.split(":", 1)[1]).name or "an image folder"
+    if dataset:
+        title += f" on {dataset}"
+    parts = [str(cfg["method"])] if cfg.get("method") else []
+    for key, symbol in (("n", "n"), ("k", "k"), ("tau", "τ")):
+        value = cfg.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{symbol} = {value:g}")
+    return f"{title} ({', '.join(parts)})" if parts else title
+
+
+def history_figure(history: list[dict[str, Any]], keys: list[str], title: str) -> Any:
+    """A matplotlib figure of ``keys`` of the per-epoch records against ``epoch``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for key in keys:
+        pts = [
+            (rec.get("epoch", i), rec[key])
+            for i, rec in enumerate(history)
+            if rec.get(key) is not None
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            label = PLOT_LABELS.get(key, key.replace("_", " "))
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    return fig

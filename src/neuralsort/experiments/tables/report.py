@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,11 +89,24 @@ def _status_text(run: CellRun) -> str:
     return f"half-finished ({run.progress}; no checkpoint)"
 
 
+# an absolute path in a setting (``imagefolder:/home/me/data/c10``), up to its last part
+_MACHINE_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^/\\\s,;]+[/\\])*(?=[^/\\\s,;]+)")
+
+
+def _portable(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` as the tables show them: an absolute path keeps only its last part
+    (``imagefolder:.../c10``), as the folders of the machine a run was made on mean nothing to a
+    reader (its run folder's config.yaml has them)."""
+    return {
+        k: _MACHINE_PATH.sub(".../", v) if isinstance(v, str) else v for k, v in overrides.items()
+    }
+
+
 def _budget_label(budget: str, overrides: dict[str, Any], note: str, *, full: bool) -> str:
     """The budget, then the run's note; its overrides too if ``full`` or there is no note."""
     text = budget
     if overrides and (full or not note):
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(_portable(overrides).items()))
         text += f" (overrides: {extra})"
     return f"{text}; {note}" if note else text
 
@@ -165,7 +179,9 @@ def _csv_rows(spec: TableSpec, runs: list[CellRun], results_dir: pathlib.Path) -
                 "k": run.k if run else None,
                 "budget": run.budget if run else "",
                 "overrides": (
-                    json.dumps(run.overrides, sort_keys=True) if run and run.overrides else ""
+                    json.dumps(_portable(run.overrides), sort_keys=True)
+                    if run and run.overrides
+                    else ""
                 ),
                 "status": _status_text(run) if run else _not_run(spec, column),
                 "note": run.note if run else "",

@@ -23,15 +23,14 @@ import contextlib
 import datetime as _dt
 import io
 import json
-import os
 import pathlib
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any
 
+from ..checkpoint import atomic_write_bytes
 from ..run import UserError, add_flag
 from .grid import RESERVED, Cell, build_argv, config_root, expand_table
 from .runs import cell_status, hardware_info
@@ -72,16 +71,8 @@ def _now() -> str:
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".reproduce.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
