@@ -388,14 +388,14 @@ def test_the_torch_path_orders_ties_like_a_stable_sort(dtype):
     # float32 rows are sorted as unique 64-bit keys built from the value's bits: negative
     # numbers, -0.0 == 0.0, infinities and a strided (non-contiguous) input must all come out
     # in the order of a stable sort
-    from neuralsort.ops import _ascending_order  # noqa: PLC0415
+    from neuralsort._rows import ascending_order  # noqa: PLC0415
 
     values = [3.0, -0.0, 0.0, -2.5, float("inf"), -2.5, 0.0, float("-inf"), 1e-30, -1e-30, 3.0]
     g = torch.Generator().manual_seed(0)
     x = torch.tensor(values, dtype=dtype)[torch.randint(0, len(values), (4, 300), generator=g)]
     for rows in (x, x.t().contiguous().t()):  # contiguous, and the same values strided
         expected = torch.sort(rows, dim=-1, stable=True).indices
-        assert torch.equal(_ascending_order(rows), expected)
+        assert torch.equal(ascending_order(rows), expected)
 
 
 # --- soft_topk_mask -----------------------------------------------------------------------------

@@ -138,3 +138,23 @@ def check_mask(mask: object, x: Tensor, name: str, fn: str) -> Tensor | None:
             f"got {tuple(mask.shape)}"
         )
     return mask.to(x.device)
+
+
+def check_tol(tol: object, fn: str) -> float | None:
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"{fn}: `tol` must be None or a float in [0, 1), got {type(tol).__name__}")
+    if not 0.0 <= float(tol) < 1.0:
+        raise ValueError(f"{fn}: `tol` must be None or lie in [0, 1), got {tol!r}")
+    return float(tol)
+
+
+def check_k(k: object, x: Tensor, d: int, fn: str) -> int:
+    n = x.shape[d]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(
+            f"{fn}: `k` must be an int in 1..{n} (the size of dim={d} of `scores` with "
+            f"shape {tuple(x.shape)}), got {k!r}"
+        )
+    return k

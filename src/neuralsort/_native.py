@@ -44,6 +44,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+# registers neuralsort_py::rows_backward, the Python op through which the C++ operator's
+# autograd node takes second derivatives: before the library that calls it is loaded
+from . import _dense  # noqa: F401
+
 _KERNELS = Path(__file__).parent / "_kernels"
 _SOURCE_SUFFIXES = (".cpp", ".cc", ".cxx")
 _HEADER_SUFFIXES = (".h", ".hpp")
@@ -263,6 +267,8 @@ def _load():
             path = _build_and_load(_compiler())
             op = torch.ops.neuralsort.relaxed_rows
             _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
+            _state["windowed_forward"] = torch.ops.neuralsort.windowed_forward
+            _state["windowed_backward"] = torch.ops.neuralsort.windowed_backward
         except Exception as err:  # noqa: BLE001  (whatever fails, the PyTorch path works)
             _state["reason"] = f"{type(err).__name__}: {err}"
             extra = shlex.join(_extra_flags())
@@ -277,7 +283,7 @@ def _load():
                 f"{_state['reason']}. {check_extra}A working g++ or clang++ (or CXX naming one) "
                 "and ninja enable it; NEURALSORT_NATIVE=0 skips the attempt.",
                 RuntimeWarning,
-                stacklevel=5,  # the public operator (_load, _loaded, usable, _relaxed_rows)
+                stacklevel=5,  # the public operator (_load, _loaded, usable, relaxed_rows)
             )
             op = None
         else:
@@ -342,3 +348,39 @@ def relaxed_sorted_values(
 ) -> Tensor:
     """``sum_j P[..., i, j] x[..., j]``: the rows of :func:`relaxed_rows` applied to ``x``."""
     return _state["values_op"](x, coef, rank_of_row, tau, logit_range)  # type: ignore[operator]
+
+
+def windowed_forward(
+    vs: Tensor,
+    a: Tensor,
+    coef: Tensor,
+    rank: Tensor,
+    inv_tau: float,
+    tol: float,
+    v: Tensor,
+    w: Tensor,
+) -> tuple[Tensor, ...]:
+    """The windows of ``tol=`` and their rows over the sorted scores ``vs`` (float64) with
+    ``A 1`` in ``a``: ``(y, u, q, offsets, lo, hi)`` (see :mod:`neuralsort._windowed`)."""
+    return _state["windowed_forward"](vs, a, coef, rank, inv_tau, tol, v, w)  # type: ignore[operator]
+
+
+def windowed_backward(
+    vs: Tensor,
+    a: Tensor,
+    coef: Tensor,
+    rank: Tensor,
+    q: Tensor,
+    offsets: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    v: Tensor,
+    w: Tensor,
+    gy: Tensor,
+    gu: Tensor,
+    need_v: bool,
+) -> tuple[Tensor, ...]:
+    """The backward of :func:`windowed_forward`: ``(grad_vs, grad_a, grad_v, tau_part)``."""
+    return _state["windowed_backward"](  # type: ignore[operator]
+        vs, a, coef, rank, q, offsets, lo, hi, v, w, gy, gu, need_v
+    )

@@ -55,14 +55,12 @@ from ._checks import (
     check_float_tensor,
     check_mask,
     check_sort_input,
+    check_tol,
     compute_dtype,
     values_readable,
 )
+from ._dispatch import reduced_rows
 from .ops import (
-    _auto_tol,
-    _check_tol,
-    _reduce_rows,
-    _streams,
     sample_gumbel,
     soft_rank,
     soft_topk,
@@ -169,7 +167,7 @@ def spearman_loss(
     t = _check_like(target, x, "target", "pred", fn)
     mask = check_mask(mask, x, "pred", fn)
     reduction = _check_reduction(reduction, fn)
-    tol = _check_tol(tol, fn)
+    tol = check_tol(tol, fn)
     r = soft_rank(x, tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
@@ -246,7 +244,7 @@ def ndcg_loss(
     """
     fn = "ndcg_loss"
     x, _, tau = check_sort_input(scores, -1, tau, "scores", fn)
-    tol = _check_tol(tol, fn)
+    tol = check_tol(tol, fn)
     rel = _check_like(relevance, x, "relevance", "scores", fn)
     mask = check_mask(mask, x, "scores", fn)
     reduction = _check_reduction(reduction, fn)
@@ -276,17 +274,15 @@ def ndcg_loss(
             (n_samples, *x.shape), dtype=cdt, device=x.device, generator=generator
         )
         src = x.to(cdt) + noise  # (S, ..., n)
-    if mask is not None and tol:
-        raise ValueError(f"{fn}: `tol` > 0 cannot be combined with `mask`; pass one of them")
-    tol = 0.0 if mask is not None else _auto_tol(tol, src, k)
-    if mask is None and _streams(src, k, tol):
-        # long lists: P G by rows streamed in chunks (or over certified windows with tol), never
-        # the (..., k, n) matrix
+    if mask is None:
+        # P G, for long lists by rows streamed in chunks (or over certified windows with tol),
+        # never the (..., k, n) matrix
         gains = g.expand_as(src).unsqueeze(-1)
-        pg = _reduce_rows(src.to(cdt), k, tau, True, v=gains, tol=tol)[0].squeeze(-1)
+        pg = reduced_rows(src, k, tau, True, v=gains, tol=tol)[0].squeeze(-1)
+    elif tol:
+        raise ValueError(f"{fn}: `tol` > 0 cannot be combined with `mask`; pass one of them")
     else:
-        m = None if mask is None else mask.expand_as(src)
-        p = soft_topk(src, k, tau, mask=m).to(cdt)  # (S, ..., k, n)
+        p = soft_topk(src, k, tau, mask=mask.expand_as(src)).to(cdt)  # (S, ..., k, n)
         pg = torch.matmul(p, g.unsqueeze(-1)).squeeze(-1)
     dcg = (pg * discount).sum(dim=-1)
     if n_samples:

@@ -22,7 +22,8 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from ._checks import TauLike, check_float_tensor, check_tau
-from .ops import _relaxed_rows, sample_gumbel
+from ._dispatch import relaxed_rows
+from .ops import sample_gumbel
 
 __all__ = ["PlackettLuce"]
 
@@ -113,7 +114,7 @@ class PlackettLuce(Distribution):
     ) -> Tensor:
         """Relaxed samples ``(*sample_shape, *batch, n, n)``: NeuralSort of the perturbed logits."""
         perturbed = self._perturbed(torch.Size(sample_shape), generator)
-        p = _relaxed_rows(perturbed, self.n, self.tau, descending=True)
+        p = relaxed_rows(perturbed, self.n, self.tau, descending=True)
         return p.to(self.logits.dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import TauLike, check_sort_input, compute_dtype
-from .ops import _sort_order, _straight_through
+from ._rows import sort_order, straight_through
 
 __all__ = ["softsort"]
 
@@ -35,10 +35,10 @@ def softsort(
     fn = "softsort"
     x, d, tau = check_sort_input(scores, dim, tau, "scores", fn)
     xm = x.movedim(d, -1).to(compute_dtype(x.dtype))
-    order = _sort_order(xm, descending)
+    order = sort_order(xm, descending)
     sorted_values = xm.gather(-1, order)
     logits = (sorted_values.unsqueeze(-1) - xm.unsqueeze(-2)).abs().neg() / tau
     p = torch.softmax(logits, dim=-1)
     if hard:
-        p = _straight_through(p, order)
+        p = straight_through(p, order)
     return p.to(x.dtype)

@@ -88,7 +88,7 @@ void run_backward(const Tensor& g, const Tensor& p, const Tensor& coef, const Te
     });
 }
 
-// create_graph=True: the PyTorch path's differentiable formulas (neuralsort.ops._rows_backward,
+// create_graph=True: the PyTorch path's differentiable formulas (neuralsort._dense.rows_backward,
 // registered from Python as neuralsort_py::rows_backward when neuralsort.ops is imported), so
 // that the maths of the second derivatives exists once. Returns (grad_x, grad_tau); a gradient
 // not asked for comes back as an empty tensor.
