@@ -9,7 +9,7 @@
 //       (soft_sort and soft_quantile: the backward never forms the m x n gradient of P)
 //
 // Built on first use by neuralsort/_native.py; the kernels are in relaxed_rows.h (and the
-// windows of tol= in windowed.h, included at the end).
+// windows of tol= in windowed.cpp).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -313,6 +313,3 @@ TORCH_LIBRARY_IMPL(neuralsort, Meta, m) {
     m.impl("relaxed_rows_forward", &forward_meta);
     m.impl("relaxed_rows_backward", &backward_meta);
 }
-
-// the windows of tol= (neuralsort::windowed_forward / windowed_backward)
-#include "windowed.h"

@@ -1,5 +1,5 @@
 // neuralsort::windowed_forward / windowed_backward: the certified-sparse rows of tol= (see
-// neuralsort/_streamed.py, `windowed`, for the bound) on the CPU. Row i of Q over ascending
+// neuralsort/_windowed.py, `windowed`, for the bound) on the CPU. Row i of Q over ascending
 // ranks r in its window [lo_i, hi_i]:
 //
 //   d_ir = c_i (v_r - v_k) - (a_r - a_k)        (k = the row's peak rank; float64)
@@ -9,11 +9,8 @@
 // The forward finds each window by two binary searches on the bound, keeps the rows of Q
 // (sum of the window widths values, O(n w)) and returns them for the backward, which reduces
 // the softmax gradient to the gradients of v (through c_i), of a and of tau.
-// The autograd node is neuralsort/_streamed.py's _Windowed; this file has no autograd.
-// Included at the end of extension.cpp (one translation unit with relaxed_rows.h, whose
-// vector exp it uses).
-
-#pragma once
+// The autograd node is neuralsort/_windowed.py's _Windowed; this file has no autograd.
+// Its own translation unit beside extension.cpp; the vector exp comes from simd.h.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,26 +21,26 @@
 #include <tuple>
 #include <vector>
 
-#include "relaxed_rows.h"
+#include "simd.h"
 
 namespace {
 
 using at::Tensor;
 
 // exp of a window's logits in place, returning their sum. float: the kernel's vector exp,
-// floored 64 below the peak as the dense rows are (no subnormals); double: std::exp.
+// floored kExpFloorFloat below the peak as the dense rows are (no subnormals); double: std::exp.
 inline double exp_in_place(float* p, int64_t width) {
     namespace nk = neuralsort_kernels;
     nk::vf acc = {};
     int64_t j = 0;
     for (; j + nk::kLanes <= width; j += nk::kLanes) {
-        const nk::vf e = nk::vexp(nk::clamp(nk::load(p + j), -64.0f, 80.0f));
+        const nk::vf e = nk::vexp(nk::clamp(nk::load(p + j), -nk::kExpFloorFloat, nk::kExpCeilingFloat));
         nk::store(p + j, e);
         acc += e;
     }
     double sum = nk::lane_sum<float>(acc);
     for (; j < width; ++j) {
-        p[j] = std::exp(std::min(std::max(p[j], -64.0f), 80.0f));
+        p[j] = std::exp(std::min(std::max(p[j], -nk::kExpFloorFloat), nk::kExpCeilingFloat));
         sum += p[j];
     }
     return sum;
