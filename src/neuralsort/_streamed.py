@@ -55,7 +55,6 @@ class _Streamed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, tau, rank, v, w):  # type: ignore[override]
-
         xc = x.contiguous()  # the logits use differences of scores only: no shift needed
         order = ascending_order(xc)
         a, a_lo = abs_dev_rowsum(xc, order)
@@ -81,7 +80,6 @@ class _Streamed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-
         x, xc, a, a_lo, order, coef, tau, rank, v, w = ctx.saved_tensors
         gy, gu = pair(grads, v, w)
         need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]

@@ -84,7 +84,6 @@ def _windowed_autograd(
 ) -> tuple[Tensor | None, Tensor | None]:
     """:func:`windowed` by autograd through the truncated rows (the windows ``lohi`` given or
     found again): its second derivatives, and a check of the hand-written backward."""
-
     n = x.shape[-1]
     xc = centred(x)
     order = ascending_order(xc)
@@ -180,7 +179,6 @@ class _Windowed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, tau, rank, tol, v, w):  # type: ignore[override]
-
         xc = centred(x)
         order = ascending_order(xc)
         vs64 = xc.gather(-1, order).double()
