@@ -78,3 +78,23 @@ def test_hard_limit_at_every_n_for_huge_scores(n):
     torch.testing.assert_close(ns.soft_rank(x.detach(), tau=tau), hard_ranks(x.detach()))
     (p * torch.randn(n, n, generator=torch.Generator().manual_seed(0))).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("outlier", [-1e30, 1e25])
+def test_far_outliers_change_nothing_beyond_the_floor(outlier):
+    # A 1 of scores spread over 1e30 cannot keep differences of size 1, not even in float64;
+    # capping the gaps at 2 * 64 tau changes nothing but floored entries, so the rows are those
+    # of the same scores with the outlier at -1e3 (also far beyond every floor at tau = 1)
+    x = torch.tensor([[3.0, 2.0, 1.0, outlier, 2.5]])
+    near = torch.tensor([[3.0, 2.0, 1.0, 1e3 if outlier > 0 else -1e3, 2.5]])
+    torch.testing.assert_close(ns.neural_sort(x, tau=1.0), ns.neural_sort(near, tau=1.0))
+    torch.testing.assert_close(ns.soft_rank(x, tau=1.0), ns.soft_rank(near, tau=1.0))
+    relevance = torch.tensor([[3.0, 2.0, 1.0, 0.0, 2.0]])
+    # a padding score of -1e30 (allRank's convention): a perfect ranking has NDCG 1
+    if outlier < 0:
+        assert ns.ndcg_loss(x, relevance, tau=0.01).item() == pytest.approx(0.0, abs=1e-6)
+    leaf = x.clone().requires_grad_()
+    ns.soft_rank(leaf, tau=1.0).square().sum().backward()
+    near_leaf = near.clone().requires_grad_()
+    ns.soft_rank(near_leaf, tau=1.0).square().sum().backward()
+    torch.testing.assert_close(leaf.grad, near_leaf.grad)

@@ -17,14 +17,23 @@ from . import _native, _streamed, _triton, _windowed
 from ._axes import as_dtype
 from ._checks import TauLike, compute_dtype, is_compiling, is_transformed
 from ._dense import RelaxedRows, TritonRows, functional_rows
-from ._rows import LOGIT_RANGE, as_tau_tensor, cached, leading_rows, row_constants, rows_times
+from ._rows import (
+    LOGIT_RANGE,
+    as_tau_tensor,
+    bounded_gaps,
+    cached,
+    leading_rows,
+    row_constants,
+    rows_times,
+)
 
 
 def _row_inputs(
     x: Tensor, rows: Tensor | int, tau: TauLike, descending: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``x`` in its compute dtype, the scores the rows are built from, the rows' coefficients and
-    peak ranks, and ``tau`` as a tensor.
+) -> tuple[Tensor, Tensor, bool, Tensor, Tensor, Tensor]:
+    """``x`` in its compute dtype, the scores the rows are built from, whether those are ``x``
+    (or ``-x``) with bounded gaps (:func:`~neuralsort._rows.bounded_gaps`, where their spread
+    over ``tau`` calls for it), the rows' coefficients and peak ranks, and ``tau`` as a tensor.
 
     The rows are always built in ascending order: the descending rows of ``x`` are the ascending
     rows of ``-x`` (the same logits, bit for bit), and the stable ascending sort of ``-x`` puts
@@ -33,12 +42,14 @@ def _row_inputs(
     """
     n = x.shape[-1]
     xc = as_dtype(x, compute_dtype(x.dtype))
-    scores = -xc if descending else xc
+    tau_t = as_tau_tensor(tau, xc)
+    flipped = -xc if descending else xc
+    scores = bounded_gaps(flipped, tau_t)
     if isinstance(rows, int):
         coef, rank_of_row = cached(leading_rows, n, rows, xc.device, xc.dtype)
     else:
         coef, rank_of_row = row_constants(rows, n, xc.dtype)
-    return xc, scores, coef, rank_of_row, as_tau_tensor(tau, xc)
+    return xc, scores, scores is not flipped, coef, rank_of_row, tau_t
 
 
 def relaxed_rows(
@@ -50,7 +61,7 @@ def relaxed_rows(
     sorted positions. Returns ``(..., m, n)`` in the compute dtype (float32 for half inputs), or
     with ``times_x`` the rows applied to ``x`` itself, ``(..., m)``: the relaxed sorted values.
     """
-    xc, scores, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
+    xc, scores, bounded, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
     if is_transformed(scores) or is_transformed(tau_t):
         p = functional_rows(scores, coef, tau_t, rank_of_row)
         return rows_times(p, xc) if times_x else p
@@ -60,8 +71,9 @@ def relaxed_rows(
     if _native.usable(xc):
         # the fused C++ operators (see _kernels/): one pass, backward in C++; applied to x, the
         # backward never forms the (..., m, n) gradient of the rows
-        if not times_x:
-            return _native.relaxed_rows(scores, coef, rank_of_row, tau_t, LOGIT_RANGE[xc.dtype])
+        if not times_x or bounded:  # (the fused values op applies the rows to the scores)
+            p = _native.relaxed_rows(scores, coef, rank_of_row, tau_t, LOGIT_RANGE[xc.dtype])
+            return rows_times(p, xc) if times_x else p
         y = _native.relaxed_sorted_values(scores, coef, rank_of_row, tau_t, LOGIT_RANGE[xc.dtype])
         return -y if descending else y  # (the rows applied to the scores, -x when descending)
     p = RelaxedRows.apply(scores, coef, tau_t, rank_of_row)
@@ -104,7 +116,7 @@ def _reduce_rows(
     without the ``(..., m, n)`` matrix: exactly by streamed chunks of rows, or with ``tol > 0``
     over certified windows (:mod:`neuralsort._windowed`). ``v``: ``(..., n, c)``; ``w``: a
     constant ``(c, m)``; both in the compute dtype of ``x``."""
-    _, scores, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
+    _, scores, _, coef, rank_of_row, tau_t = _row_inputs(x, rows, tau, descending)
     if is_transformed(scores) or is_transformed(tau_t):
         # torch.func: the dense rows as plain ops (O(mn) memory; no tol= windows)
         p = functional_rows(scores, coef, tau_t, rank_of_row)

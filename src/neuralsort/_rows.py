@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import TauLike, is_compiling
+from ._checks import TauLike, is_compiling, is_transformed
 
 
 def accumulation_dtype(x: Tensor) -> torch.dtype:
@@ -251,3 +251,35 @@ def capped_at_one(m: Tensor, k: int) -> Tensor:
         -1, keepdim=True
     ).clamp(min=1)
     return torch.where(capped, torch.ones_like(m), (m - theta).clamp(min=0))  # (rounding)
+
+
+# scores spread over more than this many units of tau, times n, can lose the differences of A 1
+# that matter even in float64 (a padding score of -1e30 among scores of size 1)
+_SPREAD_LIMIT = 1e12
+
+
+def bounded_gaps(x: Tensor, tau: Tensor) -> Tensor:
+    r"""``x`` (the scores, last axis) with every gap between neighbours in sorted order capped at
+    ``2 LOGIT_RANGE tau``, which changes no row of :math:`\hat P` beyond its floor, where the
+    scores span so many units of ``tau`` that :math:`A_s 1` would lose their differences.
+
+    The logit of element ``j`` in the row that peaks at ``k`` depends only on the gaps between
+    them, and falls by at least each gap over ``tau`` (it is a sum over those gaps of terms at
+    least as large), so across a capped gap it stays below ``-2 LOGIT_RANGE``: floored, as it
+    was. The capped scores are rebuilt from the median in float64 (the median's cluster keeps
+    its values exactly); the value is theirs, the gradient that of ``x`` (identity).
+    """
+    n = x.shape[-1]
+    if n < 2 or is_compiling() or is_transformed(x):
+        return x
+    lo, hi = torch.aminmax(x.detach())  # over the whole batch: one cheap check per call
+    if float(hi - lo) * n <= _SPREAD_LIMIT * float(tau):
+        return x
+    order = sort_order(x.detach(), descending=False)
+    v = x.detach().double().gather(-1, order)
+    cap = 2 * LOGIT_RANGE[x.dtype] * tau.detach().double()
+    steps = torch.cat((torch.zeros_like(v[..., :1]), torch.diff(v, dim=-1).clamp(max=cap)), -1)
+    offsets = torch.cumsum(steps, dim=-1)
+    mid = n // 2
+    capped = v[..., mid : mid + 1] + (offsets - offsets[..., mid : mid + 1])
+    return straight(x, torch.empty_like(v).scatter_(-1, order, capped).to(x.dtype))
