@@ -119,3 +119,13 @@ def test_the_eager_path_is_unchanged_outside_transforms():
     x = point(6).float().requires_grad_()
     p = ns.neural_sort(x, tau=0.5)
     assert p.grad_fn is not None and "Softmax" not in type(p.grad_fn).__name__
+
+
+def test_mask_under_vmap_unbatched_works_and_batched_is_refused():
+    mask = torch.tensor([True, True, True, False, False, True])
+    xs = torch.randn(3, N, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    out = vmap(lambda x: ns.soft_rank(x, tau=0.5, mask=mask))(xs)
+    torch.testing.assert_close(out, torch.stack([ns.soft_rank(x, tau=0.5, mask=mask) for x in xs]))
+    masks = mask.expand(3, N)
+    with pytest.raises(ValueError, match="batched by torch.func.vmap"):
+        vmap(lambda x, m: ns.soft_rank(x, tau=0.5, mask=m))(xs, masks)

@@ -8,12 +8,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_mask
+from ._checks import check_mask, is_transformed
 
 
 def real_mask(mask: object, x: Tensor, name: str, fn: str) -> Tensor | None:
     """The checked ``mask``, or ``None`` when there is none or every element is real."""
     m = check_mask(mask, x, name, fn)
+    if m is not None and is_transformed(m):
+        raise ValueError(
+            f"{fn}: a `mask` batched by torch.func.vmap cannot be used (the real elements are "
+            "grouped by their number, a data-dependent choice); pass the same unbatched mask "
+            "for every sample, or loop over the samples"
+        )
     if m is None or bool(m.all()):
         return None
     return m
