@@ -19,7 +19,13 @@ from .trainer import EpochStats, Result
 from .trainer import Task as LoopTask
 from .training import Amp
 
-__all__ = ["MultiDigitTask"]
+__all__ = ["MultiDigitTask", "test_set"]
+
+
+def test_set(source: MultiDigitNumbers, cfg: dict[str, Any], n: int) -> MultiDigitEvalSet:
+    """The fixed test set of sequences of ``n`` numbers: the same for every run at that ``n`` with
+    the same ``test_sequences`` and ``eval_seed``, whatever n it trained at."""
+    return source.eval_set(int(cfg["test_sequences"]), n, seed=int(cfg["eval_seed"]) + 1)
 
 
 class MultiDigitTask(LoopTask):
@@ -86,11 +92,21 @@ class MultiDigitTask(LoopTask):
     def finish(self, result: Result) -> dict[str, Any]:
         cfg, run = self.cfg, self.run
         test = self.task.evaluate(self.model, self.test_set, self.device, self.eval_bs)
+        test_by_n = {str(self.n): test}
+        if getattr(self.model, "any_n", False):  # one model for every n: test it at each
+            for m in cfg["eval_ns"]:
+                if m != self.n:
+                    fixed = test_set(self.test_set.source, cfg, m)
+                    test_by_n[str(m)] = self.task.evaluate(
+                        self.model, fixed, self.device, self.eval_bs
+                    )
+        test_by_n = {k: test_by_n[k] for k in sorted(test_by_n, key=int)}
         best_record = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
         steps = len(result.history) * result.steps_per_epoch
         seconds = result.train_seconds
         metrics: dict[str, Any] = {
             **{f"test_{k}": v for k, v in test.items()},
+            "test_by_n": test_by_n,
             **{k: v for k, v in best_record.items() if k.startswith("val_")},
             "best_epoch": result.best_epoch,
             "epochs": len(result.history),
