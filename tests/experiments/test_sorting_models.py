@@ -299,3 +299,16 @@ def test_several_lengths_need_a_neuralsort_method():
     with pytest.raises(ValueError, match="needs a NeuralSort method"):
         build_median_method("vanilla", n=3, image_shape=SHAPE, scale=1.0, lengths=[3, 5])
     assert not getattr(build_sort_method("vanilla", n=3, image_shape=SHAPE), "any_n", False)
+
+
+def test_regroup_near_deals_windows_of_neighbouring_values():
+    b, n, factor = 4, 3, 4
+    values = torch.randperm(b * n).reshape(b, n) * 7
+    gen = torch.Generator().manual_seed(0)
+    ((out, vals),) = regroup_lengths(values.float(), values, factor, None, gen, near=0.5)
+    assert vals.shape == (factor * b, n) and torch.equal(out, vals.float())
+    close = vals[: factor * b // 2].sort(dim=-1).values
+    # a window of n neighbours in the sorted batch: consecutive multiples of 7
+    assert torch.equal(close.diff(dim=-1), torch.full((factor * b // 2, n - 1), 7))
+    spread = vals[factor * b // 2 :].sort(dim=-1).values.diff(dim=-1)
+    assert (spread > 7).any()

@@ -169,6 +169,7 @@ def regroup_lengths(
     factor: int,
     lengths: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    near: float = 0.0,
 ) -> list[tuple[Tensor, Tensor]]:
     """Training sequences of several lengths from the items of one batch (no net runs again).
 
@@ -185,13 +186,17 @@ def regroup_lengths(
         factor: item slots per item and step (>= 1).
         lengths: sequence lengths, each in ``2 .. B * n``; None or empty: ``n`` only.
         generator: random source (on ``per_item``'s device) of the groupings.
+        near: the fraction of each length's sequences made of ``m_k`` items next to each other
+            in value (a window of the batch's items in sorted order, at a random start): hard
+            sequences whose neighbours are closer than in a random draw.
 
     Returns:
         one ``(sequences (S_k, m_k, *feature), values (S_k, m_k))`` pair per length.
     """
-    if not lengths:
-        return [regroup_sequences(per_item, values, factor, generator)]
     b, n = values.shape
+    if not lengths and not near:
+        return [regroup_sequences(per_item, values, factor, generator)]
+    lengths = lengths or [n]
     pool = b * n
     if any(m < 2 or m > pool for m in lengths):
         raise ValueError(f"lengths must lie in 2..{pool} (the items of a batch), got {lengths}")
@@ -202,6 +207,12 @@ def regroup_lengths(
         count = math.ceil(factor * pool / (len(lengths) * m))
         u = torch.rand(count, pool, generator=generator, device=per_item.device)
         index = u.argsort(dim=-1)[:, :m]  # m distinct items per sequence
+        close = round(near * count)
+        if close:
+            order = flat_values.argsort().to(per_item.device)
+            starts = (u[:close, 0] * (pool - m + 1)).long().clamp(max=pool - m)
+            window = starts[:, None] + torch.arange(m, device=per_item.device)
+            index = torch.cat([order[window], index[close:]])
         groups.append((flat[index], flat_values[index.to(values.device)]))
     return groups
 
@@ -262,6 +273,7 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
         num_samples: int = 5,
         regroup: int = 1,
         lengths: Sequence[int] | None = None,
+        near: float = 0.0,
     ) -> None:
         super().__init__()
         self.net = DigitCNN(image_shape, 1)
@@ -270,14 +282,17 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
         self.num_samples = num_samples
         self.regroup = regroup
         self.lengths = list(lengths or [])
+        self.near = near
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Row-wise cross-entropy, averaged over the rows of every regrouped sequence."""
-        if not self.lengths:
+        if not self.lengths and not self.near:
             return super().loss(images, values, generator)
-        groups = regroup_lengths(self.scores(images), values, self.regroup, self.lengths, generator)
+        groups = regroup_lengths(
+            self.scores(images), values, self.regroup, self.lengths, generator, self.near
+        )
         total, rows = 0.0, 0
         for scores, vals in groups:
             p = self.relax(scores, generator)
@@ -397,6 +412,7 @@ def build_sort_method(
     num_samples: int = 5,
     regroup: int = 1,
     lengths: Sequence[int] | None = None,
+    near: float = 0.0,
 ) -> nn.Module:
     """The sorting method called ``method`` (one of :data:`SORT_METHODS`).
 
@@ -413,6 +429,7 @@ def build_sort_method(
             num_samples=num_samples,
             regroup=regroup,
             lengths=lengths,
+            near=near,
         )
     if method in ("sinkhorn", "gumbel-sinkhorn"):
         return SinkhornSorter(

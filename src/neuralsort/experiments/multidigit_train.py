@@ -63,6 +63,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "num_samples": 5,
     "regroup": 1,
     "regroup_ns": None,
+    "regroup_near": 0.0,
     "eval_ns": None,
     "num_epochs": 200,
     "steps_per_epoch": 625,
@@ -134,6 +135,16 @@ def add_multidigit_args(
             "deal each batch's per-image scores into training sequences of these lengths "
             "(e.g. 3,5,7,9,15) instead of --n alone, about R item slots per image in all "
             "(NeuralSort methods only; default: --n alone)"
+        ),
+    )
+    add_flag(
+        g,
+        "--regroup_near",
+        type=float,
+        metavar="F",
+        help=(
+            "make this fraction of the regrouped sequences of items next to each other in value "
+            "(hard sequences; NeuralSort sorting only; default 0)"
         ),
     )
     add_flag(

@@ -91,6 +91,7 @@ def _build(cfg: dict[str, Any], image_shape: tuple[int, int]) -> nn.Module:
         num_samples=int(cfg["num_samples"]),
         regroup=int(cfg["regroup"]),
         lengths=cfg["regroup_ns"],
+        near=float(cfg["regroup_near"]),
     )
 
 
