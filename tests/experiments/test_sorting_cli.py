@@ -216,3 +216,33 @@ def test_warmup_learning_rate(mnist_dir, tmp_path):
     lrs = [r["lr"] for r in read_log(out) if "epoch" in r and "event" not in r]
     # 2 epochs x 2 steps, all 4 of them warm-up: lr (step + 1) / 4 after steps 2 and 4
     assert lrs == [pytest.approx(0.75e-3), pytest.approx(1e-3)]
+
+
+def test_init_from_starts_from_an_earlier_run_and_counts_its_time(mnist_dir, tmp_path, capsys):
+    first, warm, same = tmp_path / "first", tmp_path / "warm", tmp_path / "same"
+    assert run_cli("sort", mnist_dir, first, "--n", "3") == 0
+    # 0 epochs from first's best model: the same model, so the same test results at every n
+    args = ("--n", "5", "--num_epochs", "0", "--eval_ns", "3,5")
+    assert run_cli("sort", mnist_dir, warm, *args, "--init-from", str(first)) == 0
+    assert run_cli("sort", mnist_dir, same, *args, "--init_from", str(first / "best.pt")) == 0
+    mf = json.loads((first / "metrics.json").read_text())
+    mw = json.loads((warm / "metrics.json").read_text())
+    assert (
+        mw["test_by_n"]["3"] == mf["test_by_n"]["3"]
+        and mw["test_by_n"]["5"] == mf["test_by_n"]["5"]
+    )
+    assert mw["init_from"] == str(first / "best.pt")
+    assert mw["init_train_seconds"] == pytest.approx(mf["train_seconds"])
+    # a chain counts every link
+    link, chained = tmp_path / "link", tmp_path / "chained"
+    assert run_cli("sort", mnist_dir, link, "--n", "5", "--init_from", str(first)) == 0
+    assert run_cli("sort", mnist_dir, chained, *args, "--init_from", str(link)) == 0
+    ml = json.loads((link / "metrics.json").read_text())
+    mc = json.loads((chained / "metrics.json").read_text())
+    assert mc["init_train_seconds"] == pytest.approx(mf["train_seconds"] + ml["train_seconds"])
+    capsys.readouterr()
+    assert run_cli("sort", mnist_dir, tmp_path / "x", "--init_from", str(tmp_path / "nope")) == 2
+    assert "--init_from" in capsys.readouterr().err
+    bad = ("--n", "3", "--method", "vanilla", "--init_from", str(first))
+    assert run_cli("sort", mnist_dir, tmp_path / "y", *bad) == 2
+    assert "do not fit this method" in capsys.readouterr().err

@@ -7,25 +7,42 @@ seeded source and renders only its own slice; validation and test run the experi
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import distributed
+from .config import UserError
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers
 from .run import Run
 from .trainer import EpochStats, Result
 from .trainer import Task as LoopTask
 from .training import Amp
 
-__all__ = ["MultiDigitTask", "test_set"]
+__all__ = ["MultiDigitTask", "init_source", "test_set"]
 
 
 def test_set(source: MultiDigitNumbers, cfg: dict[str, Any], n: int) -> MultiDigitEvalSet:
     """The fixed test set of sequences of ``n`` numbers: the same for every run at that ``n`` with
     the same ``test_sequences`` and ``eval_seed``, whatever n it trained at."""
     return source.eval_set(int(cfg["test_sequences"]), n, seed=int(cfg["eval_seed"]) + 1)
+
+
+def init_source(init_from: str) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """The checkpoint ``--init_from`` names (a run folder's ``best.pt``, or a file) and the
+    ``metrics.json`` beside it (None if there is none)."""
+    path = pathlib.Path(init_from).expanduser()
+    ckpt = path / "best.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise UserError(
+            f"--init_from {init_from}: no checkpoint there (give a finished run's folder, which "
+            "holds best.pt, or a .pt file)"
+        )
+    metrics = ckpt.parent / "metrics.json"
+    return ckpt, metrics if metrics.is_file() else None
 
 
 class MultiDigitTask(LoopTask):
@@ -89,6 +106,23 @@ class MultiDigitTask(LoopTask):
         val = self.task.evaluate(self.model, self.val_set, self.device, self.eval_bs)
         return {f"val_{k}": v for k, v in val.items()}
 
+    def _init_record(self) -> dict[str, Any]:
+        """Where the weights started (``--init_from``) and the training time that made them.
+
+        ``init_train_seconds``: the earlier run's ``train_seconds`` plus its own
+        ``init_train_seconds``, so a chain of warm starts counts all of its training.
+        """
+        if not self.cfg["init_from"]:
+            return {}
+        ckpt, metrics_file = init_source(str(self.cfg["init_from"]))
+        before = None
+        if metrics_file is not None:
+            earlier = json.loads(metrics_file.read_text())
+            before = float(earlier.get("train_seconds", 0.0)) + float(
+                earlier.get("init_train_seconds", 0.0)
+            )
+        return {"init_from": str(ckpt), "init_train_seconds": before}
+
     def finish(self, result: Result) -> dict[str, Any]:
         cfg, run = self.cfg, self.run
         test = self.task.evaluate(self.model, self.test_set, self.device, self.eval_bs)
@@ -119,6 +153,7 @@ class MultiDigitTask(LoopTask):
             "val_sequences": len(self.val_set),
             "world_size": self.world,
             "amp": cfg["amp"],
+            **self._init_record(),
             "device": str(self.device),
         }
         run.write_metrics(metrics)

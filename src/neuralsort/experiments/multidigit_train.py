@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from . import distributed
+from .checkpoint import load_file
 from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
-from .multidigit_task import MultiDigitTask, test_set
+from .multidigit_task import MultiDigitTask, init_source, test_set
 from .seeding import seed_everything
 from .trainer import fit, start_run
 from .training import SCHEDULES, Amp
@@ -65,6 +66,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "regroup_ns": None,
     "regroup_near": 0.0,
     "eval_ns": None,
+    "init_from": None,
     "num_epochs": 200,
     "steps_per_epoch": 625,
     "val_sequences": 1000,
@@ -157,6 +159,16 @@ def add_multidigit_args(
             "trained at that n use), kept under test_by_n in metrics.json; methods whose nets "
             f"depend on n are tested at --n only (default {','.join(map(str, d['eval_ns']))}; "
             "'none': --n only)"
+        ),
+    )
+    add_flag(
+        g,
+        "--init_from",
+        metavar="RUN_DIR",
+        help=(
+            "start from the best model of an earlier run of the same method (its folder, or a "
+            "checkpoint .pt file) instead of random weights; metrics.json then also counts that "
+            "run's training time (default: random weights, the paper's start)"
         ),
     )
     add_flag(
@@ -374,6 +386,20 @@ def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigi
     return moved
 
 
+def _init_weights(model: nn.Module, init_from: str) -> None:
+    ckpt, _ = init_source(init_from)
+    state = load_file(ckpt)
+    weights = state.get("model") if isinstance(state, dict) else None
+    try:
+        model.load_state_dict(weights if weights is not None else state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(
+            f"--init_from {init_from}: its weights do not fit this method ({first}); start from "
+            "a run of the same --method"
+        ) from None
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
@@ -415,6 +441,8 @@ def train_and_test(
     test = test_set(splits["test"], cfg, n)
 
     model = task.build(cfg, image_shape).to(device)
+    if cfg["init_from"] and not run.resumed:  # a resumed run restores its own weights
+        _init_weights(model, str(cfg["init_from"]))
     trainable = getattr(model, "trainable", True)
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
