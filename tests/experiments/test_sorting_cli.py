@@ -236,10 +236,12 @@ def test_init_from_starts_from_an_earlier_run_and_counts_its_time(mnist_dir, tmp
     # a chain counts every link
     link, chained = tmp_path / "link", tmp_path / "chained"
     assert run_cli("sort", mnist_dir, link, "--n", "5", "--init_from", str(first)) == 0
-    assert run_cli("sort", mnist_dir, chained, *args, "--init_from", str(link)) == 0
+    # a relative name not found from the working directory: a run folder beside this one
+    assert run_cli("sort", mnist_dir, chained, *args, "--init_from", "link") == 0
     ml = json.loads((link / "metrics.json").read_text())
     mc = json.loads((chained / "metrics.json").read_text())
     assert mc["init_train_seconds"] == pytest.approx(mf["train_seconds"] + ml["train_seconds"])
+    assert mc["init_from"] == str(link / "best.pt")
     capsys.readouterr()
     assert run_cli("sort", mnist_dir, tmp_path / "x", "--init_from", str(tmp_path / "nope")) == 2
     assert "--init_from" in capsys.readouterr().err

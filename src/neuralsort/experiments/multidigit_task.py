@@ -31,10 +31,18 @@ def test_set(source: MultiDigitNumbers, cfg: dict[str, Any], n: int) -> MultiDig
     return source.eval_set(int(cfg["test_sequences"]), n, seed=int(cfg["eval_seed"]) + 1)
 
 
-def init_source(init_from: str) -> tuple[pathlib.Path, pathlib.Path | None]:
+def init_source(
+    init_from: str, beside: pathlib.Path | None = None
+) -> tuple[pathlib.Path, pathlib.Path | None]:
     """The checkpoint ``--init_from`` names (a run folder's ``best.pt``, or a file) and the
-    ``metrics.json`` beside it (None if there is none)."""
+    ``metrics.json`` beside it (None if there is none).
+
+    A relative path that does not exist from the working directory is looked up in ``beside``
+    (the folder holding this run's folder), so a cell of a table grid can name another cell.
+    """
     path = pathlib.Path(init_from).expanduser()
+    if not path.exists() and not path.is_absolute() and beside is not None:
+        path = beside / path
     ckpt = path / "best.pt" if path.is_dir() else path
     if not ckpt.is_file():
         raise UserError(
@@ -114,7 +122,7 @@ class MultiDigitTask(LoopTask):
         """
         if not self.cfg["init_from"]:
             return {}
-        ckpt, metrics_file = init_source(str(self.cfg["init_from"]))
+        ckpt, metrics_file = init_source(str(self.cfg["init_from"]), self.run.path.parent)
         before = None
         if metrics_file is not None:
             earlier = json.loads(metrics_file.read_text())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -386,8 +387,8 @@ def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigi
     return moved
 
 
-def _init_weights(model: nn.Module, init_from: str) -> None:
-    ckpt, _ = init_source(init_from)
+def _init_weights(model: nn.Module, init_from: str, beside: pathlib.Path) -> None:
+    ckpt, _ = init_source(init_from, beside)
     state = load_file(ckpt)
     weights = state.get("model") if isinstance(state, dict) else None
     try:
@@ -442,7 +443,7 @@ def train_and_test(
 
     model = task.build(cfg, image_shape).to(device)
     if cfg["init_from"] and not run.resumed:  # a resumed run restores its own weights
-        _init_weights(model, str(cfg["init_from"]))
+        _init_weights(model, str(cfg["init_from"]), run.path.parent)
     trainable = getattr(model, "trainable", True)
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
