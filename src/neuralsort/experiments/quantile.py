@@ -135,5 +135,5 @@ def main(args: argparse.Namespace) -> int:
         )
         by_n = metrics["test_by_n"]
         if len(by_n) > 1:
-            print("test mse by n: " + "  ".join(f"{m}: {v['mse']:.4g}" for m, v in by_n.items()))
+            print("mse at every n: " + "  ".join(f"{m}: {v['mse']:.4g}" for m, v in by_n.items()))
     return 0

@@ -136,6 +136,6 @@ def main(args: argparse.Namespace) -> int:
         by_n = metrics["test_by_n"]
         if len(by_n) > 1:
             print(
-                "test exact by n: " + "  ".join(f"{m}: {v['exact']:.4f}" for m, v in by_n.items())
+                "exact at every n: " + "  ".join(f"{m}: {v['exact']:.4f}" for m, v in by_n.items())
             )
     return 0
