@@ -219,7 +219,11 @@ def test_multidigit_two_processes_half_batch_match_one_process(runs, one, two):
                 assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
     m1, m2 = _metrics(runs["root"] / one), _metrics(runs["root"] / two)
     for key in m1:
-        if key.startswith("test_") and key != "test_sequences":
+        if key == "test_by_n":  # the same model tested at every n: per n, the same metrics
+            assert list(m1[key]) == list(m2[key])
+            for n, values in m1[key].items():
+                assert values == pytest.approx(m2[key][n], rel=1e-3, abs=1e-6), (key, n)
+        elif key.startswith("test_") and key != "test_sequences":
             assert m1[key] == pytest.approx(m2[key], rel=1e-3, abs=1e-6), key
 
 

@@ -277,3 +277,32 @@ def test_paper_constants_match_paper_md():
             for (col, _), v in zip(spec.columns, vals, strict=True):
                 a, b = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", v).groups()
                 assert spec.paper[(row, col)][:2] == pytest.approx((_num(a), _num(b))), (row, col)
+
+
+def test_one_model_every_n_block(tmp_path):
+    root = tmp_path / "results"
+    by_n = {str(n): {"exact": e, "elementwise": 0.9} for n, e in ((3, 0.93), (5, 0.81), (15, 0.2))}
+    fake_run(
+        root,
+        1,
+        "cpu",
+        "n5-deterministic",
+        metrics={"test_exact": 0.81, "test_elementwise": 0.9, "test_by_n": by_n},
+    )
+    # a baseline tested at its own n only: not in the block
+    fake_run(root, 1, "cpu", "n5-vanilla", metrics={"test_exact": 0.5, "test_by_n": {"5": {}}})
+    write_report(root, tables=[1])
+    md = (root / "table1.md").read_text()
+    block = md.split("## One model, every n", 1)[1].split("## Runs", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ")]
+    assert rows[2] == "| Deterministic NeuralSort: n=5 (cpu) | 0.930 | **0.810** | - | - | 0.200 |"
+    paper = "| Deterministic NeuralSort: paper, trained at each n |"
+    assert rows[3] == paper + " 0.930 | 0.837 | 0.738 | 0.649 | 0.386 |"
+    assert len(rows) == 4 and "Vanilla" not in block
+    fake_run(root, 1, "cpu", "n3-deterministic", metrics={"test_exact": 0.9})
+    write_report(root, tables=[1])
+    assert "## One model, every n" in (root / "table1.md").read_text()
+    empty = tmp_path / "empty"
+    fake_run(empty, 2, "cpu", "n5-deterministic", metrics={"test_mse": 40.0})
+    write_report(empty, tables=[2])
+    assert "One model, every n" not in (empty / "table2.md").read_text()

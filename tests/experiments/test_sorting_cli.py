@@ -69,6 +69,10 @@ def test_sort_end_to_end(mnist_dir, tmp_path, method, regroup):
     assert metrics["epochs"] == 2 and metrics["steps"] == 4 and metrics["test_sequences"] == 8
     epochs = [r for r in read_log(out) if "epoch" in r and "event" not in r]
     assert [r["epoch"] for r in epochs] == [1, 2]
+    # a vanilla sorter's net depends on n: tested at its own n only
+    expected = ["3", "5", "7", "9", "15"] if method == "deterministic" else ["3"]
+    assert list(metrics["test_by_n"]) == expected
+    assert metrics["test_by_n"]["3"]["exact"] == metrics["test_exact"]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["n"] == 3 and cfg["method"] == method and cfg["digits"] == 2
     assert cfg["regroup"] == int(regroup)
@@ -86,6 +90,35 @@ def test_quantile_end_to_end(mnist_dir, tmp_path, method):
     assert metrics["test_mse"] >= 0 and 0.0 <= metrics["test_r2_corr"] <= 1.0
     if method == "constant":
         assert metrics["test_r2_corr"] == 0.0
+    assert list(metrics["test_by_n"]) == ["5", "9", "15"]  # Table 2's n
+    assert metrics["test_by_n"]["5"]["mse"] == metrics["test_mse"]
+    assert all(v["mse"] >= 0 for v in metrics["test_by_n"].values())
+
+
+def test_every_n_uses_the_test_set_of_the_runs_trained_at_that_n(mnist_dir, tmp_path):
+    # untrained (0 epochs), a NeuralSort sorter is the same net whatever n it was built for, so
+    # run A's score on n = 5 must be what run B, at n = 5, reports on its own test set
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("sort", mnist_dir, a, "--n", "3", "--num_epochs", "0", "--eval-ns", "5,3") == 0
+    assert run_cli("sort", mnist_dir, b, "--n", "5", "--num_epochs", "0", "--eval_ns", "none") == 0
+    ma = json.loads((a / "metrics.json").read_text())
+    mb = json.loads((b / "metrics.json").read_text())
+    assert list(ma["test_by_n"]) == ["3", "5"] and list(mb["test_by_n"]) == ["5"]
+    assert ma["test_by_n"]["5"] == mb["test_by_n"]["5"]
+    assert mb["test_by_n"]["5"]["exact"] == mb["test_exact"]
+    assert ma["test_by_n"]["5"] != ma["test_by_n"]["3"]
+
+
+def test_regroup_ns_trains_on_several_lengths(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        run_cli("sort", mnist_dir, out, "--n", "3", "--regroup-ns", "9,2,3", "--regroup", "2") == 0
+    )
+    assert yaml.safe_load((out / "config.yaml").read_text())["regroup_ns"] == [2, 3, 9]
+    assert run_cli("sort", mnist_dir, tmp_path / "plain", "--n", "3", "--regroup", "2") == 0
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(trained[k], plain[k]) for k in trained)
 
 
 @pytest.mark.parametrize(("command", "method"), [("sort", "stochastic"), ("quantile", "sinkhorn")])
@@ -117,6 +150,15 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--regroup must be an integer >= 1" in capsys.readouterr().err
     assert run_cli("sort", mnist_dir, tmp_path / "w", "--warmup_epochs", "-1") == 2
     assert "--warmup_epochs must be a number >= 0" in capsys.readouterr().err
+    assert (
+        run_cli("sort", mnist_dir, tmp_path / "s", "--method", "sinkhorn", "--regroup_ns", "3,5")
+        == 2
+    )
+    assert "--regroup_ns needs a NeuralSort method" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "p", "--n", "3", "--regroup_ns", "10") == 2
+    assert "--regroup_ns lengths must be <= the items of a batch" in capsys.readouterr().err
+    assert run_cli("quantile", mnist_dir, tmp_path / "e", "--eval_ns", "1,5") == 2
+    assert "--eval_ns must be comma-separated integers >= 2" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2
@@ -174,3 +216,35 @@ def test_warmup_learning_rate(mnist_dir, tmp_path):
     lrs = [r["lr"] for r in read_log(out) if "epoch" in r and "event" not in r]
     # 2 epochs x 2 steps, all 4 of them warm-up: lr (step + 1) / 4 after steps 2 and 4
     assert lrs == [pytest.approx(0.75e-3), pytest.approx(1e-3)]
+
+
+def test_init_from_starts_from_an_earlier_run_and_counts_its_time(mnist_dir, tmp_path, capsys):
+    first, warm, same = tmp_path / "first", tmp_path / "warm", tmp_path / "same"
+    assert run_cli("sort", mnist_dir, first, "--n", "3") == 0
+    # 0 epochs from first's best model: the same model, so the same test results at every n
+    args = ("--n", "5", "--num_epochs", "0", "--eval_ns", "3,5")
+    assert run_cli("sort", mnist_dir, warm, *args, "--init-from", str(first)) == 0
+    assert run_cli("sort", mnist_dir, same, *args, "--init_from", str(first / "best.pt")) == 0
+    mf = json.loads((first / "metrics.json").read_text())
+    mw = json.loads((warm / "metrics.json").read_text())
+    assert (
+        mw["test_by_n"]["3"] == mf["test_by_n"]["3"]
+        and mw["test_by_n"]["5"] == mf["test_by_n"]["5"]
+    )
+    assert mw["init_from"] == str(first / "best.pt")
+    assert mw["init_train_seconds"] == pytest.approx(mf["train_seconds"])
+    # a chain counts every link
+    link, chained = tmp_path / "link", tmp_path / "chained"
+    assert run_cli("sort", mnist_dir, link, "--n", "5", "--init_from", str(first)) == 0
+    # a relative name not found from the working directory: a run folder beside this one
+    assert run_cli("sort", mnist_dir, chained, *args, "--init_from", "link") == 0
+    ml = json.loads((link / "metrics.json").read_text())
+    mc = json.loads((chained / "metrics.json").read_text())
+    assert mc["init_train_seconds"] == pytest.approx(mf["train_seconds"] + ml["train_seconds"])
+    assert mc["init_from"] == str(link / "best.pt")
+    capsys.readouterr()
+    assert run_cli("sort", mnist_dir, tmp_path / "x", "--init_from", str(tmp_path / "nope")) == 2
+    assert "--init_from" in capsys.readouterr().err
+    bad = ("--n", "3", "--method", "vanilla", "--init_from", str(first))
+    assert run_cli("sort", mnist_dir, tmp_path / "y", *bad) == 2
+    assert "do not fit this method" in capsys.readouterr().err

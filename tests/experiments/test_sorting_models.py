@@ -11,6 +11,7 @@ from neuralsort.experiments.multidigit_models import (
     DigitCNN,
     build_median_method,
     build_sort_method,
+    regroup_lengths,
     regroup_sequences,
     sorting_permutation,
     true_median,
@@ -245,3 +246,69 @@ def test_regrouped_median_loss_trains_every_method(method):
     assert math.isfinite(loss.item())
     loss.backward()
     assert all(float(p.grad.abs().sum()) > 0 for p in _first_conv(model))
+
+
+def test_regroup_lengths_deals_every_length_from_the_batch():
+    b, n, factor = 4, 3, 4
+    values = torch.arange(b * n).reshape(b, n) * 7
+    per_item = torch.stack([values.float(), -values.float()], dim=-1)
+    groups = regroup_lengths(per_item, values, factor, [2, 5, 12], torch.Generator().manual_seed(0))
+    # ceil(factor * B * n / (K * m)) sequences of each length m: 8, 4 and 2
+    assert [tuple(v.shape) for _, v in groups] == [(8, 2), (4, 5), (2, 12)]
+    for out, vals in groups:
+        assert torch.equal(out[..., 0], vals.float()) and torch.equal(out[..., 1], -vals.float())
+        assert all(len(set(row.tolist())) == vals.shape[1] for row in vals)
+        assert set(vals.flatten().tolist()) <= set(values.flatten().tolist())
+    # without lengths: plain regrouping at n
+    ((out, vals),) = regroup_lengths(
+        per_item, values, factor, None, torch.Generator().manual_seed(0)
+    )
+    ref, ref_vals = regroup_sequences(per_item, values, factor, torch.Generator().manual_seed(0))
+    assert torch.equal(out, ref) and torch.equal(vals, ref_vals)
+    with pytest.raises(ValueError, match="lengths must lie in 2..12"):
+        regroup_lengths(per_item, values, factor, [13])
+
+
+@pytest.mark.parametrize("method", ["deterministic", "stochastic"])
+def test_neuralsort_trains_on_several_lengths_and_sorts_any_n(method):
+    torch.manual_seed(0)
+    model = build_sort_method(
+        method, n=4, image_shape=SHAPE, num_samples=2, regroup=3, lengths=[2, 4, 7]
+    )
+    assert model.any_n
+    images, values = batch()
+    loss = model.loss(images, values, generator=torch.Generator().manual_seed(1))
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in _first_conv(model))
+    plain = build_sort_method(method, n=4, image_shape=SHAPE, num_samples=2, regroup=3)
+    plain.load_state_dict(model.state_dict())
+    assert plain.loss(images, values, generator=torch.Generator().manual_seed(1)) != loss
+    longer, _ = batch(b=2, n=9)
+    assert model.predict(longer).shape == (2, 9)
+    median = build_median_method(
+        method, n=5, image_shape=SHAPE, scale=100.0, num_samples=2, lengths=[3, 9]
+    )
+    median_loss = median.loss(*batch(n=5), generator=torch.Generator().manual_seed(1))
+    assert math.isfinite(median_loss.item()) and median.predict(longer).shape == (2,)
+
+
+def test_several_lengths_need_a_neuralsort_method():
+    with pytest.raises(ValueError, match="needs a NeuralSort method"):
+        build_sort_method("sinkhorn", n=3, image_shape=SHAPE, lengths=[3, 5])
+    with pytest.raises(ValueError, match="needs a NeuralSort method"):
+        build_median_method("vanilla", n=3, image_shape=SHAPE, scale=1.0, lengths=[3, 5])
+    assert not getattr(build_sort_method("vanilla", n=3, image_shape=SHAPE), "any_n", False)
+
+
+def test_regroup_near_deals_windows_of_neighbouring_values():
+    b, n, factor = 4, 3, 4
+    values = torch.randperm(b * n).reshape(b, n) * 7
+    gen = torch.Generator().manual_seed(0)
+    ((out, vals),) = regroup_lengths(values.float(), values, factor, None, gen, near=0.5)
+    assert vals.shape == (factor * b, n) and torch.equal(out, vals.float())
+    close = vals[: factor * b // 2].sort(dim=-1).values
+    # a window of n neighbours in the sorted batch: consecutive multiples of 7
+    assert torch.equal(close.diff(dim=-1), torch.full((factor * b // 2, n - 1), 7))
+    spread = vals[factor * b // 2 :].sort(dim=-1).values.diff(dim=-1)
+    assert (spread > 7).any()

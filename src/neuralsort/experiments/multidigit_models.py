@@ -19,6 +19,7 @@ Median methods (``MEDIAN_METHODS``) add ``constant`` (the mean training median) 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ __all__ = [
     "build_sort_method",
     "build_median_method",
     "regroup_sequences",
+    "regroup_lengths",
     "sorting_permutation",
     "true_median",
 ]
@@ -161,6 +163,60 @@ def regroup_sequences(
     return torch.cat([per_item, flat[index]]), torch.cat([values, new_values])
 
 
+def regroup_lengths(
+    per_item: Tensor,
+    values: Tensor,
+    factor: int,
+    lengths: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    near: float = 0.0,
+) -> list[tuple[Tensor, Tensor]]:
+    """Training sequences of several lengths from the items of one batch (no net runs again).
+
+    Without ``lengths`` this is ``[regroup_sequences(per_item, values, factor, generator)]``.
+    With ``lengths`` ``(m_1, ..., m_K)``, the ``B * n`` items are dealt into sequences of each
+    length ``m_k``: ``ceil(factor * B * n / (K * m_k))`` sequences of ``m_k`` distinct items drawn
+    uniformly, so every length gets about ``factor * B * n / K`` item slots and every image takes
+    part in about ``factor`` sequences per step, as with plain regrouping. Only methods whose
+    per-item outputs do not depend on ``n`` (NeuralSort's scores) can be trained this way.
+
+    Args:
+        per_item: ``(B, n, *feature)`` outputs of a per-image net.
+        values: ``(B, n)`` the items' numbers.
+        factor: item slots per item and step (>= 1).
+        lengths: sequence lengths, each in ``2 .. B * n``; None or empty: ``n`` only.
+        generator: random source (on ``per_item``'s device) of the groupings.
+        near: the fraction of each length's sequences made of ``m_k`` items next to each other
+            in value (a window of the batch's items in sorted order, at a random start): hard
+            sequences whose neighbours are closer than in a random draw.
+
+    Returns:
+        one ``(sequences (S_k, m_k, *feature), values (S_k, m_k))`` pair per length.
+    """
+    b, n = values.shape
+    if not lengths and not near:
+        return [regroup_sequences(per_item, values, factor, generator)]
+    lengths = lengths or [n]
+    pool = b * n
+    if any(m < 2 or m > pool for m in lengths):
+        raise ValueError(f"lengths must lie in 2..{pool} (the items of a batch), got {lengths}")
+    flat = per_item.reshape(pool, *per_item.shape[2:])
+    flat_values = values.reshape(-1)
+    groups = []
+    for m in lengths:
+        count = math.ceil(factor * pool / (len(lengths) * m))
+        u = torch.rand(count, pool, generator=generator, device=per_item.device)
+        index = u.argsort(dim=-1)[:, :m]  # m distinct items per sequence
+        close = round(near * count)
+        if close:
+            order = flat_values.argsort().to(per_item.device)
+            starts = (u[:close, 0] * (pool - m + 1)).long().clamp(max=pool - m)
+            window = starts[:, None] + torch.arange(m, device=per_item.device)
+            index = torch.cat([order[window], index[close:]])
+        groups.append((flat[index], flat_values[index.to(values.device)]))
+    return groups
+
+
 # ------------------------------------------------------------------------------------------------
 # sorting methods
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +255,14 @@ class _RelaxedPermutationSorter(nn.Module):
 
 
 class NeuralSortSorter(_RelaxedPermutationSorter):
-    """NeuralSort on scalar scores from :class:`DigitCNN` (deterministic or Plackett-Luce)."""
+    """NeuralSort on scalar scores from :class:`DigitCNN` (deterministic or Plackett-Luce).
+
+    The scores do not depend on ``n``, so one trained sorter sorts sequences of any length
+    (``any_n``), and ``lengths`` trains it on sequences of several lengths at once (see
+    :func:`regroup_lengths`; the loss is the mean row cross-entropy over all their rows).
+    """
+
+    any_n = True
 
     def __init__(
         self,
@@ -209,6 +272,8 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
         stochastic: bool = False,
         num_samples: int = 5,
         regroup: int = 1,
+        lengths: Sequence[int] | None = None,
+        near: float = 0.0,
     ) -> None:
         super().__init__()
         self.net = DigitCNN(image_shape, 1)
@@ -216,6 +281,24 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
         self.stochastic = stochastic
         self.num_samples = num_samples
         self.regroup = regroup
+        self.lengths = list(lengths or [])
+        self.near = near
+
+    def loss(
+        self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Row-wise cross-entropy, averaged over the rows of every regrouped sequence."""
+        if not self.lengths and not self.near:
+            return super().loss(images, values, generator)
+        groups = regroup_lengths(
+            self.scores(images), values, self.regroup, self.lengths, generator, self.near
+        )
+        total, rows = 0.0, 0
+        for scores, vals in groups:
+            p = self.relax(scores, generator)
+            ce = _row_cross_entropy(torch.log(p + _LOG_EPS), sorting_permutation(vals))
+            total, rows = total + ce * vals.numel(), rows + vals.numel()
+        return total / rows
 
     def scores(self, images: Tensor) -> Tensor:
         """Per-image scores ``(B, n)``."""
@@ -328,11 +411,16 @@ def build_sort_method(
     tau: float = 1.0,
     num_samples: int = 5,
     regroup: int = 1,
+    lengths: Sequence[int] | None = None,
+    near: float = 0.0,
 ) -> nn.Module:
     """The sorting method called ``method`` (one of :data:`SORT_METHODS`).
 
-    ``regroup``: training sequences per drawn sequence (see :func:`regroup_sequences`).
+    ``regroup``: training sequences per drawn sequence (see :func:`regroup_sequences`);
+    ``lengths``: train on sequences of these lengths (NeuralSort only, see :func:`regroup_lengths`).
     """
+    if lengths and method not in ("deterministic", "stochastic"):
+        raise ValueError(f"training on several lengths needs a NeuralSort method, not {method!r}")
     if method in ("deterministic", "stochastic"):
         return NeuralSortSorter(
             image_shape,
@@ -340,6 +428,8 @@ def build_sort_method(
             stochastic=method == "stochastic",
             num_samples=num_samples,
             regroup=regroup,
+            lengths=lengths,
+            near=near,
         )
     if method in ("sinkhorn", "gumbel-sinkhorn"):
         return SinkhornSorter(
@@ -377,7 +467,11 @@ class NeuralSortMedian(_MedianBase):
     Two nets: ``scorer`` (sorting scores) and ``regressor`` (each image's value). Deterministic
     loss: squared error of ``selector @ values``; stochastic: mean squared error over PL samples.
     Prediction uses the hard selector (the item with the middle score), as the paper evaluates.
+    Neither net depends on ``n`` (``any_n``); ``lengths`` trains on sequences of several lengths
+    (see :func:`regroup_lengths`; the loss is the mean over all their sequences).
     """
+
+    any_n = True
 
     def __init__(
         self,
@@ -388,6 +482,7 @@ class NeuralSortMedian(_MedianBase):
         stochastic: bool = False,
         num_samples: int = 5,
         regroup: int = 1,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         super().__init__(scale)
         self.scorer = DigitCNN(image_shape, 1)
@@ -396,21 +491,25 @@ class NeuralSortMedian(_MedianBase):
         self.stochastic = stochastic
         self.num_samples = num_samples
         self.regroup = regroup
+        self.lengths = list(lengths or [])
 
     def loss(
         self, images: Tensor, values: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         both = torch.cat([self.scorer(images), self.regressor(images)], dim=-1)  # (B, n, 2)
-        both, values = regroup_sequences(both, values, self.regroup, generator)
-        s, v = both.unbind(-1)
-        if self.stochastic:
-            p = neuralsort.stochastic_neural_sort(
-                s, self.tau, self.num_samples, descending=True, generator=generator
-            )
-        else:
-            p = neuralsort.neural_sort(s, self.tau, descending=True)
-        pred = (_median_rows(p) * v).sum(-1)  # (B,) or (S, B)
-        return ((pred - self.target(values)) ** 2).mean()
+        total, count = 0.0, 0
+        for group, vals in regroup_lengths(both, values, self.regroup, self.lengths, generator):
+            s, v = group.unbind(-1)
+            if self.stochastic:
+                p = neuralsort.stochastic_neural_sort(
+                    s, self.tau, self.num_samples, descending=True, generator=generator
+                )
+            else:
+                p = neuralsort.neural_sort(s, self.tau, descending=True)
+            pred = (_median_rows(p) * v).sum(-1)  # (B,) or (S, B)
+            mse = ((pred - self.target(vals)) ** 2).mean()
+            total, count = total + mse * vals.shape[0], count + vals.shape[0]
+        return total / count
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -512,6 +611,7 @@ class ConstantMedian(_MedianBase):
     """
 
     trainable = False
+    any_n = True
 
     def __init__(self, *, scale: float) -> None:
         super().__init__(scale)
@@ -546,12 +646,16 @@ def build_median_method(
     tau: float = 1.0,
     num_samples: int = 5,
     regroup: int = 1,
+    lengths: Sequence[int] | None = None,
 ) -> nn.Module:
     """The median-regression method called ``method`` (one of :data:`MEDIAN_METHODS`).
 
     ``regroup``: training sequences per drawn sequence (see :func:`regroup_sequences`); the
-    constant baseline ignores it.
+    constant baseline ignores it. ``lengths``: train on sequences of these lengths (NeuralSort
+    only, see :func:`regroup_lengths`).
     """
+    if lengths and method not in ("deterministic", "stochastic"):
+        raise ValueError(f"training on several lengths needs a NeuralSort method, not {method!r}")
     if method in ("deterministic", "stochastic"):
         return NeuralSortMedian(
             image_shape,
@@ -560,6 +664,7 @@ def build_median_method(
             stochastic=method == "stochastic",
             num_samples=num_samples,
             regroup=regroup,
+            lengths=lengths,
         )
     if method in ("sinkhorn", "gumbel-sinkhorn"):
         return SinkhornMedian(

@@ -7,19 +7,50 @@ seeded source and renders only its own slice; validation and test run the experi
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import distributed
+from .config import UserError
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers
 from .run import Run
 from .trainer import EpochStats, Result
 from .trainer import Task as LoopTask
 from .training import Amp
 
-__all__ = ["MultiDigitTask"]
+__all__ = ["MultiDigitTask", "init_source", "test_set"]
+
+
+def test_set(source: MultiDigitNumbers, cfg: dict[str, Any], n: int) -> MultiDigitEvalSet:
+    """The fixed test set of sequences of ``n`` numbers: the same for every run at that ``n`` with
+    the same ``test_sequences`` and ``eval_seed``, whatever n it trained at."""
+    return source.eval_set(int(cfg["test_sequences"]), n, seed=int(cfg["eval_seed"]) + 1)
+
+
+def init_source(
+    init_from: str, beside: pathlib.Path | None = None
+) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """The checkpoint ``--init_from`` names (a run folder's ``best.pt``, or a file) and the
+    ``metrics.json`` beside it (None if there is none).
+
+    A relative path that does not exist from the working directory is looked up in ``beside``
+    (the folder holding this run's folder), so a cell of a table grid can name another cell.
+    """
+    path = pathlib.Path(init_from).expanduser()
+    if not path.exists() and not path.is_absolute() and beside is not None:
+        path = beside / path
+    ckpt = path / "best.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise UserError(
+            f"--init_from {init_from}: no checkpoint there (give a finished run's folder, which "
+            "holds best.pt, or a .pt file)"
+        )
+    metrics = ckpt.parent / "metrics.json"
+    return ckpt, metrics if metrics.is_file() else None
 
 
 class MultiDigitTask(LoopTask):
@@ -83,14 +114,41 @@ class MultiDigitTask(LoopTask):
         val = self.task.evaluate(self.model, self.val_set, self.device, self.eval_bs)
         return {f"val_{k}": v for k, v in val.items()}
 
+    def _init_record(self) -> dict[str, Any]:
+        """Where the weights started (``--init_from``) and the training time that made them.
+
+        ``init_train_seconds``: the earlier run's ``train_seconds`` plus its own
+        ``init_train_seconds``, so a chain of warm starts counts all of its training.
+        """
+        if not self.cfg["init_from"]:
+            return {}
+        ckpt, metrics_file = init_source(str(self.cfg["init_from"]), self.run.path.parent)
+        before = None
+        if metrics_file is not None:
+            earlier = json.loads(metrics_file.read_text())
+            before = float(earlier.get("train_seconds", 0.0)) + float(
+                earlier.get("init_train_seconds", 0.0)
+            )
+        return {"init_from": str(ckpt), "init_train_seconds": before}
+
     def finish(self, result: Result) -> dict[str, Any]:
         cfg, run = self.cfg, self.run
         test = self.task.evaluate(self.model, self.test_set, self.device, self.eval_bs)
+        test_by_n = {str(self.n): test}
+        if getattr(self.model, "any_n", False):  # one model for every n: test it at each
+            for m in cfg["eval_ns"]:
+                if m != self.n:
+                    fixed = test_set(self.test_set.source, cfg, m)
+                    test_by_n[str(m)] = self.task.evaluate(
+                        self.model, fixed, self.device, self.eval_bs
+                    )
+        test_by_n = {k: test_by_n[k] for k in sorted(test_by_n, key=int)}
         best_record = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
         steps = len(result.history) * result.steps_per_epoch
         seconds = result.train_seconds
         metrics: dict[str, Any] = {
             **{f"test_{k}": v for k, v in test.items()},
+            "test_by_n": test_by_n,
             **{k: v for k, v in best_record.items() if k.startswith("val_")},
             "best_epoch": result.best_epoch,
             "epochs": len(result.history),
@@ -103,6 +161,7 @@ class MultiDigitTask(LoopTask):
             "val_sequences": len(self.val_set),
             "world_size": self.world,
             "amp": cfg["amp"],
+            **self._init_record(),
             "device": str(self.device),
         }
         run.write_metrics(metrics)

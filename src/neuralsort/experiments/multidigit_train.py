@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +31,12 @@ import torch
 from torch import nn
 
 from . import distributed
+from .checkpoint import load_file
 from .config import AMP_MODES, UserError, add_common_args, add_flag
 from .data import load_raw_dataset
 from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
 from .multidigit_models import DigitCNN
-from .multidigit_task import MultiDigitTask
+from .multidigit_task import MultiDigitTask, init_source, test_set
 from .seeding import seed_everything
 from .trainer import fit, start_run
 from .training import SCHEDULES, Amp
@@ -43,6 +45,7 @@ __all__ = [
     "BASE_DEFAULTS",
     "Task",
     "add_multidigit_args",
+    "int_list",
     "load_multidigit_splits",
     "train_and_test",
     "validate_task",
@@ -61,6 +64,10 @@ BASE_DEFAULTS: dict[str, Any] = {
     "batch_size": 20,
     "num_samples": 5,
     "regroup": 1,
+    "regroup_ns": None,
+    "regroup_near": 0.0,
+    "eval_ns": None,
+    "init_from": None,
     "num_epochs": 200,
     "steps_per_epoch": 625,
     "val_sequences": 1000,
@@ -124,6 +131,49 @@ def add_multidigit_args(
     )
     add_flag(
         g,
+        "--regroup_ns",
+        type=int_list,
+        metavar="M,M,...",
+        help=(
+            "deal each batch's per-image scores into training sequences of these lengths "
+            "(e.g. 3,5,7,9,15) instead of --n alone, about R item slots per image in all "
+            "(NeuralSort methods only; default: --n alone)"
+        ),
+    )
+    add_flag(
+        g,
+        "--regroup_near",
+        type=float,
+        metavar="F",
+        help=(
+            "make this fraction of the regrouped sequences of items next to each other in value "
+            "(hard sequences; NeuralSort sorting only; default 0)"
+        ),
+    )
+    add_flag(
+        g,
+        "--eval_ns",
+        type=int_list,
+        metavar="M,M,...",
+        help=(
+            "also test the final model on the fixed test sets of these n (the ones the runs "
+            "trained at that n use), kept under test_by_n in metrics.json; methods whose nets "
+            f"depend on n are tested at --n only (default {','.join(map(str, d['eval_ns']))}; "
+            "'none': --n only)"
+        ),
+    )
+    add_flag(
+        g,
+        "--init_from",
+        metavar="RUN_DIR",
+        help=(
+            "start from the best model of an earlier run of the same method (its folder, or a "
+            "checkpoint .pt file) instead of random weights; metrics.json then also counts that "
+            "run's training time (default: random weights, the paper's start)"
+        ),
+    )
+    add_flag(
+        g,
         "--digits",
         type=int,
         metavar="L",
@@ -174,6 +224,39 @@ class Task:
     plot_keys: list[str]
 
 
+def int_list(text: str) -> list[int]:
+    """``"3,5,7"`` -> ``[3, 5, 7]``; ``"none"`` or ``""`` -> ``[]`` (an argparse ``type``)."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 3,5,7, got {text!r}"
+        ) from None
+
+
+def _lengths(cfg: dict[str, Any], key: str) -> list[int]:
+    """``cfg[key]`` (a list, a comma-separated string or None) as a list of integers >= 2."""
+    v = cfg[key]
+    if v is None:
+        return []
+    if isinstance(v, str):
+        try:
+            v = int_list(v)
+        except argparse.ArgumentTypeError:
+            v = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    ok = isinstance(v, list | tuple) and all(
+        isinstance(m, int) and not isinstance(m, bool) and m >= 2 for m in v
+    )
+    if not ok:
+        raise UserError(f"--{key} must be comma-separated integers >= 2 (e.g. 3,5,7), got {v!r}")
+    return sorted(set(v))
+
+
 def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
     v = cfg[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -198,6 +281,20 @@ def validate_common(cfg: dict[str, Any]) -> None:
     for key in ("val_sequences", "test_sequences"):
         _positive_int(cfg, key)
     _positive_int(cfg, "num_epochs", 0)
+    cfg["regroup_ns"] = _lengths(cfg, "regroup_ns") or None
+    cfg["eval_ns"] = _lengths(cfg, "eval_ns")
+    if cfg["regroup_ns"]:
+        if cfg["method"] not in ("deterministic", "stochastic"):
+            raise UserError(
+                "--regroup_ns needs a NeuralSort method (deterministic or stochastic): the "
+                f"nets of {cfg['method']!r} depend on n"
+            )
+        pool = cfg["batch_size"] * int(cfg["n"])
+        if max(cfg["regroup_ns"]) > pool:
+            raise UserError(
+                f"--regroup_ns lengths must be <= the items of a batch (--batch_size x --n = "
+                f"{pool}), got {max(cfg['regroup_ns'])}"
+            )
     digits = cfg["digits"]
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
         raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
@@ -290,6 +387,20 @@ def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigi
     return moved
 
 
+def _init_weights(model: nn.Module, init_from: str, beside: pathlib.Path) -> None:
+    ckpt, _ = init_source(init_from, beside)
+    state = load_file(ckpt)
+    weights = state.get("model") if isinstance(state, dict) else None
+    try:
+        model.load_state_dict(weights if weights is not None else state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(
+            f"--init_from {init_from}: its weights do not fit this method ({first}); start from "
+            "a run of the same --method"
+        ) from None
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
@@ -328,9 +439,11 @@ def train_and_test(
     image_shape = (cfg["digits"] * train_src.digit_shape[0], train_src.digit_shape[1])
     n = int(cfg["n"])
     val_set = splits["val"].eval_set(cfg["val_sequences"], n, seed=cfg["eval_seed"])
-    test_set = splits["test"].eval_set(cfg["test_sequences"], n, seed=cfg["eval_seed"] + 1)
+    test = test_set(splits["test"], cfg, n)
 
     model = task.build(cfg, image_shape).to(device)
+    if cfg["init_from"] and not run.resumed:  # a resumed run restores its own weights
+        _init_weights(model, str(cfg["init_from"]), run.path.parent)
     trainable = getattr(model, "trainable", True)
     noise = torch.Generator(device=device)
     noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
@@ -356,5 +469,5 @@ def train_and_test(
         plot_keys=task.plot_keys,
         time_key=None,
     )
-    loop.setup(run, cfg, task, train_src, render_src, val_set, test_set, noise, device)
+    loop.setup(run, cfg, task, train_src, render_src, val_set, test, noise, device)
     return fit(loop, run, cfg, amp, device)

@@ -32,9 +32,19 @@ from .multidigit_train import (
 )
 from .run import resolve_config
 
-__all__ = ["DEFAULTS", "MSE_SCALE", "add_parser", "main", "median_metrics", "evaluate_median"]
+__all__ = [
+    "DEFAULTS",
+    "PAPER_NS",
+    "MSE_SCALE",
+    "add_parser",
+    "main",
+    "median_metrics",
+    "evaluate_median",
+]
 
-DEFAULTS: dict[str, Any] = {**BASE_DEFAULTS, "batch_size": 5}
+PAPER_NS = (5, 9, 15)  # the n of the paper's table
+
+DEFAULTS: dict[str, Any] = {**BASE_DEFAULTS, "batch_size": 5, "eval_ns": list(PAPER_NS)}
 
 MSE_SCALE = 1e-4  # the paper reports squared errors of the raw numbers times 1e-4
 
@@ -83,6 +93,7 @@ def _build(cfg: dict[str, Any], image_shape: tuple[int, int]) -> nn.Module:
         tau=float(cfg["tau"]),
         num_samples=int(cfg["num_samples"]),
         regroup=int(cfg["regroup"]),
+        lengths=cfg["regroup_ns"],
     )
 
 
@@ -107,7 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort quantile`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
-    n = validate_task(cfg, MEDIAN_METHODS, "5, 9, 15")
+    n = validate_task(cfg, MEDIAN_METHODS, ", ".join(map(str, PAPER_NS)))
     task = Task(
         name=f"quantile-{cfg['method']}-n{n}",
         build=_build,
@@ -122,4 +133,7 @@ def main(args: argparse.Namespace) -> int:
             f"test mse {metrics['test_mse']:.4g} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "
             f"r2 {metrics['test_r2']:.3f}  (best epoch {metrics['best_epoch']}; {cfg['out']})"
         )
+        by_n = metrics["test_by_n"]
+        if len(by_n) > 1:
+            print("mse at every n: " + "  ".join(f"{m}: {v['mse']:.4g}" for m, v in by_n.items()))
     return 0

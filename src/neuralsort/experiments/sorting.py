@@ -31,9 +31,19 @@ from .multidigit_train import (
 )
 from .run import resolve_config
 
-__all__ = ["DEFAULTS", "add_parser", "main", "sort_correct", "sort_metrics", "evaluate_sort"]
+__all__ = [
+    "DEFAULTS",
+    "PAPER_NS",
+    "add_parser",
+    "main",
+    "sort_correct",
+    "sort_metrics",
+    "evaluate_sort",
+]
 
-DEFAULTS: dict[str, Any] = {**BASE_DEFAULTS, "batch_size": 20}
+PAPER_NS = (3, 5, 7, 9, 15)  # the n of the paper's table
+
+DEFAULTS: dict[str, Any] = {**BASE_DEFAULTS, "batch_size": 20, "eval_ns": list(PAPER_NS)}
 
 
 def sort_correct(pred_perm: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -80,6 +90,8 @@ def _build(cfg: dict[str, Any], image_shape: tuple[int, int]) -> nn.Module:
         tau=float(cfg["tau"]),
         num_samples=int(cfg["num_samples"]),
         regroup=int(cfg["regroup"]),
+        lengths=cfg["regroup_ns"],
+        near=float(cfg["regroup_near"]),
     )
 
 
@@ -105,7 +117,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort sort`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
-    n = validate_task(cfg, SORT_METHODS, "3, 5, 7, 9, 15")
+    n = validate_task(cfg, SORT_METHODS, ", ".join(map(str, PAPER_NS)))
     task = Task(
         name=f"sort-{cfg['method']}-n{n}",
         build=_build,
@@ -121,4 +133,9 @@ def main(args: argparse.Namespace) -> int:
             f"elementwise {metrics['test_elementwise']:.4f}  "
             f"(best epoch {metrics['best_epoch']}; {cfg['out']})"
         )
+        by_n = metrics["test_by_n"]
+        if len(by_n) > 1:
+            print(
+                "exact at every n: " + "  ".join(f"{m}: {v['exact']:.4f}" for m, v in by_n.items())
+            )
     return 0

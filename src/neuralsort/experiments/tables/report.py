@@ -247,6 +247,7 @@ def _markdown(
                 ours = f"half-finished ({best.budget}, {best.progress})"
             entries.append(f"{ours} / {paper_txt}")
         lines.append(f"| {label} | " + " | ".join(_md_escape(e) for e in entries) + " |")
+    lines += _every_n(spec, runs)
 
     nets = spec.number == 3  # Tables 1 and 2 always train the same multi-digit CNN
     lines += [
@@ -294,6 +295,53 @@ def _markdown(
     if plot_lines:
         lines += ["", "## Plots", "", *plot_lines]
     return "\n".join(lines) + "\n"
+
+
+def _every_n(spec: TableSpec, runs: list[CellRun]) -> list[str]:
+    """The block "One model, every n": each finished run that was also tested at the table's other
+    n (``test_by_n`` in its ``metrics.json``), its first metric at every column's n."""
+    key, label, kind = spec.metrics[0]
+    inner = key.removeprefix("test_")
+    main_cells = set(spec.cells())
+    tested = [
+        r
+        for r in runs
+        if r.cell in main_cells and r.status == "done" and len(r.metrics.get("test_by_n") or {}) > 1
+    ]
+    if not tested:
+        return []
+    rows = [row for row, _ in spec.rows]
+    cols = [col for col, _ in spec.columns]
+    tested.sort(key=lambda r: (rows.index(r.row), -_budget_rank(r.budget), cols.index(r.column)))
+    row_label = dict(spec.rows)
+    lines = [
+        "",
+        "## One model, every n",
+        "",
+        f"Each of these models (its nets do not depend on n) was also tested on the fixed test "
+        f"sets of the other n: the same sets as the cells trained at that n. Values: {label}; "
+        "**bold**: the n it was trained at.",
+        "",
+        "| model: trained at (budget) | " + " | ".join(lb for _, lb in spec.columns) + " |",
+        "|" + " --- |" * (len(cols) + 1),
+    ]
+    for run in tested:
+        by_n = run.metrics["test_by_n"]
+        entries = []
+        for col in cols:
+            entry = by_n.get(col.removeprefix("n"))
+            value = entry.get(inner) if isinstance(entry, dict) else None
+            text = _fmt(value if isinstance(value, int | float) else None, kind)
+            entries.append(f"**{text}**" if col == run.column else text)
+        name = f"{row_label[run.row]}: {dict(spec.columns)[run.column]} ({_budget_text(run)})"
+        lines.append(f"| {_md_escape(name)} | " + " | ".join(entries) + " |")
+    for row in dict.fromkeys(r.row for r in tested):
+        paper = [spec.paper.get((row, col)) for col in cols]
+        entries = [_fmt_paper(v[0], kind) if v else "-" for v in paper]
+        lines.append(
+            f"| {row_label[row]}: paper, trained at each n | " + " | ".join(entries) + " |"
+        )
+    return lines
 
 
 def write_report(
