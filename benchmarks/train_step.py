@@ -92,7 +92,8 @@ def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
 def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) -> tuple[Any, int]:
     """The ``neuralsort sort`` / ``quantile`` step on a random digit pool held on the device."""
     from neuralsort.experiments.data.multidigit import MultiDigitNumbers
-    from neuralsort.experiments.multidigit_models import build_median_method, build_sort_method
+    from neuralsort.experiments.multidigit_medians import build_median_method
+    from neuralsort.experiments.multidigit_sorters import build_sort_method
     from neuralsort.experiments.multidigit_train import _device_source, loss_module
 
     device, world, rank = ctx.device, ctx.world_size, ctx.rank

@@ -261,7 +261,7 @@ def _step_check(rank: int, out_dir: str) -> None:
     """On each rank: one DDP step on half the batch, one plain step on all of it; save diffs."""
     from neuralsort.experiments.dknn import _step_loss
     from neuralsort.experiments.models import create_model
-    from neuralsort.experiments.multidigit_models import build_sort_method
+    from neuralsort.experiments.multidigit_sorters import build_sort_method
     from neuralsort.experiments.multidigit_train import loss_module
     from neuralsort.knn import dknn_loss
 

@@ -5,17 +5,15 @@ import math
 import pytest
 import torch
 
+from neuralsort.experiments.multidigit_medians import MEDIAN_METHODS, build_median_method
 from neuralsort.experiments.multidigit_models import (
-    MEDIAN_METHODS,
-    SORT_METHODS,
     DigitCNN,
-    build_median_method,
-    build_sort_method,
     regroup_lengths,
     regroup_sequences,
     sorting_permutation,
     true_median,
 )
+from neuralsort.experiments.multidigit_sorters import SORT_METHODS, build_sort_method
 from neuralsort.experiments.quantile import median_metrics
 from neuralsort.experiments.sorting import sort_correct, sort_metrics
 

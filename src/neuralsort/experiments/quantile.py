@@ -22,7 +22,8 @@ from torch import nn
 
 from . import distributed
 from .data.multidigit import MultiDigitEvalSet
-from .multidigit_models import MEDIAN_METHODS, build_median_method, true_median
+from .multidigit_medians import MEDIAN_METHODS, build_median_method
+from .multidigit_models import true_median
 from .multidigit_train import (
     BASE_DEFAULTS,
     Task,

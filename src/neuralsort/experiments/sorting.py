@@ -21,7 +21,7 @@ from torch import nn
 
 from . import distributed
 from .data.multidigit import MultiDigitEvalSet
-from .multidigit_models import SORT_METHODS, build_sort_method
+from .multidigit_sorters import SORT_METHODS, build_sort_method
 from .multidigit_train import (
     BASE_DEFAULTS,
     Task,
