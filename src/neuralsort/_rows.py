@@ -273,7 +273,7 @@ def bounded_gaps(x: Tensor, tau: Tensor) -> Tensor:
     if n < 2 or is_compiling() or is_transformed(x):
         return x
     lo, hi = torch.aminmax(x.detach())  # over the whole batch: one cheap check per call
-    if float(hi - lo) * n <= _SPREAD_LIMIT * float(tau):
+    if float(hi - lo) * n <= _SPREAD_LIMIT * float(tau.detach()):
         return x
     order = sort_order(x.detach(), descending=False)
     v = x.detach().double().gather(-1, order)
