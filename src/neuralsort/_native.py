@@ -267,6 +267,8 @@ def _load():
             path = _build_and_load(_compiler())
             op = torch.ops.neuralsort.relaxed_rows
             _state["values_op"] = torch.ops.neuralsort.relaxed_sorted_values
+            _state["rows_forward"] = torch.ops.neuralsort.relaxed_rows_forward
+            _state["rows_backward"] = torch.ops.neuralsort.relaxed_rows_backward
             _state["windowed_forward"] = torch.ops.neuralsort.windowed_forward
             _state["windowed_backward"] = torch.ops.neuralsort.windowed_backward
         except Exception as err:  # noqa: BLE001  (whatever fails, the PyTorch path works)
@@ -383,4 +385,23 @@ def windowed_backward(
     """The backward of :func:`windowed_forward`: ``(grad_vs, grad_a, grad_v, tau_part)``."""
     return _state["windowed_backward"](  # type: ignore[operator]
         vs, a, coef, rank, q, offsets, lo, hi, v, w, gy, gu, need_v
+    )
+
+
+def rows_forward(
+    x: Tensor, coef: Tensor, rank_of_row: Tensor, tau: Tensor, logit_range: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rows alone, without autograd: ``(p, xc, a, order)`` (``xc``, ``a``, ``order``: what
+    :func:`rows_backward` takes), for callers that build rows a chunk at a time."""
+    p, xc, a, order, _ = _state["rows_forward"](x, coef, rank_of_row, tau, logit_range, False)
+    return p, xc, a, order
+
+
+def rows_backward(
+    grad_p: Tensor, p: Tensor, coef: Tensor, rank_of_row: Tensor, tau: Tensor, order: Tensor,
+    xc: Tensor, a: Tensor, need_tau: bool,
+) -> tuple[Tensor, Tensor]:
+    """The vector-Jacobian product of :func:`rows_forward`'s rows: ``(grad_x, grad_tau)``."""
+    return _state["rows_backward"](  # type: ignore[operator]
+        grad_p, p, coef, rank_of_row, tau, order, xc, a, need_tau, False
     )

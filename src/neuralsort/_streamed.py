@@ -22,17 +22,34 @@ import math
 import torch
 from torch import Tensor
 
+from . import _native
+from ._checks import is_compiling
 from ._dense import relaxed_rows_dense, rows_backward, tau_gradient_part
-from ._rows import abs_dev_rowsum, abs_dev_rowsum_backward, ascending_order, softmax_rows
+from ._rows import (
+    LOGIT_RANGE,
+    abs_dev_rowsum,
+    abs_dev_rowsum_backward,
+    ascending_order,
+    softmax_rows,
+)
 
 # rows are streamed in chunks of about this many (batch x row x column) elements (4 MiB of
 # float32 per temporary); problems no larger than this run the dense path
 CHUNK_ELEMENTS = 1 << 20
 
 
-def _chunks(m: int, batch: int, n: int) -> range:
-    step = max(1, CHUNK_ELEMENTS // max(1, batch * n))
+# the native operator sorts the row again for every chunk: larger chunks spread that cost
+_NATIVE_CHUNKS = 4
+
+
+def _chunks(m: int, batch: int, n: int, native: bool = False) -> range:
+    step = max(1, CHUNK_ELEMENTS * (_NATIVE_CHUNKS if native else 1) // max(1, batch * n))
     return range(0, m, step), step
+
+
+def _native_rows(x: Tensor) -> bool:
+    """Whether chunks are built by the native operator (CPU float32/float64, eager)."""
+    return not is_compiling() and _native.usable(x)
 
 
 def pair(out: Tensor | tuple, v: Tensor | None, w: Tensor | None) -> tuple:
@@ -60,12 +77,16 @@ class _Streamed(torch.autograd.Function):
         a, a_lo = abs_dev_rowsum(xc, order)
         inv_tau = tau.reciprocal()
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
-        starts, step = _chunks(m, math.prod(batch), n)
+        native = _native_rows(x)
+        starts, step = _chunks(m, math.prod(batch), n, native)
         y = x.new_empty((*batch, m, v.shape[-1])) if v is not None else None
         u = x.new_zeros((*batch, w.shape[0], n)) if w is not None else None
         for s in starts:
             e = min(m, s + step)
-            p = softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
+            if native:  # the fused rows (ranked again per chunk)
+                p = _native.rows_forward(xc, coef[s:e], rank[s:e], tau, LOGIT_RANGE[x.dtype])[0]
+            else:
+                p = softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
             if v is not None:
                 torch.matmul(p, v, out=y[..., s:e, :])
             if w is not None:
@@ -96,14 +117,22 @@ class _Streamed(torch.autograd.Function):
             gv = torch.matmul(p.transpose(-1, -2), gy) if need_v else None
             return gx, None, gt, None, gv, None
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
-        starts, step = _chunks(m, math.prod(batch), n)
+        native = _native_rows(x)
+        starts, step = _chunks(m, math.prod(batch), n, native)
         sum_u = x.new_zeros(x.shape)
         sum_v = x.new_zeros(x.shape)
         gv = torch.zeros_like(v) if need_v else None
         tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
+        gx = x.new_zeros(x.shape) if native else None
+        gt = torch.zeros((), dtype=tau.dtype) if native else None
         for s in starts:
             e = min(m, s + step)
-            p = softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
+            if native:
+                p, nxc, na, norder = _native.rows_forward(
+                    xc, coef[s:e], rank[s:e], tau, LOGIT_RANGE[x.dtype]
+                )
+            else:
+                p = softmax_rows(xc, a, a_lo, order, coef[s:e], rank[s:e], inv_tau)
             gp = None
             if gy is not None:
                 gp = torch.matmul(gy[..., s:e, :], v.transpose(-1, -2))
@@ -112,6 +141,15 @@ class _Streamed(torch.autograd.Function):
             if gu is not None:
                 wu = torch.matmul(w[:, s:e].transpose(0, 1), gu)
                 gp = wu if gp is None else gp.add_(wu)
+            if native:  # the chunk's vector-Jacobian product in C++; the chunks' parts add up
+                gxc, gtc = _native.rows_backward(
+                    gp, p, coef[s:e], rank[s:e], tau, norder, nxc, na, need_tau
+                )
+                gx += gxc
+                if need_tau:
+                    gt += gtc.reshape(())
+                del p, gp
+                continue
             gl = torch._softmax_backward_data(gp, p, -1, p.dtype)
             del gp
             sum_u += torch.matmul(coef[s:e], gl)
@@ -119,6 +157,8 @@ class _Streamed(torch.autograd.Function):
             if need_tau:
                 tau_part += tau_gradient_part(gl, p, xc, a, coef[s:e]).to(torch.float64)
             del p, gl
+        if native:
+            return (gx if need_x else None), None, (gt if need_tau else None), None, gv, None
         gx = (sum_u + abs_dev_rowsum_backward(sum_v, order)) * inv_tau if need_x else None
         gt = -tau_part.to(tau.dtype) * inv_tau * inv_tau if need_tau else None
         return gx, None, gt, None, gv, None
