@@ -270,7 +270,7 @@ def bounded_gaps(x: Tensor, tau: Tensor) -> Tensor:
     its values exactly); the value is theirs, the gradient that of ``x`` (identity).
     """
     n = x.shape[-1]
-    if n < 2 or is_compiling() or is_transformed(x):
+    if n < 2 or x.numel() == 0 or is_compiling() or is_transformed(x):
         return x
     lo, hi = torch.aminmax(x.detach())  # over the whole batch: one cheap check per call
     if float(hi - lo) * n <= _SPREAD_LIMIT * float(tau.detach()):
