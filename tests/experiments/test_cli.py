@@ -121,11 +121,27 @@ def test_shipped_dknn_configs_resolve(path):
         "cifar10",
         "cifar100",
     )
-    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net")
+    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net", "fastnet")
+
+
+BASELINE_CONFIGS = sorted(
+    f"baseline/{p.name}" for p in (config_root() / "baseline").iterdir() if p.name.endswith(".yaml")
+)
+
+
+@pytest.mark.parametrize("path", BASELINE_CONFIGS)
+def test_shipped_baseline_configs_resolve(path):
+    from neuralsort.experiments import baseline
+
+    args = build_parser().parse_args(["baseline", "--config", path, "--num_epochs", "1"])
+    cfg = resolve_config(args, baseline.DEFAULTS)  # unknown keys would raise UserError
+    assert cfg["num_epochs"] == 1 and cfg["method"] in baseline.METHODS
 
 
 def test_configs_exist():
     assert {"dknn/paper.yaml", "dknn/mnist-fast.yaml", "dknn/digits.yaml"} <= set(CONFIGS)
+    assert {"dknn/cifar10-fast.yaml"} <= set(CONFIGS)
+    assert BASELINE_CONFIGS == ["baseline/cifar10-fast.yaml"]
 
 
 def test_subnormals_flushed_only_while_a_command_runs(tmp_path, monkeypatch):
