@@ -82,3 +82,49 @@ def test_pca_matches_svd():
     signs = np.sign((px.numpy() * ref).sum(0))
     assert np.allclose(px.numpy(), ref * signs, atol=1e-4)
     assert py.shape == (5, 4)
+
+
+def test_cnn_label_smoothing_and_test_flip(tmp_path, capsys):
+    """Label smoothing changes the training loss; --test_flip scores images with their mirrors."""
+    base = ["baseline", "--dataset", "digits", "--method", "cnn", "--num_epochs", "1"]
+    base += ["--steps_per_epoch", "4"]
+    losses = {}
+    for smooth in ("0", "0.3"):
+        out = tmp_path / f"ls{smooth}"
+        args = [*base, "--label_smoothing", smooth, "--test_flip", "--out", str(out)]
+        assert main(args) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        losses[smooth] = m["history"][0]["train_loss"]
+        assert 0 <= m["test_acc"] <= 1
+    # the same seed and steps: only the loss differs (smoothing raises it on a confident net)
+    assert losses["0"] != losses["0.3"]
+    capsys.readouterr()
+    assert main([*base, "--label_smoothing", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--label_smoothing must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_test_flip_sums_mirrored_logits():
+    from neuralsort.experiments.baseline import _BaselineTask
+
+    class Net(torch.nn.Module):
+        """Logits ``[L^2, R]`` from the sums ``L`` and ``R`` of the left and right halves."""
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            w = x.shape[-1] // 2
+            left, right = x[..., :w].sum((1, 2, 3)), x[..., w:].sum((1, 2, 3))
+            return torch.stack([left.square(), right], 1)
+
+    x = torch.zeros(1, 1, 1, 2)
+    x[0, 0, 0] = torch.tensor([1.0, 0.9])
+    # alone: [1, 0.9] says class 0; its mirror [0.81, 1] says 1; their sum [1.81, 1.9] says 1
+    y = torch.tensor([0])
+    task = _BaselineTask(model=Net(), steps_per_epoch=1, select="val_acc")
+    cfg = {"method": "cnn", "eval_batch": 10, "test_flip": False}
+    task.setup(cfg, (x, y, x, y, x, y), {}, None, "none", None, 1, 1, "net", None)
+    assert task._accuracy(x, y) == 1.0
+    cfg["test_flip"] = True
+    assert task._accuracy(x, y) == 0.0

@@ -108,15 +108,25 @@ def test_bad_value_is_a_one_line_user_error(tmp_path, capsys):
     assert rc == 2 and "--num_train_neighbors" in err and "Traceback" not in err
 
 
-CONFIGS = sorted(
-    f"dknn/{p.name}" for p in (config_root() / "dknn").iterdir() if p.name.endswith(".yaml")
+def _shipped(folder: str) -> list[str]:
+    return sorted(
+        f"{folder}/{p.name}" for p in (config_root() / folder).iterdir() if p.name.endswith(".yaml")
+    )
+
+
+CONFIGS = _shipped("dknn")
+BASELINE_CONFIGS = _shipped("baseline")
+
+
+@pytest.mark.parametrize(
+    "command, path", [("dknn", p) for p in CONFIGS] + [("baseline", p) for p in BASELINE_CONFIGS]
 )
+def test_shipped_configs_resolve(command, path):
+    from neuralsort.experiments import baseline
 
-
-@pytest.mark.parametrize("path", CONFIGS)
-def test_shipped_dknn_configs_resolve(path):
-    args = build_parser().parse_args(["dknn", "--config", path, "--num_epochs", "1"])
-    cfg = resolve_config(args, dknn.DEFAULTS)  # unknown keys would raise UserError
+    module = dknn if command == "dknn" else baseline
+    args = build_parser().parse_args([command, "--config", path, "--num_epochs", "1"])
+    cfg = resolve_config(args, module.DEFAULTS)  # unknown keys would raise UserError
     assert cfg["num_epochs"] == 1 and cfg["dataset"] in (
         "digits",
         "mnist",
@@ -124,11 +134,13 @@ def test_shipped_dknn_configs_resolve(path):
         "cifar10",
         "cifar100",
     )
-    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net")
+    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net", "fastnet")
 
 
 def test_configs_exist():
     assert {"dknn/paper.yaml", "dknn/mnist-fast.yaml", "dknn/digits.yaml"} <= set(CONFIGS)
+    assert {"dknn/cifar10-fast.yaml"} <= set(CONFIGS)
+    assert BASELINE_CONFIGS == ["baseline/cifar10-fast.yaml"]
 
 
 def test_subnormals_flushed_only_while_a_command_runs(tmp_path, monkeypatch):

@@ -159,6 +159,82 @@ def test_imagefolder(tmp_path, monkeypatch):
         load_dataset(f"imagefolder:{tmp_path / 'nothing'}")
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
+CIFAR10_CLASSES += ["dog", "frog", "horse", "ship", "truck"]
+
+
+def _write_cifar10_jpeg(root, n_train=2, n_test=1):
+    """A tiny CIFAR-10 image-folder copy (32x32 JPEGs, every class) under ``root``."""
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in CIFAR10_CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / cls / f"{i:04d}.jpg")
+
+
+def test_cifar10_jpeg_archive_is_decoded_once(tmp_path, monkeypatch):
+    """``cifar10`` finds the JPEG copy's archive; it is decoded like the unpacked copy, once."""
+    import os
+    import tarfile
+
+    copy = tmp_path / "unpacked"
+    _write_cifar10_jpeg(copy)
+    data = tmp_path / "data"
+    data.mkdir()
+    archive = data / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("test", "train"):  # members out of order: the loader sorts them
+            tar.add(copy / split, arcname=split)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NEURALSORT_CACHE_DIR", str(cache))
+    tx, ty, sx, sy, info = load_raw_dataset("cifar10", data, download=False)
+    assert tx.shape == (20, 3, 32, 32) and sx.shape == (10, 3, 32, 32) and tx.dtype == torch.uint8
+    assert ty.tolist() == [c for c in range(10) for _ in range(2)] and sy.tolist() == list(
+        range(10)
+    )
+    assert info["classes"] == CIFAR10_CLASSES and info["num_classes"] == 10
+    # the same pixels as the unpacked copy read as an image folder
+    fx, fy, fsx, fsy, _ = load_raw_dataset(f"imagefolder:{copy}")
+    assert torch.equal(tx, fx) and torch.equal(sx, fsx) and torch.equal(ty, fy)
+    cached = sorted(cache.glob("cifar10-jpeg-*.pt"))
+    assert len(cached) == 1
+    # a second load reads the cache file: make the archive unreadable to prove it
+    saved = archive.read_bytes()
+    stat = archive.stat()
+    archive.write_bytes(b"x" * len(saved))
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    tx2, *_ = load_raw_dataset("cifar10", data, download=False)
+    assert torch.equal(tx, tx2)
+    # a changed archive (new modification time) is decoded again, into a new cache file
+    archive.write_bytes(saved)
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    tx3, *_ = load_raw_dataset("cifar10", data, download=False)
+    assert torch.equal(tx, tx3) and len(list(cache.glob("cifar10-jpeg-*.pt"))) == 2
+    # the unpacked copy in a data folder is found too
+    tx4, *_ = load_raw_dataset("cifar10", copy, download=False)
+    assert torch.equal(tx, tx4)
+
+
+def test_cifar10_jpeg_rejects_other_folders(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("NEURALSORT_CACHE_DIR", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        (tmp_path / "pets" / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
+            tmp_path / "pets" / split / "cat" / "0.png"
+        )
+    with pytest.raises(UserError, match="not CIFAR-10"):
+        load_raw_dataset("cifar10", tmp_path / "pets", download=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cifar10-jpeg.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(UserError, match="not a readable image archive"):
+        load_raw_dataset("cifar10", tmp_path / "bad", download=False)
+
+
 def test_digits_fixed_split():
     tx, ty, sx, sy, info = load_dataset("digits")
     assert tx.shape[1:] == (1, 8, 8) and tx.shape[0] + sx.shape[0] == 1797
@@ -188,6 +264,7 @@ def test_missing_data_message_and_exit_code(tmp_path, capsys, monkeypatch):
     )
     err_text = capsys.readouterr().err
     assert rc == 2 and "data_batch_1" in err_text and "Traceback" not in err_text
+    assert "cifar10-jpeg.tar.gz" in err_text
     assert len(err_text.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists(), "a failed start should not leave an empty run folder"
     with pytest.raises(UserError, match="unknown --dataset"):

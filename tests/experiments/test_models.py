@@ -8,6 +8,7 @@ import torch
 from neuralsort.experiments.models import (
     Classifier,
     MnistConvNet,
+    PatchWhitening,
     create_model,
     default_model_for,
 )
@@ -23,6 +24,9 @@ from neuralsort.experiments.models import (
         ("resnet8", 3, (32, 32), 64),
         ("resnet8", 1, (96, 96), 64),
         ("digits-net", 1, (8, 8), 128),
+        ("fastnet", 3, (32, 32), 256),
+        ("fastnet-half", 3, (32, 32), 128),
+        ("fastnet-half", 1, (28, 28), 128),
     ],
 )
 def test_embedding_shapes(name, channels, size, dim):
@@ -58,3 +62,35 @@ def test_registry_and_classifier():
     assert default_model_for("digits", (8, 8)) == "digits-net"
     c = Classifier(create_model("digits-net", 1, image_size=(8, 8)), 10)
     assert c(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_fastnet_size_and_layout():
+    """fastnet: 64/256/256 conv-pool blocks, 1.97M parameters; the whitening stem is frozen."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    net = create_model("fastnet", 3, image_size=(32, 32))
+    assert count(net) == 1_969_920 and net.embedding_dim == 256
+    assert [b.conv2.out_channels for b in net.blocks] == [64, 256, 256]
+    assert count(net.whiten) == 0 and net.whiten.out_channels == 24
+    assert count(create_model("fastnet-half", 3, image_size=(32, 32))) == 496_512
+    with pytest.raises(ValueError, match="at least 8x8"):
+        create_model("fastnet", 3, image_size=(6, 6))
+
+
+def test_patch_whitening_decorrelates_and_is_saved():
+    g = torch.Generator().manual_seed(0)
+    # correlated channels: the second is the first plus a little noise
+    base = torch.rand(16, 1, 12, 12, generator=g)
+    x = torch.cat([base, base + 0.1 * torch.rand(16, 1, 12, 12, generator=g)], 1)
+    w = PatchWhitening(2, eps=1e-9)  # (almost) exact whitening
+    assert not bool(w.fitted)
+    out = w(x)
+    assert bool(w.fitted) and out.shape == (16, 16, 11, 11)
+    first = out[:, :8].permute(0, 2, 3, 1).reshape(-1, 8).double()
+    cov = torch.cov(first.T)
+    assert torch.allclose(cov, torch.eye(8, dtype=torch.float64), atol=0.02)
+    assert torch.equal(out[:, 8:], -out[:, :8])
+    # the fitted filters travel with the state dict and are not refitted on other data
+    w2 = PatchWhitening(2, eps=1e-9)
+    w2.load_state_dict(w.state_dict())
+    assert bool(w2.fitted) and torch.equal(w2(x * 3), w(x * 3))
+    assert torch.equal(w.weight, w2.weight)

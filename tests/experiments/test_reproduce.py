@@ -84,8 +84,13 @@ def test_the_recipes_each_budget_uses():
     images = [c.get("batch_size", 20) * n for c, n in zip(t1, (3, 5, 7, 9, 15), strict=True)]
     assert images == [60, 60, 56, 54, 60]
     assert cells[1, "cpu"]["n5-stochastic"].settings["amp"] == "off"
-    # CIFAR-10 at the cpu budget: ResNet-8, not ResNet-18
-    assert cells[3, "cpu"]["cifar10-dknn-stochastic"].settings["model"] == "resnet8"
+    # CIFAR-10 at the cpu budget: the fast-training net for the CNN and the dKNN rows alike,
+    # one thread; the CNN with label smoothing and mirrored test images
+    c10 = {row: cells[3, "cpu"][f"cifar10-{row}"].settings for row in ("cnn", "dknn-stochastic")}
+    assert {s["model"] for s in c10.values()} == {"fastnet"}
+    assert {s["threads"] for s in c10.values()} == {1}
+    assert c10["cnn"]["label_smoothing"] == 0.2 and c10["cnn"]["test_flip"] is True
+    assert c10["dknn-stochastic"]["method"] == "stochastic"
     # one paper recipe for the dKNN rows: lr 1e-4 and the default tau 16
     paper = cells[3, "paper"]["cifar10-dknn-stochastic-k3"].settings
     assert paper["nloglr"] == 4.0 and "tau" not in paper and paper["k"] == 3

@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch": 1000,
     "num_test_queries": 1000,
     "channels_last": True,
+    "label_smoothing": 0.0,
+    "test_flip": False,
 }
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,6 +102,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(t, "--eval_batch", type=int)
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
     add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)
+    add_flag(t, "--label_smoothing", type=float, help="CNN cross-entropy label smoothing (0)")
+    add_flag(
+        t,
+        "--test_flip",
+        action=argparse.BooleanOptionalAction,
+        help="CNN: classify by the summed logits of each image and its mirror image (off)",
+    )
     return p
 
 
@@ -163,6 +172,9 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
     if cfg["amp"] not in AMP_MODES:
         raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
+    ls = cfg.get("label_smoothing", 0.0)
+    if isinstance(ls, bool) or not isinstance(ls, int | float) or not 0.0 <= ls < 1.0:
+        raise UserError(f"--label_smoothing must be in [0, 1), got {ls!r}")
     t = cfg["threads"]
     if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t <= 0):
         raise UserError(f"--threads must be a positive int, got {t!r}")
@@ -373,7 +385,9 @@ class _BaselineTask(Task):
             return F.mse_loss(out.float(), x.flatten(1)), {}
         logits = out.float()
         correct = int((logits.argmax(1) == self.tr_y[idx]).sum())
-        return F.cross_entropy(logits, self.tr_y[idx]), {"correct": correct}
+        smooth = float(self.cfg.get("label_smoothing") or 0.0)
+        loss = F.cross_entropy(logits, self.tr_y[idx], label_smoothing=smooth)
+        return loss, {"correct": correct}
 
     def record(self, stats: EpochStats) -> dict[str, Any]:
         rec: dict[str, Any] = {"epoch": stats.epoch, "train_loss": stats.loss}
@@ -395,7 +409,10 @@ class _BaselineTask(Task):
 
     def _accuracy(self, x: Tensor, y: Tensor) -> float:
         if self.cnn:
-            return (self._embed(x).argmax(1).cpu() == y).double().mean().item()
+            logits = self._embed(x)
+            if self.cfg.get("test_flip"):
+                logits = logits + self._embed(x.flip(3))
+            return (logits.argmax(1).cpu() == y).double().mean().item()
         return self._knn(x, y)
 
     def validate(self) -> dict[str, Any]:

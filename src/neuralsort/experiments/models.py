@@ -7,6 +7,10 @@
   for 28x28 and 32x32 inputs; inputs larger than 64 pixels get a stride-2 stem and a max-pool.
 * ``resnet8``: the CIFAR ResNet-8 (three stages of one block, 16/32/64 channels), pre-activation;
   64-d embedding. A CPU-sized stand-in for ResNet-18 (77k parameters against 11M).
+* ``fastnet``: a fast-training CIFAR net of the kind used by the published quick CIFAR-10
+  trainers: a frozen 2x2 patch-whitening stem, then three blocks of conv 3x3 - max-pool 2 - BN -
+  GELU - conv 3x3 - BN - GELU at widths 64/256/256, and a global max-pool; 256-d embedding,
+  1.97M parameters for RGB input. ``fastnet-half`` is the same at widths 32/128/128 (0.5M).
 * ``digits-net``: a small convnet for scikit-learn's 8x8 digits; 128-d embedding.
 
 Every model maps ``(B, C, H, W)`` images to ``(B, embedding_dim)`` and exposes ``embedding_dim``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "PreActResNet18",
     "PreActResNet8",
     "DigitsNet",
+    "PatchWhitening",
+    "FastNet",
     "Classifier",
     "create_model",
     "default_model_for",
@@ -151,6 +158,96 @@ class DigitsNet(nn.Module):
         return torch.relu(self.fc(self.features(x).flatten(1)))
 
 
+class PatchWhitening(nn.Module):
+    """A frozen ``p x p`` convolution that whitens image patches, fitted on its first batch.
+
+    With :math:`\\Sigma = V \\operatorname{diag}(\\lambda) V^T` the covariance of the
+    ``d = C p^2`` values of the first batch's ``p x p`` patches, the filters are the rows of
+    :math:`\\operatorname{diag}(\\lambda + \\epsilon)^{-1/2} V^T` and their negatives, so the
+    output has ``2 d`` channels whose first ``d`` are uncorrelated with unit variance on that batch
+    (no padding: ``H - p + 1`` rows). The filters are buffers, saved and restored with the model;
+    they are never trained.
+    """
+
+    def __init__(self, in_channels: int, patch: int = 2, eps: float = 5e-4) -> None:
+        super().__init__()
+        d = in_channels * patch * patch
+        self.patch, self.eps, self.out_channels = patch, eps, 2 * d
+        self.register_buffer("weight", torch.zeros(2 * d, in_channels, patch, patch))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Set the filters from the patches of ``x`` ``(B, C, H, W)``."""
+        cols = F.unfold(x.float(), self.patch)  # (B, d, L)
+        d = cols.shape[1]
+        patches = cols.transpose(1, 2).reshape(-1, d).double()
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / max(1, patches.shape[0] - 1)
+        vals, vecs = torch.linalg.eigh(cov)
+        w = (vecs.T / (vals.clamp_min(0) + self.eps).sqrt()[:, None]).to(self.weight.dtype)
+        w = w.view(d, *self.weight.shape[1:])
+        self.weight.copy_(torch.cat([w, -w]))
+        self.fitted.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not bool(self.fitted):
+            self.fit(x)
+        return F.conv2d(x, self.weight.to(x.dtype))
+
+
+class _ConvPoolBlock(nn.Module):
+    """conv 3x3 - max-pool 2 - BN - GELU - conv 3x3 - BN - GELU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.bn2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """A fast-training CIFAR net without its classifier: ``(B, C, H, W) -> (B, widths[-1])``.
+
+    A frozen 2x2 :class:`PatchWhitening` stem and GELU, then one :class:`_ConvPoolBlock` per
+    width (each halves the resolution), then a global max-pool. Images of at least 8x8 pixels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: tuple[int, int] = (32, 32),
+        widths: tuple[int, ...] = (64, 256, 256),
+    ) -> None:
+        super().__init__()
+        if min(image_size) < 8:
+            raise ValueError(f"fastnet needs images of at least 8x8, got {image_size}")
+        self.whiten = PatchWhitening(in_channels)
+        blocks: list[nn.Module] = []
+        cin = self.whiten.out_channels
+        for w in widths:
+            blocks.append(_ConvPoolBlock(cin, w))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.embedding_dim = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.blocks(F.gelu(self.whiten(x)))
+        return out.amax(dim=(2, 3))
+
+
+class FastNetHalf(FastNet):
+    """:class:`FastNet` at half width (32/128/128)."""
+
+    def __init__(self, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> None:
+        super().__init__(in_channels, image_size, widths=(32, 128, 128))
+
+
 class Classifier(nn.Module):
     """An embedding net followed by a linear head (the plain CNN baseline)."""
 
@@ -167,6 +264,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist-convnet": MnistConvNet,
     "resnet18": PreActResNet18,
     "resnet8": PreActResNet8,
+    "fastnet": FastNet,
+    "fastnet-half": FastNetHalf,
     "digits-net": DigitsNet,
 }
 

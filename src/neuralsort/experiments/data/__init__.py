@@ -20,7 +20,13 @@ from typing import Any
 import torch
 
 from ..config import UserError
-from .cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar_folder
+from .cifar import (
+    CIFAR10_FILES,
+    CIFAR10_JPEG_ARCHIVE,
+    CIFAR100_FILES,
+    load_cifar10_jpeg,
+    load_cifar_folder,
+)
 from .digits import load_digits_split
 from .imagefolder import load_image_folder
 from .mnist import IDX_FILES, load_mnist_folder
@@ -47,7 +53,13 @@ _SUBDIRS: dict[str, list[str]] = {
         "FashionMNIST",
         "",
     ],
-    "cifar10": ["cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10", ""],
+    "cifar10": [
+        "cifar-10-batches-py",
+        "cifar10/cifar-10-batches-py",
+        "cifar10",
+        "cifar10-jpeg",
+        "",
+    ],
     "cifar100": ["cifar-100-python", "cifar100/cifar-100-python", "cifar100", ""],
 }
 
@@ -86,7 +98,20 @@ def _expected_files(name: str) -> list[str]:
 def _try_load(name: str, folder: pathlib.Path) -> Any:
     if name in ("mnist", "fashion-mnist"):
         return load_mnist_folder(folder)
-    return load_cifar_folder(folder, num_classes=10 if name == "cifar10" else 100)
+    if name == "cifar100":
+        return load_cifar_folder(folder, num_classes=100)
+    try:
+        return load_cifar_folder(folder, num_classes=10)
+    except FileNotFoundError:
+        pass
+    try:  # the image-folder copy, unpacked or as its archive
+        loaded = load_cifar10_jpeg(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(str(folder / CIFAR10_FILES["train"][0])) from None
+    tx, sx, classes = loaded[0], loaded[2], loaded[4]
+    if len(classes) != 10 or tx.shape[1:] != (3, 32, 32) or sx.shape[1:] != (3, 32, 32):
+        raise ValueError(f"{folder}: an image folder but not CIFAR-10 (10 classes of 32x32 RGB)")
+    return loaded
 
 
 def _torchvision_download(name: str, root: pathlib.Path) -> pathlib.Path | None:
@@ -193,7 +218,12 @@ def load_raw_dataset(
             )
             if problems:
                 msg += " Files found but unreadable: " + "; ".join(problems)
-            if key.startswith("cifar"):
+            if key == "cifar10":
+                msg += (
+                    " An image-folder copy (train/<class>/*.jpg, test/<class>/*.jpg) is also "
+                    f"found there, unpacked or as {CIFAR10_JPEG_ARCHIVE}."
+                )
+            elif key.startswith("cifar"):
                 msg += " An image-folder copy can be used with --dataset imagefolder:PATH."
             raise UserError(msg)
         if key in ("mnist", "fashion-mnist"):

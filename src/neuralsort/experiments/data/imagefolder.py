@@ -16,7 +16,13 @@ import torch
 
 from ... import _native
 
-__all__ = ["IMAGE_SUFFIXES", "load_image_folder", "default_cache_dir"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "load_image_folder",
+    "default_cache_dir",
+    "read_cache",
+    "write_cache",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 
@@ -25,6 +31,33 @@ def default_cache_dir() -> pathlib.Path:
     """``$NEURALSORT_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuralsort``, else
     ``~/.cache/neuralsort`` (the folder that also holds the native operator's builds)."""
     return _native.cache_dir()
+
+
+Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+
+
+def read_cache(path: pathlib.Path) -> Split | None:
+    """The decoded splits saved by :func:`write_cache`, or None if missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        c = torch.load(path, map_location="cpu", weights_only=True)
+        return c["train_x"], c["train_y"], c["test_x"], c["test_y"], list(c["classes"])
+    except Exception:  # noqa: BLE001 - a broken cache is simply rebuilt
+        return None
+
+
+def write_cache(path: pathlib.Path, loaded: Split) -> None:
+    """Save decoded splits atomically; a folder that cannot be written is skipped silently."""
+    tx, ty, sx, sy, classes = loaded
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        c = {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy, "classes": classes}
+        torch.save(c, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache location only costs decoding time next run
 
 
 def _list_split(split_dir: pathlib.Path) -> dict[str, list[tuple[str, int, int]]]:
@@ -115,12 +148,9 @@ def load_image_folder(
     if use_cache:
         cdir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache_file = cdir / f"imagefolder-{root.name}-{_fingerprint(root, listing)}.pt"
-        if cache_file.is_file():
-            try:
-                c = torch.load(cache_file, map_location="cpu", weights_only=True)
-                return c["train_x"], c["train_y"], c["test_x"], c["test_y"], list(c["classes"])
-            except Exception:  # noqa: BLE001 - a broken cache is simply rebuilt
-                pass
+        cached = read_cache(cache_file)
+        if cached is not None:
+            return cached
 
     first = listing["train"][class_names[0]][0][0]
     with Image.open(first) as im:
@@ -136,21 +166,7 @@ def load_image_folder(
         tensors.append(_decode(files, mode, size, desc=f"decoding {split} images"))
         tensors.append(torch.tensor(labels, dtype=torch.int64))
 
+    loaded = (tensors[0], tensors[1], tensors[2], tensors[3], class_names)
     if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            torch.save(
-                {
-                    "train_x": tensors[0],
-                    "train_y": tensors[1],
-                    "test_x": tensors[2],
-                    "test_y": tensors[3],
-                    "classes": class_names,
-                },
-                tmp,
-            )
-            os.replace(tmp, cache_file)
-        except OSError:
-            pass  # a read-only cache location only costs decoding time next run
-    return tensors[0], tensors[1], tensors[2], tensors[3], class_names
+        write_cache(cache_file, loaded)
+    return loaded

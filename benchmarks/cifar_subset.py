@@ -1,0 +1,131 @@
+"""CIFAR-10 recipe probes: validation accuracy against training images seen, on a subset.
+
+Trains one net on the first ``subset`` images of the 45k training part (the commands' fixed split)
+and, after every epoch over those images, prints one JSON line with the accuracy on the first
+2,000 validation images and the number of training images seen so far. One torch thread.
+
+* ``cnn``: net + linear head, cross-entropy with label smoothing ``ls``, batches of ``bs``
+  drawn with replacement; accuracy with and without mirrored test images (``acc``,
+  ``acc_flip``).
+* ``dknn``: the NeuralSort kNN loss on ``qm`` queries and ``qm`` neighbours a step, drawn with
+  replacement (an epoch: ``subset / qm`` steps); accuracy of hard kNN (``k``) over the embedded
+  subset.
+
+Both use flips and 4-pixel translations, ``make_optimizer`` / ``make_scheduler`` of the commands
+(cosine decay over ``epochs`` after ``warm`` warm-up epochs). Settings are one JSON object::
+
+    python benchmarks/cifar_subset.py '{"mode": "cnn", "epochs": 8, "opt": "sgd", "lr": 0.2,
+        "wd": 5e-4, "ls": 0.2, "warm": 1, "bs": 256}' --data_dir DIR
+    python benchmarks/cifar_subset.py '{"mode": "dknn", "epochs": 6, "opt": "adam",
+        "lr": 0.001, "wd": 0, "tau": 16, "k": 9, "warm": 0.5}' --data_dir DIR
+
+Optional keys: ``model`` (default ``fastnet``), ``subset`` (10000), ``bs`` (256), ``qm`` (100),
+``k`` (9), ``method`` (deterministic), ``wd`` (5e-4), ``ls`` (0), ``warm`` (0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from neuralsort.experiments.data import load_dataset, train_val_split
+from neuralsort.experiments.knn_eval import embed, knn_accuracy
+from neuralsort.experiments.models import Classifier, create_model
+from neuralsort.experiments.training import augment_batch, make_optimizer, make_scheduler
+from neuralsort.knn import dknn_loss
+
+
+def run(cfg: dict[str, Any], data_dir: str | None) -> None:
+    """Train as ``cfg`` says and print one JSON line per epoch."""
+    torch.set_num_threads(1)
+    mode, epochs, n_sub = cfg["mode"], cfg["epochs"], cfg.get("subset", 10000)
+    if mode not in ("cnn", "dknn"):
+        raise SystemExit(f"mode must be cnn or dknn, got {mode!r}")
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    tx, ty, _, _, _ = load_dataset("cifar10", data_dir, download=False)
+    tr, va = train_val_split(tx.shape[0], 5000)
+    trx, try_ = tx[tr[:n_sub]], ty[tr[:n_sub]]
+    vax, vay = tx[va[:2000]], ty[va[:2000]]
+    net = create_model(cfg.get("model", "fastnet"), 3, image_size=(32, 32))
+    model = Classifier(net, 10) if mode == "cnn" else net
+    model = model.to(memory_format=torch.channels_last)
+    bs, qm = cfg.get("bs", 256), cfg.get("qm", 100)
+    per_step = bs if mode == "cnn" else 2 * qm
+    steps = n_sub // (bs if mode == "cnn" else qm)
+    opt = make_optimizer(
+        model.parameters(),
+        {"optimizer": cfg["opt"], "lr": cfg["lr"], "weight_decay": cfg.get("wd", 5e-4),
+         "momentum": 0.9},
+    )  # fmt: skip
+    sched = make_scheduler(
+        opt,
+        {"lr_schedule": "cosine", "warmup_epochs": cfg.get("warm", 0.0)},
+        steps_per_epoch=steps,
+        num_epochs=epochs,
+    )
+    seen, t0 = 0, time.time()
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            if mode == "cnn":
+                out = embed(model, vax, batch_size=500, channels_last=True)
+                acc = (out.argmax(1) == vay).double().mean().item()
+                out = out + embed(model, vax.flip(3), batch_size=500, channels_last=True)
+                return {"acc": acc, "acc_flip": (out.argmax(1) == vay).double().mean().item()}
+            etr = embed(model, trx, batch_size=500, channels_last=True)
+            eva = embed(model, vax, batch_size=500, channels_last=True)
+            k = cfg.get("k", 9)
+            return {"acc": knn_accuracy(eva, vay, etr, try_, k, num_classes=10, query_chunk=1000)}
+
+    for ep in range(epochs):
+        model.train()
+        for _ in range(steps):
+            if mode == "cnn":
+                idx = torch.randint(0, n_sub, (bs,), generator=g)
+                x = augment_batch(trx[idx], "flipcrop", g).contiguous(
+                    memory_format=torch.channels_last
+                )
+                loss = F.cross_entropy(model(x), try_[idx], label_smoothing=cfg.get("ls", 0.0))
+            else:
+                qi = torch.randint(0, n_sub, (qm,), generator=g)
+                ni = torch.randint(0, n_sub, (qm,), generator=g)
+                x = augment_batch(torch.cat([trx[qi], trx[ni]]), "flipcrop", g).contiguous(
+                    memory_format=torch.channels_last
+                )
+                e = model(x)
+                loss = dknn_loss(
+                    e[:qm], e[qm:], try_[qi], try_[ni], cfg.get("k", 9), tau=cfg["tau"],
+                    method=cfg.get("method", "deterministic"), n_samples=5,
+                )  # fmt: skip
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += per_step
+        r: dict[str, Any] = evaluate()
+        r.update(
+            epoch=ep + 1,
+            seen=seen,
+            loss=float(loss.detach()),
+            min=round((time.time() - t0) / 60, 2),
+        )
+        print(json.dumps({**cfg, **r}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("settings", help="one JSON object (see the module docstring)")
+    p.add_argument("--data_dir", "--data-dir", default=None, help="folder holding CIFAR-10")
+    args = p.parse_args()
+    run(json.loads(args.settings), args.data_dir)
+
+
+if __name__ == "__main__":
+    main()
