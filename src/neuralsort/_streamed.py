@@ -11,7 +11,9 @@ Two forms of a reduction over the rows ``i`` (sorted positions) of :math:`\hat P
 :func:`streamed` computes them exactly in :math:`O(mn)` time and :math:`O(n + \text{chunk})`
 memory: the forward builds a chunk of rows at a time and keeps only ``x``-sized data (the
 scores, :math:`A_x 1`, the order); the backward rebuilds each chunk and reduces its softmax
-gradient at once. :mod:`neuralsort._windowed` computes the certified-sparse approximation of
+gradient at once. On the CPU the native operator builds each chunk and takes its backward (the
+chunks' gradients add up); elsewhere the PyTorch formulas of :mod:`neuralsort._rows` do.
+:mod:`neuralsort._windowed` computes the certified-sparse approximation of
 ``tol=``.
 """
 
