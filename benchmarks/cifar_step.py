@@ -148,7 +148,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--models", nargs="+", default=["fastnet", "fastnet-half", "resnet8"])
     p.add_argument("--batch", type=int, default=256, help="CNN batch (default 256)")

@@ -120,7 +120,7 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("settings", help="one JSON object (see the module docstring)")
     p.add_argument("--data_dir", "--data-dir", default=None, help="folder holding CIFAR-10")
     args = p.parse_args()
