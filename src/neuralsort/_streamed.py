@@ -121,12 +121,12 @@ class _Streamed(torch.autograd.Function):
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
         native = _native_rows(x)
         starts, step = _chunks(m, math.prod(batch), n, native)
-        sum_u = x.new_zeros(x.shape)
-        sum_v = x.new_zeros(x.shape)
         gv = torch.zeros_like(v) if need_v else None
-        tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
-        gx = x.new_zeros(x.shape) if native else None
-        gt = torch.zeros((), dtype=tau.dtype) if native else None
+        if native:  # each chunk's gradients, added up
+            gx, gt = x.new_zeros(x.shape), torch.zeros((), dtype=tau.dtype)
+        else:  # the reductions of the softmax gradients, combined once at the end
+            sum_u, sum_v = x.new_zeros(x.shape), x.new_zeros(x.shape)
+            tau_part = torch.zeros((), dtype=torch.float64, device=x.device)
         for s in starts:
             e = min(m, s + step)
             if native:
@@ -143,27 +143,25 @@ class _Streamed(torch.autograd.Function):
             if gu is not None:
                 wu = torch.matmul(w[:, s:e].transpose(0, 1), gu)
                 gp = wu if gp is None else gp.add_(wu)
-            if native:  # the chunk's vector-Jacobian product in C++; the chunks' parts add up
+            if native:  # the chunk's vector-Jacobian product in C++
                 gxc, gtc = _native.rows_backward(
                     gp, p, coef[s:e], rank[s:e], tau, norder, nxc, na, need_tau
                 )
                 gx += gxc
                 if need_tau:
                     gt += gtc.reshape(())
-                del p, gp
-                continue
-            gl = torch._softmax_backward_data(gp, p, -1, p.dtype)
-            del gp
-            sum_u += torch.matmul(coef[s:e], gl)
-            sum_v -= gl.sum(dim=-2)
-            if need_tau:
-                tau_part += tau_gradient_part(gl, p, xc, a, coef[s:e]).to(torch.float64)
-            del p, gl
-        if native:
-            return (gx if need_x else None), None, (gt if need_tau else None), None, gv, None
-        gx = (sum_u + abs_dev_rowsum_backward(sum_v, order)) * inv_tau if need_x else None
-        gt = -tau_part.to(tau.dtype) * inv_tau * inv_tau if need_tau else None
-        return gx, None, gt, None, gv, None
+            else:
+                gl = torch._softmax_backward_data(gp, p, -1, p.dtype)
+                sum_u += torch.matmul(coef[s:e], gl)
+                sum_v -= gl.sum(dim=-2)
+                if need_tau:
+                    tau_part += tau_gradient_part(gl, p, xc, a, coef[s:e]).to(torch.float64)
+                del gl
+            del p, gp
+        if not native:
+            gx = (sum_u + abs_dev_rowsum_backward(sum_v, order)) * inv_tau
+            gt = -tau_part.to(tau.dtype) * inv_tau * inv_tau
+        return (gx if need_x else None), None, (gt if need_tau else None), None, gv, None
 
 
 def streamed(
