@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 import neuralsort
 
-from .multidigit_models import DigitCNN, regroup_lengths, regroup_sequences, true_median
+from .multidigit_models import (
+    DigitCNN,
+    neuralsort_relax,
+    regroup_lengths,
+    regroup_sequences,
+    sinkhorn_relax,
+    true_median,
+)
 
 __all__ = [
     "MEDIAN_METHODS",
@@ -91,12 +98,7 @@ class NeuralSortMedian(_MedianBase):
         total, count = 0.0, 0
         for group, vals in regroup_lengths(both, values, self.regroup, self.lengths, generator):
             s, v = group.unbind(-1)
-            if self.stochastic:
-                p = neuralsort.stochastic_neural_sort(
-                    s, self.tau, self.num_samples, descending=True, generator=generator
-                )
-            else:
-                p = neuralsort.neural_sort(s, self.tau, descending=True)
+            p = neuralsort_relax(s, self.tau, self.stochastic, self.num_samples, generator)
             pred = (_median_rows(p) * v).sum(-1)  # (B,) or (S, B)
             mse = ((pred - self.target(vals)) ** 2).mean()
             total, count = total + mse * vals.shape[0], count + vals.shape[0]
@@ -140,12 +142,7 @@ class SinkhornMedian(_MedianBase):
         both = torch.cat([self.scorer(images), self.regressor(images)], dim=-1)  # (B, n, n + 1)
         both, values = regroup_sequences(both, values, self.regroup, generator)
         la, v = both[..., :-1].transpose(-1, -2), both[..., -1]
-        if self.gumbel:
-            p = neuralsort.gumbel_sinkhorn(
-                la, self.tau, self.num_samples, self.n_iters, generator=generator
-            )
-        else:
-            p = neuralsort.sinkhorn(la, self.n_iters, self.tau)
+        p = sinkhorn_relax(la, self.tau, self.gumbel, self.num_samples, self.n_iters, generator)
         pred = (_median_rows(p) * v).sum(-1)
         return ((pred - self.target(values)) ** 2).mean()
 

@@ -28,7 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DigitCNN", "regroup_lengths", "regroup_sequences", "sorting_permutation", "true_median"]
+import neuralsort
+
+__all__ = [
+    "DigitCNN",
+    "neuralsort_relax",
+    "regroup_lengths",
+    "regroup_sequences",
+    "sinkhorn_relax",
+    "sorting_permutation",
+    "true_median",
+]
 
 
 class DigitCNN(nn.Module):
@@ -170,3 +180,34 @@ def regroup_lengths(
             index = torch.cat([order[window], index[close:]])
         groups.append((flat[index], flat_values[index.to(values.device)]))
     return groups
+
+
+def neuralsort_relax(
+    scores: Tensor,
+    tau: float,
+    stochastic: bool,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The relaxed permutation (descending, largest first) of ``scores (B, n)``: ``(B, n, n)``,
+    or ``(S, B, n, n)`` Plackett-Luce samples when ``stochastic``."""
+    if stochastic:
+        return neuralsort.stochastic_neural_sort(
+            scores, tau, num_samples, descending=True, generator=generator
+        )
+    return neuralsort.neural_sort(scores, tau, descending=True)
+
+
+def sinkhorn_relax(
+    log_alpha: Tensor,
+    tau: float,
+    gumbel: bool,
+    num_samples: int,
+    n_iters: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The doubly-stochastic Sinkhorn matrix of ``log_alpha (B, n, n)`` (rows = sorted
+    positions), or ``(S, B, n, n)`` Gumbel-Sinkhorn samples when ``gumbel``."""
+    if gumbel:
+        return neuralsort.gumbel_sinkhorn(log_alpha, tau, num_samples, n_iters, generator=generator)
+    return neuralsort.sinkhorn(log_alpha, n_iters, tau)

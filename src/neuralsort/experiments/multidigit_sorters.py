@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 import neuralsort
 
-from .multidigit_models import DigitCNN, regroup_lengths, regroup_sequences, sorting_permutation
+from .multidigit_models import (
+    DigitCNN,
+    neuralsort_relax,
+    regroup_lengths,
+    regroup_sequences,
+    sinkhorn_relax,
+    sorting_permutation,
+)
 
 __all__ = [
     "SORT_METHODS",
@@ -123,11 +130,7 @@ class NeuralSortSorter(_RelaxedPermutationSorter):
 
     def relax(self, per_item: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Relaxed permutation ``(B, n, n)`` (deterministic) or samples ``(S, B, n, n)``."""
-        if self.stochastic:
-            return neuralsort.stochastic_neural_sort(
-                per_item, self.tau, self.num_samples, descending=True, generator=generator
-            )
-        return neuralsort.neural_sort(per_item, self.tau, descending=True)
+        return neuralsort_relax(per_item, self.tau, self.stochastic, self.num_samples, generator)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -171,11 +174,7 @@ class SinkhornSorter(_RelaxedPermutationSorter):
     def relax(self, per_item: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Doubly-stochastic ``(B, n, n)``, or ``(S, B, n, n)`` Gumbel-Sinkhorn samples."""
         la = per_item.transpose(-1, -2)
-        if self.gumbel:
-            return neuralsort.gumbel_sinkhorn(
-                la, self.tau, self.num_samples, self.n_iters, generator=generator
-            )
-        return neuralsort.sinkhorn(la, self.n_iters, self.tau)
+        return sinkhorn_relax(la, self.tau, self.gumbel, self.num_samples, self.n_iters, generator)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
