@@ -79,6 +79,9 @@ def _worker(rank: int, world: int, port: int, runs: list[list[str]], step_dir: s
         rc = main(argv)
         if rc != 0:
             raise RuntimeError(f"rank {rank}: {' '.join(argv)} exited {rc}")
+    distributed.shutdown()  # what the script does after a command succeeded
+    if torch.distributed.is_initialized():
+        raise RuntimeError(f"rank {rank}: the process group outlived shutdown()")
 
 
 def _write_idx(path, array: torch.Tensor) -> None:

@@ -158,5 +158,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(status or 0)
 
 
+def entry_point() -> int:
+    """The ``neuralsort`` script: :func:`main`, then leave the process group after a success.
+
+    Under torchrun every process runs this; a process that returns 0 waits for the others and
+    destroys its process group before the interpreter exits (see :func:`distributed.shutdown`).
+    In-process callers of :func:`main` keep the group, so several commands can share it.
+    """
+    status = main()
+    if status == 0 and "torch.distributed" in sys.modules:
+        from . import distributed  # noqa: PLC0415 - only needed once torch is imported
+
+        distributed.shutdown()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as _dt
+import gc
 import os
 import socket
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from .config import UserError, resolve_device
 __all__ = [
     "Context",
     "setup",
+    "shutdown",
     "is_distributed",
     "rank",
     "world_size",
@@ -191,6 +193,24 @@ def setup(device: str = "auto") -> Context:
     )
     atexit.register(_cleanup)
     return Context(dist.get_rank(), dist.get_world_size(), lrank, dev)
+
+
+def shutdown() -> None:
+    """Leave the process group in order after a command succeeded (no-op without one).
+
+    Every rank first meets the others in a barrier, so that no rank closes its connections while
+    another still talks to it; then what the finished command left (DDP reducers, work handles)
+    is collected and the group destroyed, while the interpreter is fully alive. Left to
+    interpreter exit, gloo's worker threads can outlive what they hold and abort a process whose
+    run succeeded ("terminate called without an active exception"). The command-line entry point
+    calls this when a command returns 0; after a failure it is not called (the other ranks may
+    never reach the barrier) and the group is destroyed, best effort, at exit.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _cleanup() -> None:
