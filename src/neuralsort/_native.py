@@ -398,8 +398,15 @@ def rows_forward(
 
 
 def rows_backward(
-    grad_p: Tensor, p: Tensor, coef: Tensor, rank_of_row: Tensor, tau: Tensor, order: Tensor,
-    xc: Tensor, a: Tensor, need_tau: bool,
+    grad_p: Tensor,
+    p: Tensor,
+    coef: Tensor,
+    rank_of_row: Tensor,
+    tau: Tensor,
+    order: Tensor,
+    xc: Tensor,
+    a: Tensor,
+    need_tau: bool,
 ) -> tuple[Tensor, Tensor]:
     """The vector-Jacobian product of :func:`rows_forward`'s rows: ``(grad_x, grad_tau)``."""
     return _state["rows_backward"](  # type: ignore[operator]
