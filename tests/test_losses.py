@@ -54,6 +54,24 @@ def test_spearman_limit_is_scipy_with_tied_targets():
     np.testing.assert_allclose(total.item(), np.sum(expected), atol=1e-8)
 
 
+def test_target_ranks_average_ties_among_the_real_elements_as_scipy():
+    from neuralsort.losses import _average_ranks
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(60):
+        n = int(torch.randint(1, 30, (), generator=g))
+        t = torch.randint(0, 5, (4, n), generator=g).double()
+        t[0, : n // 2] = float("inf")  # a real +inf ties with real values, not with padding
+        t[1, : n // 3] = -float("inf")
+        mask = torch.rand(4, n, generator=g) > (0.3 if trial % 2 else 0.0)
+        got = _average_ranks(t, mask)
+        for row, keep, ranks in zip(t, mask, got, strict=True):
+            if keep.any():
+                expected = scipy_stats.rankdata(row[keep].numpy())
+                np.testing.assert_array_equal(ranks[keep].numpy(), expected)
+            assert (ranks[~keep] == 0).all()
+
+
 def test_spearman_dim_and_perfect_orders():
     pred = rand(7, 3)
     loss = ns.spearman_loss(pred, pred * 2 + 1, 1e-4, dim=0, reduction="none")

@@ -104,17 +104,28 @@ def _check_like(y: object, x: Tensor, name: str, like: str, fn: str) -> Tensor:
 
 def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
     """Hard ascending ranks (1-based) along the last axis among the real elements, ties given
-    their average rank (as :func:`scipy.stats.rankdata`); no gradient. Padded elements: 0."""
+    their average rank (as :func:`scipy.stats.rankdata`); no gradient. Padded elements: 0.
+
+    One sort: a run of equal sorted values at positions ``s..e`` (0-based) gets ``(s + e)/2 + 1``,
+    each run's first and last position spread over it by a running max and a reversed running
+    min. Padding sorts last as +inf; a real +inf ties with the real values only (``e`` is capped
+    at the last real position).
+    """
     t = t.detach()
     t = t.double() if t.device.type != "mps" else t.float()
     padded = torch.where(mask, t, torch.full_like(t, float("inf")))
-    ordered = torch.sort(padded, dim=-1).values.contiguous()
-    padded = padded.contiguous()
-    below = torch.searchsorted(ordered, padded, side="left")
-    upto = torch.searchsorted(ordered, padded, side="right")
-    real = mask.sum(dim=-1, keepdim=True)
-    upto = torch.minimum(upto, real)  # a real +inf ties with real values only
-    ranks = (below + upto + 1).to(t.dtype) / 2
+    ordered, order = torch.sort(padded, dim=-1)
+    n = t.shape[-1]
+    pos = torch.arange(n, device=t.device).expand_as(order)
+    starts = torch.ones_like(mask)
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends = torch.ones_like(mask)
+    ends[..., :-1] = starts[..., 1:]
+    first = torch.where(starts, pos, 0).cummax(dim=-1).values
+    last = torch.where(ends, pos, n).flip(-1).cummin(dim=-1).values.flip(-1)
+    last = torch.minimum(last, mask.sum(dim=-1, keepdim=True) - 1)
+    sorted_ranks = (first + last).to(t.dtype) / 2 + 1
+    ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
     return torch.where(mask, ranks, torch.zeros_like(ranks))
 
 

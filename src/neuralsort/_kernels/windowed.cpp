@@ -28,7 +28,9 @@ namespace {
 using at::Tensor;
 
 // exp of a window's logits in place, returning their sum. float: the kernel's vector exp,
-// floored kExpFloorFloat below the peak as the dense rows are (no subnormals); double: std::exp.
+// floored kExpFloorFloat below the peak as the dense rows are (no subnormals), the last partial
+// vector by masked moves (lanes past the window neither read, written nor summed); double:
+// std::exp.
 inline double exp_in_place(float* p, int64_t width) {
     namespace nk = neuralsort_kernels;
     nk::vf acc = {};
@@ -38,12 +40,16 @@ inline double exp_in_place(float* p, int64_t width) {
         nk::store(p + j, e);
         acc += e;
     }
-    double sum = nk::lane_sum<float>(acc);
-    for (; j < width; ++j) {
-        p[j] = std::exp(std::min(std::max(p[j], -nk::kExpFloorFloat), nk::kExpCeilingFloat));
-        sum += p[j];
+    if (j < width) {
+        const int64_t count = width - j;
+        const nk::vf t = nk::load_first(p + j, count);
+        const nk::vf e = nk::vexp(nk::clamp(t, -nk::kExpFloorFloat, nk::kExpCeilingFloat));
+        nk::store_first(p + j, e, count);
+        nk::vf lane = {};
+        for (int64_t l = 0; l < nk::kLanes; ++l) lane[l] = static_cast<float>(l);
+        acc += nk::select(lane < nk::splat(static_cast<float>(count)), e, nk::vf{});
     }
-    return sum;
+    return nk::lane_sum<float>(acc);
 }
 
 inline double exp_in_place(double* p, int64_t width) {
@@ -63,29 +69,50 @@ struct Row {
     double d(int64_t r) const { return c * vs[r] - as[r] - peak; }
 };
 
-// smallest R in [k, n-1] whose right tail (n-1-R elements, each <= exp(z_{R+1})) is within
-// the bound, and largest L in [0, k] likewise on the left
-// (log_count[j] = log j)
-std::pair<int64_t, int64_t> window(const Row& row, double log_half_tol, const double* log_count) {
+// The smallest R in [k, n-1] whose right tail (n-1-R elements, each <= exp(z_{R+1})) is within
+// the bound, and the largest L in [0, k] likewise on the left (log_count[j] = log j). Each is the
+// first index where a monotone predicate turns true (false then true), searched from a guess:
+// the previous row's window shifted to this row's peak, which neighbouring rows nearly share.
+// Galloping from the guess (steps 1, 2, 4, ... away from it until the predicate changes, then
+// bisection of the last step) takes O(log |answer - guess|) evaluations instead of O(log n).
+template <typename Pred>
+int64_t first_true(Pred ok, int64_t lo, int64_t hi, int64_t guess) {
+    // ok(hi) is true; the answer is the smallest r in [lo, hi] with ok(r)
+    guess = std::min(std::max(guess, lo), hi);
+    if (ok(guess)) {
+        hi = guess;  // answer <= guess: gallop down
+        for (int64_t step = 1; hi - step >= lo; step *= 2) {
+            if (!ok(hi - step)) { lo = hi - step + 1; break; }
+            hi -= step;
+        }
+    } else {
+        lo = guess + 1;  // answer > guess: gallop up
+        for (int64_t step = 1; lo + step - 1 < hi; step *= 2) {
+            if (ok(lo + step - 1)) { hi = lo + step - 1; break; }
+            lo += step;
+        }
+    }
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (ok(mid)) hi = mid; else lo = mid + 1;
+    }
+    return hi;
+}
+
+std::pair<int64_t, int64_t> window(const Row& row, double log_half_tol, const double* log_count,
+                                   int64_t right_guess, int64_t left_guess) {
     const int64_t n = row.n, k = row.k;
     auto right_ok = [&](int64_t r) {
         return r == n - 1 || log_count[n - 1 - r] + row.d(r + 1) * row.inv_tau <= log_half_tol;
     };
-    auto left_ok = [&](int64_t l) {
+    // in terms of s = k - l (dropping the l ranks below l), true from some s on
+    auto left_ok = [&](int64_t s) {
+        const int64_t l = k - s;
         return l == 0 || log_count[l] + row.d(l - 1) * row.inv_tau <= log_half_tol;
     };
-    int64_t lo = k, hi = n - 1;
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        if (right_ok(mid)) hi = mid; else lo = mid + 1;
-    }
-    const int64_t right = hi;
-    lo = 0, hi = k;
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo + 1) / 2;
-        if (left_ok(mid)) lo = mid; else hi = mid - 1;
-    }
-    return {lo, right};
+    const int64_t right = first_true(right_ok, k, n - 1, k + right_guess);
+    const int64_t left = k - first_true(left_ok, 0, k, left_guess);
+    return {left, right};
 }
 
 Row make_row(const double* vs, const double* as, int64_t n, const double* coef,
@@ -119,7 +146,7 @@ void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const T
                 for (int64_t r = l; r <= h; ++r) qi[r - l] = static_cast<T>(row.d(r) * inv_tau);
                 const double sum = exp_in_place(qi, h - l + 1);
                 const T scale = static_cast<T>(1.0 / sum);
-                for (int64_t r = l; r <= h; ++r) qi[r - l] *= scale;
+                for (int64_t r = 0; r <= h - l; ++r) qi[r] *= scale;
                 if (c) {
                     T* yi = yp + (b * m + i) * c;
                     for (int64_t j = 0; j < c; ++j) yi[j] = 0;
@@ -159,11 +186,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
         const int64_t* rp = rc.data_ptr<int64_t>();
         int64_t *lp = lo.data_ptr<int64_t>(), *hp = hi.data_ptr<int64_t>();
         at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-            for (int64_t b = begin; b < end; ++b)
+            for (int64_t b = begin; b < end; ++b) {
+                int64_t right_guess = 0, left_guess = 0;  // the previous row's reach
                 for (int64_t i = 0; i < m; ++i) {
                     const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
-                    std::tie(lp[b * m + i], hp[b * m + i]) = window(row, log_half_tol, log_count.data());
+                    const auto [l, h] =
+                        window(row, log_half_tol, log_count.data(), right_guess, left_guess);
+                    lp[b * m + i] = l;
+                    hp[b * m + i] = h;
+                    right_guess = h - row.k;
+                    left_guess = row.k - l;
                 }
+            }
         });
     }
     Tensor offsets = at::empty({batch * m + 1}, lo.options());
@@ -232,17 +266,26 @@ void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const 
                     const T* guj = gup + (b * cw + j) * n;
                     for (int64_t r = l; r <= h; ++r) gq[r - l] += wj * guj[r];
                 }
+                // the two sums are reductions the compiler may reorder (omp simd: several
+                // accumulators in vector lanes instead of one chain of dependent adds)
                 double dot = 0;
-                for (int64_t r = 0; r < width; ++r) dot += double(qi[r]) * gq[r];
-                const T ci = static_cast<T>(row.c);
-                T* gvsb = gvsp + b * n;
-                T* gasb = gasp + b * n;
-                for (int64_t r = l; r <= h; ++r) {
-                    const T gl = qi[r - l] * (gq[r - l] - static_cast<T>(dot));
+                const T* gqp = gq.data();
+#pragma omp simd reduction(+ : dot)
+                for (int64_t r = 0; r < width; ++r) dot += double(qi[r]) * double(gqp[r]);
+                const T ci = static_cast<T>(row.c), dot_t = static_cast<T>(dot);
+                T* gvsb = gvsp + b * n + l;
+                T* gasb = gasp + b * n + l;
+                const double* vsr = row.vs + l;
+                const double* asr = row.as + l;
+                double row_tau = 0;
+#pragma omp simd reduction(+ : row_tau)
+                for (int64_t r = 0; r < width; ++r) {
+                    const T gl = qi[r] * (gqp[r] - dot_t);
                     gvsb[r] += ci * gl;
                     gasb[r] += gl;
-                    tau_sum += double(gl) * row.d(r);
+                    row_tau += double(gl) * (row.c * vsr[r] - asr[r] - row.peak);
                 }
+                tau_sum += row_tau;
             }
             tp[b] = tau_sum;
         }
