@@ -33,6 +33,11 @@ def everything(x, x64, t, m, q, nb):
         ns.soft_sort(x64, 0.5, descending=True),
         ns.soft_rank(x, t),
         ns.soft_rank(x64.t(), t.double(), dim=0),
+        ns.soft_rank(x, t, tol=1e-6),  # windows of a size known only at run time
+        ns.soft_sort(x64, 0.5, tol=1e-3),
+        ns.spearman_loss(x, x.detach().flip(-1), t, tol=1e-6).reshape(1),
+        # a long float32 row: tol=None resolves to 2**-24 windows, compiled as in eager mode
+        ns.soft_rank(x.reshape(-1).repeat(70)[:1100] + torch.linspace(0, 9, 1100), t)[::97],
         ns.soft_topk(x, 3, t),
         ns.soft_topk(x, 2, t, largest=False, hard=True),
         ns.soft_quantile(x, [0.25, 0.5], t),

@@ -87,11 +87,11 @@ AUTO_TOL = 2.0**-24
 
 def auto_tol(tol: float | None, x: Tensor, m: int) -> float:
     """``tol``, or for ``tol=None``: :data:`AUTO_TOL` where ``m`` rows of ``x`` would be streamed
-    and ``x`` is not float64, else 0 (exact). Exact under torch.compile and torch.func, which
-    build the rows without windows."""
+    and ``x`` is not float64, else 0 (exact). Exact under torch.func, which builds the rows
+    without windows."""
     if tol is not None:
         return tol
-    if x.dtype == torch.float64 or is_compiling() or is_transformed(x):
+    if x.dtype == torch.float64 or is_transformed(x):
         return 0.0
     return AUTO_TOL if streams(x, m, 0.0) else 0.0
 

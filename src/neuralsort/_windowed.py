@@ -355,5 +355,98 @@ def windowed(
     windows. Cost: :math:`O(n \log n + \sum_i w_i)` time and :math:`O(n + \text{chunk})`
     memory, rows processed in chunks as wide as their widest window.
     """
+    if is_compiling():  # one opaque op (the windows' sizes depend on the data)
+        empty = x.new_empty(0)
+        y, u = torch.ops.neuralsort_py.windowed_rows(
+            x, coef, tau, rank, tol, empty if v is None else v, empty if w is None else w
+        )
+        return (None if v is None else y), (None if w is None else u)
     out = _Windowed.apply(x, coef, tau, rank, tol, v, w)
     return pair(out, v, w)
+
+
+# torch.compile: the windows' total width is known only once they are found, so dynamo cannot
+# trace _Windowed (a size from the data inside an autograd.Function). Traced code calls these
+# two ops instead, whose outputs have static shapes (the fake kernels give them); each runs
+# _Windowed eagerly (the C++ loops where usable). The backward op finds the windows again
+# rather than keep the rows of Q between the two, at the cost of one more forward.
+def _rows_op(x, coef, tau, rank, tol, v, w):
+    has_v, has_w = v.numel() > 0, w.numel() > 0
+    with torch.no_grad():
+        y, u = pair(
+            _Windowed.apply(x, coef, tau, rank, tol, v if has_v else None, w if has_w else None),
+            v if has_v else None,
+            w if has_w else None,
+        )
+    return (x.new_empty(0) if y is None else y), (x.new_empty(0) if u is None else u)
+
+
+def _rows_fake(x, coef, tau, rank, tol, v, w):
+    batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
+    y = x.new_empty((*batch, m, v.shape[-1])) if v.numel() > 0 else x.new_empty(0)
+    u = x.new_empty((*batch, w.shape[0], n)) if w.numel() > 0 else x.new_empty(0)
+    return y, u
+
+
+def _rows_backward_op(gy, gu, x, coef, tau, rank, tol, v, w, need_x, need_tau, need_v):
+    has_v, has_w = v.numel() > 0, w.numel() > 0
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(need_x)
+        tr = tau.detach().requires_grad_(need_tau)
+        vr = v.detach().requires_grad_(need_v) if has_v else None
+        wr = w if has_w else None
+        y, u = pair(_Windowed.apply(xr, coef, tr, rank, tol, vr, wr), vr, wr)
+        outs = [t for t in (y, u) if t is not None]
+        gos = [g for t, g in ((y, gy), (u, gu)) if t is not None]
+        wrt = [t for t, need in ((xr, need_x), (tr, need_tau), (vr, need_v)) if need]
+        got = list(torch.autograd.grad(outs, wrt, gos, allow_unused=True)) if wrt else []
+    grads = []
+    for t, need in ((x, need_x), (tau, need_tau), (v, need_v)):
+        g = got.pop(0) if need else None
+        grads.append(torch.zeros_like(t) if g is None else g)
+    return tuple(grads)
+
+
+def _rows_backward_fake(gy, gu, x, coef, tau, rank, tol, v, w, need_x, need_tau, need_v):
+    return torch.empty_like(x), torch.empty_like(tau), torch.empty_like(v)
+
+
+def _rows_setup(ctx, inputs, output):
+    x, coef, tau, rank, tol, v, w = inputs
+    ctx.save_for_backward(x, coef, tau, rank, v, w)
+    ctx.tol = tol
+
+
+def _rows_autograd(ctx, gy, gu):
+    x, coef, tau, rank, v, w = ctx.saved_tensors
+    need_x, need_tau = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    need_v = v.numel() > 0 and ctx.needs_input_grad[5]
+    gx, gt, gv = torch.ops.neuralsort_py.windowed_rows_backward(
+        gy, gu, x, coef, tau, rank, ctx.tol, v, w, need_x, need_tau, need_v
+    )
+    return (
+        gx if need_x else None, None, gt if need_tau else None, None, None,
+        gv if need_v else None, None,
+    )  # fmt: skip
+
+
+if not hasattr(torch.ops.neuralsort_py, "windowed_rows"):  # (once: not again on a reload)
+    _LIBRARY = torch.library.Library("neuralsort_py", "FRAGMENT")  # kept: freed unregisters
+    _LIBRARY.define(
+        "windowed_rows(Tensor x, Tensor coef, Tensor tau, Tensor rank, float tol, Tensor v, "
+        "Tensor w) -> (Tensor, Tensor)"
+    )
+    _LIBRARY.define(
+        "windowed_rows_backward(Tensor gy, Tensor gu, Tensor x, Tensor coef, Tensor tau, "
+        "Tensor rank, float tol, Tensor v, Tensor w, bool need_x, bool need_tau, bool need_v) "
+        "-> (Tensor, Tensor, Tensor)"
+    )
+    _LIBRARY.impl("windowed_rows", _rows_op, "CompositeExplicitAutograd")
+    _LIBRARY.impl("windowed_rows_backward", _rows_backward_op, "CompositeExplicitAutograd")
+    torch.library.register_fake("neuralsort_py::windowed_rows", _rows_fake, lib=_LIBRARY)
+    torch.library.register_fake(
+        "neuralsort_py::windowed_rows_backward", _rows_backward_fake, lib=_LIBRARY
+    )
+    torch.library.register_autograd(
+        "neuralsort_py::windowed_rows", _rows_autograd, setup_context=_rows_setup, lib=_LIBRARY
+    )
