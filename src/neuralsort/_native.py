@@ -362,8 +362,8 @@ def windowed_forward(
     v: Tensor,
     w: Tensor,
 ) -> tuple[Tensor, ...]:
-    """The windows of ``tol=`` and their rows over the sorted scores ``vs`` (float64) with
-    ``A 1`` in ``a``: ``(y, u, q, offsets, lo, hi)`` (see :mod:`neuralsort._windowed`)."""
+    """The windows of ``tol=`` and the reductions of their rows over the sorted scores ``vs``
+    (float64) with ``A 1`` in ``a``: ``(y, u, lo, hi)`` (see :mod:`neuralsort._windowed`)."""
     return _state["windowed_forward"](vs, a, coef, rank, inv_tau, tol, v, w)  # type: ignore[operator]
 
 
@@ -372,8 +372,7 @@ def windowed_backward(
     a: Tensor,
     coef: Tensor,
     rank: Tensor,
-    q: Tensor,
-    offsets: Tensor,
+    inv_tau: float,
     lo: Tensor,
     hi: Tensor,
     v: Tensor,
@@ -382,9 +381,10 @@ def windowed_backward(
     gu: Tensor,
     need_v: bool,
 ) -> tuple[Tensor, ...]:
-    """The backward of :func:`windowed_forward`: ``(grad_vs, grad_a, grad_v, tau_part)``."""
+    """The backward of :func:`windowed_forward` over the windows ``lo``, ``hi`` it found (it
+    builds their rows again): ``(grad_vs, grad_a, grad_v, tau_part)``."""
     return _state["windowed_backward"](  # type: ignore[operator]
-        vs, a, coef, rank, q, offsets, lo, hi, v, w, gy, gu, need_v
+        vs, a, coef, rank, inv_tau, lo, hi, v, w, gy, gu, need_v
     )
 
 

@@ -1,7 +1,8 @@
 r"""The certified-sparse rows of ``tol=``: in each row of :math:`\hat P` only a window of the
 sorted scores around the row's peak, holding all but at most ``tol`` of the row's mass (the
-bound and its proof: :func:`windowed`), in :math:`O(n w)` time and memory for windows of ``w``
-elements; the windows are found and applied in C++ where the native operator is usable.
+bound and its proof: :func:`windowed`), in :math:`O(n w)` time for windows of ``w`` elements
+and :math:`O(n + \text{chunk})` memory; the windows are found and applied in C++ where the
+native operator is usable.
 """
 
 from __future__ import annotations
@@ -189,12 +190,12 @@ class _Windowed(torch.autograd.Function):
             empty = x.new_empty(0)
             v_sorted = empty if v is None else v.gather(-2, order.unsqueeze(-1).expand_as(v))
             coef64, inv_tau = coef.double(), 1.0 / float(tau)
-            y, u, q, offsets, lo, hi = _native.windowed_forward(
+            y, u, lo, hi = _native.windowed_forward(
                 vs64, a64, coef64, rank, inv_tau, tol, v_sorted, empty if w is None else w
             )
             u = _unsort(u, order, -1) if w is not None else None
             y = y if v is not None else None
-            ctx.native = (q, offsets, coef64)
+            ctx.native = (coef64, inv_tau)
             ctx.save_for_backward(x, coef, tau, rank, v, w, order, vs64, a64, lo, hi)
             if y is None:
                 return u
@@ -242,7 +243,7 @@ class _Windowed(torch.autograd.Function):
             gv = got.pop(0) if need_v else None
             return gx, None, gt, None, None, gv, None
         if ctx.native is not None:
-            q, offsets, coef64 = ctx.native
+            coef64, inv_tau = ctx.native
             empty = x.new_empty(0)
             v_sorted = empty if v is None else v.gather(-2, order.unsqueeze(-1).expand_as(v))
             gu_sorted = empty
@@ -253,8 +254,7 @@ class _Windowed(torch.autograd.Function):
                 a64,
                 coef64,
                 rank,
-                q,
-                offsets,
+                inv_tau,
                 lo,
                 hi,
                 v_sorted,

@@ -6,9 +6,11 @@
 //   Q[i, r] = exp(d_ir / tau) / sum_{window} exp(d_ir' / tau)
 //   y[i, :] = sum_r Q[i, r] V[r, :]      u[:, r] = sum_i W[:, i] Q[i, r]
 //
-// The forward finds each window by two binary searches on the bound, keeps the rows of Q
-// (sum of the window widths values, O(n w)) and returns them for the backward, which reduces
-// the softmax gradient to the gradients of v (through c_i), of a and of tau.
+// The forward finds each window by two searches on the bound and reduces each row of Q as soon
+// as it is built; the backward builds every row again (the same operations, so the same values)
+// rather than keep them: the rows would take O(n w) memory, whose writing and reading cost more
+// than a second exp of each element. It reduces the softmax gradient to the gradients of v
+// (through c_i), of a and of tau.
 // The autograd node is neuralsort/_windowed.py's _Windowed; this file has no autograd.
 // Its own translation unit beside extension.cpp; the vector exp comes from simd.h.
 
@@ -122,31 +124,37 @@ Row make_row(const double* vs, const double* as, int64_t n, const double* coef,
     return row;
 }
 
+// row i of Q over its window [l, h] into q (h - l + 1 values)
+template <typename T>
+void fill_row(const Row& row, int64_t l, int64_t h, T* q) {
+    for (int64_t r = l; r <= h; ++r) q[r - l] = static_cast<T>(row.d(r) * row.inv_tau);
+    const T scale = static_cast<T>(1.0 / exp_in_place(q, h - l + 1));
+    for (int64_t r = 0; r <= h - l; ++r) q[r] *= scale;
+}
+
 template <typename T>
 void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank,
-                  double inv_tau, const Tensor& lo, const Tensor& hi, const Tensor& offsets,
-                  const Tensor& v, const Tensor& w, Tensor& q, Tensor& y, Tensor& u) {
+                  double inv_tau, const Tensor& lo, const Tensor& hi, const Tensor& v,
+                  const Tensor& w, Tensor& y, Tensor& u) {
     const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
     const int64_t c = v.numel() ? v.size(-1) : 0, cw = w.numel() ? w.size(0) : 0;
     const double *vp = vs.data_ptr<double>(), *ap = a.data_ptr<double>();
     const double* cp = coef.data_ptr<double>();
     const int64_t *rp = rank.data_ptr<int64_t>(), *lp = lo.data_ptr<int64_t>();
-    const int64_t *hp = hi.data_ptr<int64_t>(), *op = offsets.data_ptr<int64_t>();
+    const int64_t* hp = hi.data_ptr<int64_t>();
     const T* vv = c ? v.data_ptr<T>() : nullptr;
     const T* wv = cw ? w.data_ptr<T>() : nullptr;
-    T* qp = q.data_ptr<T>();
     T* yp = c ? y.data_ptr<T>() : nullptr;
     T* up = cw ? u.data_ptr<T>() : nullptr;
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> q;
         for (int64_t b = begin; b < end; ++b) {
             for (int64_t i = 0; i < m; ++i) {
                 const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
                 const int64_t l = lp[b * m + i], h = hp[b * m + i];
-                T* qi = qp + op[b * m + i];
-                for (int64_t r = l; r <= h; ++r) qi[r - l] = static_cast<T>(row.d(r) * inv_tau);
-                const double sum = exp_in_place(qi, h - l + 1);
-                const T scale = static_cast<T>(1.0 / sum);
-                for (int64_t r = 0; r <= h - l; ++r) qi[r] *= scale;
+                q.resize(static_cast<size_t>(h - l + 1));
+                T* qi = q.data();
+                fill_row(row, l, h, qi);
                 if (c) {
                     T* yi = yp + (b * m + i) * c;
                     for (int64_t j = 0; j < c; ++j) yi[j] = 0;
@@ -155,15 +163,15 @@ void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const T
                 }
                 for (int64_t j = 0; j < cw; ++j) {
                     const T wj = wv[j * m + i];
-                    T* uj = up + (b * cw + j) * n;
-                    for (int64_t r = l; r <= h; ++r) uj[r] += wj * qi[r - l];
+                    T* uj = up + (b * cw + j) * n + l;
+                    for (int64_t r = 0; r <= h - l; ++r) uj[r] += wj * qi[r];
                 }
             }
         }
     });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
+std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_forward(
     const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, double inv_tau,
     double tol, const Tensor& v, const Tensor& w) {
     TORCH_CHECK(vs.scalar_type() == at::kDouble && a.scalar_type() == at::kDouble &&
@@ -200,40 +208,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> windowed_forward(
             }
         });
     }
-    Tensor offsets = at::empty({batch * m + 1}, lo.options());
-    {
-        int64_t* op = offsets.data_ptr<int64_t>();
-        const int64_t *lp = lo.data_ptr<int64_t>(), *hp = hi.data_ptr<int64_t>();
-        op[0] = 0;
-        for (int64_t t = 0; t < batch * m; ++t) op[t + 1] = op[t] + hp[t] - lp[t] + 1;
-    }
-    const int64_t total = offsets.data_ptr<int64_t>()[batch * m];
-    Tensor q = at::empty({total}, vs.options().dtype(dtype));
     auto yshape = vs.sizes().vec();
     yshape.back() = m;
     if (v.numel()) yshape.push_back(v.size(-1));
-    Tensor y = v.numel() ? at::empty(yshape, q.options()) : at::empty({0}, q.options());
+    const auto options = vs.options().dtype(dtype);
+    Tensor y = v.numel() ? at::empty(yshape, options) : at::empty({0}, options);
     auto ushape = vs.sizes().vec();
     if (w.numel()) ushape.insert(ushape.end() - 1, w.size(0));
-    Tensor u = w.numel() ? at::zeros(ushape, q.options()) : at::empty({0}, q.options());
+    Tensor u = w.numel() ? at::zeros(ushape, options) : at::empty({0}, options);
     AT_DISPATCH_FLOATING_TYPES(dtype, "windowed_forward", [&] {
-        forward_rows<scalar_t>(vsc, ac, cc, rc, inv_tau, lo, hi, offsets, vc, wc, q, y, u);
+        forward_rows<scalar_t>(vsc, ac, cc, rc, inv_tau, lo, hi, vc, wc, y, u);
     });
-    return {y, u, q, offsets, lo, hi};
+    return {y, u, lo, hi};
 }
 
 template <typename T>
 void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank,
-                   const Tensor& q, const Tensor& offsets, const Tensor& lo, const Tensor& hi,
-                   const Tensor& v, const Tensor& w, const Tensor& gy, const Tensor& gu,
-                   bool need_v, Tensor& gvs, Tensor& gas, Tensor& gv, Tensor& tau_part) {
+                   double inv_tau, const Tensor& lo, const Tensor& hi, const Tensor& v,
+                   const Tensor& w, const Tensor& gy, const Tensor& gu, bool need_v,
+                   Tensor& gvs, Tensor& gas, Tensor& gv, Tensor& tau_part) {
     const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
     const int64_t c = gy.numel() ? v.size(-1) : 0, cw = gu.numel() ? w.size(0) : 0;
     const double *vp = vs.data_ptr<double>(), *ap = a.data_ptr<double>();
     const double* cp = coef.data_ptr<double>();
     const int64_t *rp = rank.data_ptr<int64_t>(), *lp = lo.data_ptr<int64_t>();
-    const int64_t *hp = hi.data_ptr<int64_t>(), *op = offsets.data_ptr<int64_t>();
-    const T* qp = q.data_ptr<T>();
+    const int64_t* hp = hi.data_ptr<int64_t>();
     const T* vv = c ? v.data_ptr<T>() : nullptr;
     const T* gyp = c ? gy.data_ptr<T>() : nullptr;
     const T* wv = cw ? w.data_ptr<T>() : nullptr;
@@ -242,13 +241,15 @@ void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const 
     T* gvp = need_v ? gv.data_ptr<T>() : nullptr;
     double* tp = tau_part.data_ptr<double>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> gq;
+        std::vector<T> q, gq;
         for (int64_t b = begin; b < end; ++b) {
             double tau_sum = 0;
             for (int64_t i = 0; i < m; ++i) {
-                const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, 1.0);
+                const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
                 const int64_t l = lp[b * m + i], h = hp[b * m + i], width = h - l + 1;
-                const T* qi = qp + op[b * m + i];
+                q.resize(static_cast<size_t>(width));
+                const T* qi = q.data();
+                fill_row(row, l, h, q.data());
                 gq.assign(width, T(0));
                 if (c) {
                     const T* gyi = gyp + (b * m + i) * c;
@@ -293,19 +294,20 @@ void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const 
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_backward(
-    const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, const Tensor& q,
-    const Tensor& offsets, const Tensor& lo, const Tensor& hi, const Tensor& v, const Tensor& w,
-    const Tensor& gy, const Tensor& gu, bool need_v) {
+    const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, double inv_tau,
+    const Tensor& lo, const Tensor& hi, const Tensor& v, const Tensor& w, const Tensor& gy,
+    const Tensor& gu, bool need_v) {
     const Tensor vc = v.contiguous(), gyc = gy.contiguous(), guc = gu.contiguous();
     const int64_t n = vs.size(-1), batch = vs.numel() / n;
-    Tensor gvs = at::zeros(vs.sizes(), q.options());
-    Tensor gas = at::zeros(vs.sizes(), q.options());
-    Tensor gv = need_v ? at::zeros(v.sizes(), q.options()) : at::empty({0}, q.options());
+    const auto options = vs.options().dtype(gy.numel() ? gy.scalar_type() : gu.scalar_type());
+    Tensor gvs = at::zeros(vs.sizes(), options);
+    Tensor gas = at::zeros(vs.sizes(), options);
+    Tensor gv = need_v ? at::zeros(v.sizes(), options) : at::empty({0}, options);
     Tensor tau_part = at::zeros({batch}, vs.options());
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "windowed_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "windowed_backward", [&] {
         backward_rows<scalar_t>(vs.contiguous(), a.contiguous(), coef.contiguous(),
-                                rank.contiguous(), q, offsets, lo, hi, vc, w.contiguous(), gyc,
-                                guc, need_v, gvs, gas, gv, tau_part);
+                                rank.contiguous(), inv_tau, lo.contiguous(), hi.contiguous(), vc,
+                                w.contiguous(), gyc, guc, need_v, gvs, gas, gv, tau_part);
     });
     return {gvs, gas, gv, tau_part.sum()};
 }
@@ -314,10 +316,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_backward(
 
 TORCH_LIBRARY_FRAGMENT(neuralsort, m) {
     m.def("windowed_forward(Tensor vs, Tensor a, Tensor coef, Tensor rank, float inv_tau, "
-          "float tol, Tensor v, Tensor w) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-    m.def("windowed_backward(Tensor vs, Tensor a, Tensor coef, Tensor rank, Tensor q, "
-          "Tensor offsets, Tensor lo, Tensor hi, Tensor v, Tensor w, Tensor gy, Tensor gu, "
-          "bool need_v) -> (Tensor, Tensor, Tensor, Tensor)");
+          "float tol, Tensor v, Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
+    m.def("windowed_backward(Tensor vs, Tensor a, Tensor coef, Tensor rank, float inv_tau, "
+          "Tensor lo, Tensor hi, Tensor v, Tensor w, Tensor gy, Tensor gu, bool need_v) "
+          "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CPU, m) {
