@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from . import checkpoint, distributed
 from .config import UserError
-from .run import Run
-from .training import Amp, make_optimizer, make_scheduler, progress
+from .recipe import Amp, make_optimizer, make_scheduler, progress
+from .run_folder import Run
 
 __all__ = ["Task", "EpochStats", "Result", "start_run", "fit"]
 
@@ -129,7 +129,8 @@ class Task:
         """Restore :meth:`state`."""
 
     def finish(self, result: Result) -> dict[str, Any]:
-        """Rank 0, best weights loaded: test, write metrics.json, print; return the metrics."""
+        """Rank 0, best weights loaded: test and print; return the metrics, which :func:`fit`
+        writes to metrics.json."""
         raise NotImplementedError
 
 
@@ -336,6 +337,7 @@ def fit(
         elapsed = before + time.time() - t_start
         result = Result(history, best, best_epoch, steps, train_seconds, elapsed)
         metrics = task.finish(result)
+        run.write_metrics(metrics)
         run.plot_history(history, task.plot_keys, task.plot_file)
     distributed.barrier()
     return distributed.broadcast_object(metrics)

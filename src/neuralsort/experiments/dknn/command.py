@@ -26,19 +26,18 @@ import pathlib
 import textwrap
 from typing import Any
 
-from . import distributed
-from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
-from .data import DATASETS, VAL_SIZES, load_dataset
-from .dknn_task import step_loss as _step_loss  # noqa: F401 - tests and benchmarks use it
-from .dknn_task import train_dknn
-from .models import MODELS, default_model_for
-from .run import Run
-from .trainer import start_run
-from .training import (
+from .. import distributed
+from ..config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
+from ..data import DATASETS, VAL_SIZES, load_dataset
+from ..embedding_nets import MODELS, default_model_for
+from ..loop import start_run
+from ..recipe import (
     AUGMENTS,
     OPTIMIZERS,
     SCHEDULES,
 )
+from ..run_folder import Run
+from .task import train_dknn
 
 __all__ = [
     "DEFAULTS",

@@ -1,53 +1,25 @@
-"""The training loop shared by ``neuralsort sort`` and ``neuralsort quantile``.
+"""The settings of ``neuralsort sort`` and ``neuralsort quantile``: their shared defaults, their
+flags and the checks of their values.
 
-Both experiments train a method from :mod:`neuralsort.experiments.multidigit_models` on batches of
-multi-digit MNIST sequences drawn from an infinite, seeded source, evaluate it on a fixed validation
-set after every epoch, keep the best-validation checkpoint and report its test metrics. The
-experiment modules only supply a :class:`Task`: how to build the method, how to score predictions
-and which validation metric selects the checkpoint.
-
-Outputs (in the run folder, see :class:`neuralsort.experiments.run.Run`): ``config.yaml``,
-``log.jsonl`` (one line per epoch), ``last.pt`` / ``best.pt``, ``metrics.json`` and ``history.png``.
-``--resume`` continues from ``last.pt`` (model, optimizer, scheduler, data and noise generators) and
-ends with the same result as an uninterrupted run.
-
-Under ``torchrun`` every rank draws the same global batch of ``batch_size x world_size`` sequences
-from the shared, seeded source and renders only its own ``batch_size`` of them; the methods train
-with DistributedDataParallel (the mean loss over the global batch, exactly), each rank has its own
-Gumbel/Plackett-Luce noise stream, and validation and test run on rank 0.
+The experiments themselves are :mod:`.sort` and :mod:`.quantile`; the training task they both run
+on the shared loop is :mod:`.task`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
-import pathlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import nn
-
-from . import distributed
-from .checkpoint import load_file
-from .config import AMP_MODES, UserError, add_common_args, add_flag
-from .data import load_raw_dataset
-from .data.multidigit import MultiDigitEvalSet, MultiDigitNumbers, make_splits
-from .multidigit_models import DigitCNN
-from .multidigit_task import MultiDigitTask, init_source, test_set
-from .seeding import seed_everything
-from .trainer import fit, start_run
-from .training import SCHEDULES, Amp
+from ..config import AMP_MODES, UserError, add_common_args, add_flag
+from ..recipe import SCHEDULES
 
 __all__ = [
     "BASE_DEFAULTS",
-    "Task",
     "add_multidigit_args",
     "int_list",
-    "load_multidigit_splits",
-    "train_and_test",
+    "validate_common",
     "validate_task",
 ]
 
@@ -204,26 +176,6 @@ def add_multidigit_args(
     add_common_args(parser)  # also --threads (alias --num_threads) and --amp
 
 
-@dataclass
-class Task:
-    """What distinguishes one multi-digit experiment from the other.
-
-    Attributes:
-        name: run-name prefix (``runs/<name>-<timestamp>``).
-        build: ``(cfg, image_shape) -> nn.Module`` with ``loss`` and ``predict`` (see the models).
-        evaluate: ``(model, eval_set, device, batch_size) -> {metric: value}`` without a prefix.
-        select: the metric that picks the best checkpoint, and ``mode`` ``"max"`` or ``"min"``.
-        plot_keys: per-epoch history keys drawn in ``history.png``.
-    """
-
-    name: str
-    build: Callable[[dict[str, Any], tuple[int, int]], nn.Module]
-    evaluate: Callable[[nn.Module, MultiDigitEvalSet, torch.device, int], dict[str, float]]
-    select: str
-    mode: str
-    plot_keys: list[str]
-
-
 def int_list(text: str) -> list[int]:
     """``"3,5,7"`` -> ``[3, 5, 7]``; ``"none"`` or ``""`` -> ``[]`` (an argparse ``type``)."""
     text = text.strip()
@@ -315,159 +267,3 @@ def validate_common(cfg: dict[str, Any]) -> None:
         _positive_int(cfg, "threads")
     if cfg["amp"] not in AMP_MODES:
         raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
-
-
-def load_multidigit_splits(
-    cfg: dict[str, Any], raw: tuple[Any, ...] | None = None
-) -> dict[str, MultiDigitNumbers]:
-    """MNIST from ``cfg["data_dir"]`` turned into train / val / test multi-digit number sources.
-
-    Training digits: the first 50,000 MNIST training images; validation: the last 10,000; test: the
-    MNIST test set (smaller stand-in files keep the same 5:1 train/validation proportion).
-    ``raw``: the output of ``load_raw_dataset("mnist", ...)`` when already loaded.
-    """
-    if raw is None:
-        raw = load_raw_dataset("mnist", cfg.get("data_dir"))
-    tr_x, tr_y, te_x, te_y, info = raw
-    num_train = int(tr_x.shape[0])
-    num_val = 10_000 if num_train >= 20_000 else max(1, num_train // 6)
-    try:
-        return make_splits(
-            tr_x, tr_y, te_x, te_y, digits=cfg["digits"], seed=cfg["seed"], num_val=num_val
-        )
-    except ValueError as exc:
-        raise UserError(f"MNIST in {info.get('source')}: {exc}") from None
-
-
-class _TrainLoss(nn.Module):
-    """A method's training loss as ``forward`` (DistributedDataParallel hooks into ``forward``)."""
-
-    def __init__(self, method: nn.Module) -> None:
-        super().__init__()
-        self.method = method
-
-    def forward(
-        self, images: torch.Tensor, values: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return self.method.loss(images, values, generator=generator)
-
-
-def _float_outputs(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    return output.float()
-
-
-def loss_module(model: nn.Module, amp: Amp, device: torch.device) -> nn.Module:
-    """What a training step calls: ``(images, values, generator) -> loss``, under ``amp``.
-
-    Wrapped in DistributedDataParallel with several processes. With AMP the per-image nets
-    (:class:`DigitCNN`) run in half precision but hand float32 scores to the relaxations and losses
-    (a forward hook casts their outputs), so the sort, its logarithm and the loss stay float32.
-    """
-    return distributed.wrap_ddp(_train_module(model, amp), device)
-
-
-def _train_module(model: nn.Module, amp: Amp) -> nn.Module:
-    """:func:`loss_module` before the DDP wrapper (the training loop wraps it)."""
-    if amp.enabled:
-        for sub in model.modules():
-            if isinstance(sub, DigitCNN):
-                sub.register_forward_hook(_float_outputs)
-    return _TrainLoss(model)
-
-
-def _device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigitNumbers:
-    """``source`` with its digit pool on ``device`` (renders there: no per-step image copies).
-
-    The generator stays the original's (a CPU generator), so the drawn numbers do not change.
-    """
-    if device.type == "cpu":
-        return source
-    moved = copy.copy(source)
-    moved.images = source.images.to(device)
-    return moved
-
-
-def _init_weights(model: nn.Module, init_from: str, beside: pathlib.Path) -> None:
-    ckpt, _ = init_source(init_from, beside)
-    state = load_file(ckpt)
-    weights = state.get("model") if isinstance(state, dict) else None
-    try:
-        model.load_state_dict(weights if weights is not None else state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(
-            f"--init_from {init_from}: its weights do not fit this method ({first}); start from "
-            "a run of the same --method"
-        ) from None
-
-
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
-
-
-def train_and_test(
-    cfg: dict[str, Any],
-    task: Task,
-    *,
-    splits: dict[str, MultiDigitNumbers] | None = None,
-) -> dict[str, Any]:
-    """Train ``task`` as ``cfg`` says, then test the best-validation model; returns the metrics.
-
-    Args:
-        cfg: resolved configuration (see :data:`BASE_DEFAULTS` and the common run settings).
-        task: the experiment.
-        splits: train / val / test number sources; loaded from ``cfg["data_dir"]`` when None.
-    """
-    run, ctx, amp, raw = start_run(
-        cfg,
-        task.name,
-        check=validate_common,
-        load=lambda c: load_raw_dataset("mnist", c.get("data_dir")) if splits is None else None,
-    )
-    device, world = ctx.device, ctx.world_size
-    seed = int(cfg["seed"])
-    seed_everything(seed)
-    if splits is None:
-        splits = load_multidigit_splits(cfg, raw)
-    train_src = splits["train"]
-    # Re-seed the training stream from cfg so a resumed run rebuilds the same starting state
-    # (the same on every rank: each renders its own slice of the global batch).
-    train_src.generator.manual_seed(seed)
-    render_src = _device_source(train_src, device)
-    image_shape = (cfg["digits"] * train_src.digit_shape[0], train_src.digit_shape[1])
-    n = int(cfg["n"])
-    val_set = splits["val"].eval_set(cfg["val_sequences"], n, seed=cfg["eval_seed"])
-    test = test_set(splits["test"], cfg, n)
-
-    model = task.build(cfg, image_shape).to(device)
-    if cfg["init_from"] and not run.resumed:  # a resumed run restores its own weights
-        _init_weights(model, str(cfg["init_from"]), run.path.parent)
-    trainable = getattr(model, "trainable", True)
-    noise = torch.Generator(device=device)
-    noise.manual_seed(distributed.rank_seed(seed + 1))  # this rank's own stream
-    batch_size = int(cfg["batch_size"])
-    if ctx.is_main and world > 1:
-        print(
-            f"{task.name}: {world} processes x {batch_size} sequences = global batch "
-            f"{world * batch_size}; output {run.path}"
-        )
-    loop = MultiDigitTask(
-        model=model,
-        train_module=_train_module(model, amp) if trainable else None,
-        steps_per_epoch=int(cfg["steps_per_epoch"]),
-        select=f"val_{task.select}",
-        mode=task.mode,
-        optimizer=(
-            {"optimizer": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
-            if trainable
-            else None
-        ),
-        streams={"noise": noise},
-        fallback_seed=distributed.rank_seed(seed + 2),
-        plot_keys=task.plot_keys,
-        time_key=None,
-    )
-    loop.setup(run, cfg, task, train_src, render_src, val_set, test, noise, device)
-    return fit(loop, run, cfg, amp, device)

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..run import UserError, add_flag
+from ..config import UserError, add_flag
 from .plots import plot_accuracy_vs_k, plot_exact_vs_n, plot_ops_benchmark
 from .runs import CellRun, find_runs
 from .spec import BUDGETS, TABLES, TableSpec
