@@ -21,11 +21,11 @@ from typing import Any
 from torch import Tensor
 
 from .. import distributed
-from ..config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
+from ..config import UserError, add_common_args, add_flag, check_int, resolve_config
 from ..data import load_dataset, train_val_split
 from ..knn_eval import knn_accuracy
 from ..loop import start_run
-from ..recipe import AUGMENTS, OPTIMIZERS, SCHEDULES
+from ..recipe import RECIPE_DEFAULTS, add_recipe_flags
 from ..seeding import seed_everything
 from .methods import AutoEncoder, pca_project
 from .task import Report, train_net
@@ -44,12 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 100,
     "code_dim": 50,
     "model": None,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "lr_schedule": "constant",
-    "warmup_epochs": 0.0,
-    "augment": "auto",
+    **RECIPE_DEFAULTS,
     "val_size": None,
     "eval_batch": 1000,
     "num_test_queries": 1000,
@@ -81,12 +76,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_common_args(p)
     t = p.add_argument_group("training recipe (cnn, knn-ae)")
     add_flag(t, "--model", help="embedding net of the CNN (default as for dknn)")
-    add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help="default sgd")
-    add_flag(t, "--momentum", type=float)
-    add_flag(t, "--weight_decay", type=float)
-    add_flag(t, "--lr_schedule", choices=list(SCHEDULES))
-    add_flag(t, "--warmup_epochs", type=float)
-    add_flag(t, "--augment", choices=list(AUGMENTS))
+    add_recipe_flags(
+        t,
+        {
+            "optimizer": "default sgd",
+            "momentum": None,
+            "weight_decay": None,
+            "lr_schedule": None,
+            "warmup_epochs": None,
+            "augment": None,
+        },
+    )
     add_flag(t, "--val_size", type=int)
     add_flag(t, "--eval_batch", type=int)
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
@@ -112,22 +112,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _validate(cfg: dict[str, Any]) -> None:
+    """The baseline's own settings (the loop checks the common and recipe ones)."""
     if cfg["method"] not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {cfg['method']!r}")
     for key in ("k", "batch_size", "code_dim", "eval_batch", "num_test_queries"):
-        v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise UserError(f"--{key} must be a positive int, got {v!r}")
-    if not isinstance(cfg["num_epochs"], int) or cfg["num_epochs"] < 0:
-        raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
-    if cfg["amp"] not in AMP_MODES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
+        check_int(cfg, key)
     ls = cfg.get("label_smoothing", 0.0)
     if isinstance(ls, bool) or not isinstance(ls, int | float) or not 0.0 <= ls < 1.0:
         raise UserError(f"--label_smoothing must be in [0, 1), got {ls!r}")
-    t = cfg["threads"]
-    if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t <= 0):
-        raise UserError(f"--threads must be a positive int, got {t!r}")
 
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:

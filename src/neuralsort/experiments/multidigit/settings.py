@@ -8,12 +8,11 @@ on the shared loop is :mod:`.task`.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import AMP_MODES, UserError, add_common_args, add_flag
-from ..recipe import SCHEDULES
+from ..config import UserError, add_common_args, add_flag, check_int, check_number
+from ..recipe import add_recipe_flags
 
 __all__ = [
     "BASE_DEFAULTS",
@@ -62,20 +61,17 @@ def add_multidigit_args(
     add_flag(g, "--method", choices=list(methods), help=f"method (default {d['method']})")
     add_flag(g, "--tau", type=float, help=f"temperature of the relaxation (default {d['tau']})")
     add_flag(g, "--lr", type=float, help=f"Adam learning rate (default {d['lr']}, the paper's)")
-    add_flag(
+    add_recipe_flags(
         g,
-        "--lr_schedule",
-        choices=list(SCHEDULES),
-        help="learning-rate schedule over all steps (default constant, as the paper)",
+        {
+            "lr_schedule": "learning-rate schedule over all steps (default constant, as the paper)",
+            "warmup_epochs": {
+                "metavar": "E",
+                "help": "linear learning-rate warm-up over the first E epochs (default 0)",
+            },
+            "weight_decay": "Adam weight decay (default 0)",
+        },
     )
-    add_flag(
-        g,
-        "--warmup_epochs",
-        type=float,
-        metavar="E",
-        help="linear learning-rate warm-up over the first E epochs (default 0)",
-    )
-    add_flag(g, "--weight_decay", type=float, help="Adam weight decay (default 0)")
     add_flag(
         g,
         "--batch_size",
@@ -209,13 +205,6 @@ def _lengths(cfg: dict[str, Any], key: str) -> list[int]:
     return sorted(set(v))
 
 
-def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
-    v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UserError(f"--{key} must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
 def validate_task(cfg: dict[str, Any], methods: Sequence[str], paper_ns: str) -> int:
     """Check ``--n`` (an integer >= 2) and ``--method`` (one of ``methods``); return ``n``."""
     n = cfg["n"]
@@ -227,12 +216,12 @@ def validate_task(cfg: dict[str, Any], methods: Sequence[str], paper_ns: str) ->
 
 
 def validate_common(cfg: dict[str, Any]) -> None:
-    """Check the shared settings; :class:`UserError` naming the flag on a bad value."""
+    """Check the settings of both experiments (the loop checks the common and recipe ones too);
+    :class:`UserError` naming the flag on a bad value."""
     for key in ("batch_size", "num_samples", "regroup", "steps_per_epoch", "eval_batch_size"):
-        _positive_int(cfg, key)
+        check_int(cfg, key)
     for key in ("val_sequences", "test_sequences"):
-        _positive_int(cfg, key)
-    _positive_int(cfg, "num_epochs", 0)
+        check_int(cfg, key)
     cfg["regroup_ns"] = _lengths(cfg, "regroup_ns") or None
     cfg["eval_ns"] = _lengths(cfg, "eval_ns")
     if cfg["regroup_ns"]:
@@ -251,19 +240,4 @@ def validate_common(cfg: dict[str, Any]) -> None:
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
         raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
     for key in ("tau", "lr"):
-        v = cfg[key]
-        if not isinstance(v, int | float) or isinstance(v, bool) or not v > 0 or math.isinf(v):
-            raise UserError(f"--{key} must be a positive number, got {v!r}")
-    if not isinstance(cfg["weight_decay"], int | float) or cfg["weight_decay"] < 0:
-        raise UserError(f"--weight_decay must be >= 0, got {cfg['weight_decay']!r}")
-    if cfg["lr_schedule"] not in SCHEDULES:
-        raise UserError(
-            f"--lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg['lr_schedule']!r}"
-        )
-    w = cfg["warmup_epochs"]
-    if not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w < math.inf:
-        raise UserError(f"--warmup_epochs must be a number >= 0, got {w!r}")
-    if cfg["threads"] is not None:
-        _positive_int(cfg, "threads")
-    if cfg["amp"] not in AMP_MODES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
+        check_number(cfg, key)
