@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..config import UserError
-from ..embedding_nets import Classifier, create_model, default_model_for
+from ..embedding_nets import Classifier, model_for_data
 from ..knn_eval import embed, knn_accuracy
 from ..loop import EpochStats, Result, Task, fit
 from ..recipe import Amp, augment_batch, count_parameters, index_stream, resolve_augment
@@ -84,13 +84,7 @@ def train_net(
     aug_gen = gen if world == 1 else torch.Generator().manual_seed(distributed.rank_seed(seed))
     method = cfg["method"]
     if method == "cnn":
-        name = cfg["model"] or default_model_for(
-            info["name"], info["image_size"], info["in_channels"]
-        )
-        try:
-            net = create_model(name, info["in_channels"], image_size=info["image_size"])
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        name, net = model_for_data(cfg["model"], info)
         model: nn.Module = Classifier(net, info["num_classes"])
         augment = resolve_augment(cfg["augment"], info["in_channels"])
     else:

@@ -20,7 +20,7 @@ from neuralsort.knn import dknn_loss
 from .. import distributed
 from ..config import UserError
 from ..data import train_val_split
-from ..embedding_nets import create_model, default_model_for
+from ..embedding_nets import model_for_data
 from ..knn_eval import embed, knn_accuracy
 from ..loop import EpochStats, Result, Task, fit
 from ..recipe import (
@@ -120,13 +120,7 @@ def train_dknn(
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
 
-    model_name = cfg["model"] or default_model_for(
-        info["name"], info["image_size"], info["in_channels"]
-    )
-    try:
-        model = create_model(model_name, info["in_channels"], image_size=info["image_size"])
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    model_name, model = model_for_data(cfg["model"], info)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
     task = DknnTask(
