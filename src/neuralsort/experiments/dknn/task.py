@@ -1,4 +1,4 @@
-"""The training task of ``neuralsort dknn`` on the shared loop (see :mod:`.dknn` for the protocol).
+"""The training task of ``neuralsort dknn`` on the shared loop (the protocol: :mod:`.command`).
 
 Each step embeds this rank's ``num_train_queries`` queries and ``num_train_neighbors`` neighbours,
 slices of two shuffles of the training part, and minimises :func:`neuralsort.knn.dknn_loss` against
@@ -80,6 +80,8 @@ def train_dknn(
     info: dict[str, Any],
     stop_after: int | None = None,
 ) -> dict[str, Any] | None:
+    """Train the embedding on the images (split into training and validation parts), test the
+    best-validation net; returns the metrics (None when ``stop_after`` steps stopped it first)."""
     world, device = ctx.world_size, ctx.device
     seed = int(cfg["seed"])
     # `gen` draws the shuffles: the same on every rank, each rank then takes its own slice
