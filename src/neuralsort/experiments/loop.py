@@ -59,6 +59,10 @@ class Result:
 class Task:
     """What an experiment gives the loop; subclasses override the methods.
 
+    A subclass is a ``@dataclass(kw_only=True, eq=False)`` whose own fields hold the task's state
+    (its settings, data, generators), next to the loop's fields below; docs/experiments.md
+    ("Adding an experiment") has a short one.
+
     Attributes:
         model: the module saved under ``model`` in the checkpoints and evaluated.
         train_module: what a step calls (wrapped in DDP); ``model`` itself when None.
