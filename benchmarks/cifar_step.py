@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralsort.experiments.models import Classifier, create_model
+from neuralsort.experiments.embedding_nets import Classifier, create_model
 from neuralsort.knn import dknn_loss
 
 

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from neuralsort.experiments.data import load_dataset, train_val_split
+from neuralsort.experiments.embedding_nets import Classifier, create_model
 from neuralsort.experiments.knn_eval import embed, knn_accuracy
-from neuralsort.experiments.models import Classifier, create_model
-from neuralsort.experiments.training import augment_batch, make_optimizer, make_scheduler
+from neuralsort.experiments.recipe import augment_batch, make_optimizer, make_scheduler
 from neuralsort.knn import dknn_loss
 
 

@@ -55,8 +55,8 @@ EXPERIMENTS = ("dknn", "sort", "quantile")
 def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
     """The ``neuralsort dknn`` step on MNIST-sized random images held on the device."""
     from neuralsort.experiments import distributed
-    from neuralsort.experiments.dknn import _step_loss
-    from neuralsort.experiments.models import create_model
+    from neuralsort.experiments.dknn.task import step_loss
+    from neuralsort.experiments.embedding_nets import create_model
 
     device, world, rank = ctx.device, ctx.world_size, ctx.rank
     q, m = args.dknn_batch
@@ -78,7 +78,7 @@ def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
         qi, ni_all = qi.to(device), ni_all.to(device)
         ni = ni_all[rank * m : (rank + 1) * m]
         x = torch.cat([tr_x[qi], tr_x[ni]]).contiguous(memory_format=torch.channels_last)
-        loss = _step_loss(net, x, q, tr_y[qi], tr_y[ni_all], cfg, amp, noise)
+        loss = step_loss(net, x, q, tr_y[qi], tr_y[ni_all], cfg, amp, noise)
         opt.zero_grad(set_to_none=True)
         amp.backward_step(loss, opt)
         value = float(loss.detach())
@@ -92,16 +92,16 @@ def _dknn_step(args: argparse.Namespace, ctx: Any, amp: Any) -> tuple[Any, int]:
 def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) -> tuple[Any, int]:
     """The ``neuralsort sort`` / ``quantile`` step on a random digit pool held on the device."""
     from neuralsort.experiments.data.multidigit import MultiDigitNumbers
-    from neuralsort.experiments.multidigit_medians import build_median_method
-    from neuralsort.experiments.multidigit_sorters import build_sort_method
-    from neuralsort.experiments.multidigit_train import _device_source, loss_module
+    from neuralsort.experiments.multidigit.medians import build_median_method
+    from neuralsort.experiments.multidigit.sorters import build_sort_method
+    from neuralsort.experiments.multidigit.task import device_source, loss_module
 
     device, world, rank = ctx.device, ctx.world_size, ctx.rank
     n, digits = 5, 4
     g = torch.Generator().manual_seed(0)
     pool = torch.randint(0, 256, (2000, 28, 28), dtype=torch.uint8, generator=g)
     src = MultiDigitNumbers(pool, torch.arange(2000) % 10, digits=digits, seed=0)
-    dev_src = _device_source(src, device)
+    dev_src = device_source(src, device)
     shape = (28 * digits, 28)
     if kind == "sort":
         model = build_sort_method("deterministic", n=n, image_shape=shape, tau=1.0)
@@ -148,7 +148,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any], result_file:
 
     os.environ.update(distributed.local_launch_env(rank, world, port))
     torch.set_num_threads(spec["threads"])
-    from neuralsort.experiments.training import Amp
+    from neuralsort.experiments.recipe import Amp
 
     args = argparse.Namespace(**spec["args"])
     ctx = distributed.setup(spec["device"])

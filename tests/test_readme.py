@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_commands():
 
 def test_results_grids_match_the_run_folders():
     """Every number in the README's results comes from results/, as `report --readme` writes it."""
-    from neuralsort.experiments.tables.report import render_readme
+    from neuralsort.experiments.tables.readme import render_readme
 
     text, blocks = render_readme(README, ROOT, ROOT / "results")
     assert blocks == ["table1", "table2", "table3", "compute"]

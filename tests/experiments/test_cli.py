@@ -10,9 +10,10 @@ import shlex
 import pytest
 import torch
 
-from neuralsort.experiments import baseline, dknn
+from neuralsort.experiments.baseline import command as baseline
 from neuralsort.experiments.cli import build_parser, main
-from neuralsort.experiments.run import resolve_config
+from neuralsort.experiments.config import resolve_config
+from neuralsort.experiments.dknn import command as dknn
 from neuralsort.experiments.tables.grid import config_root
 
 # The report's commands (seed/000_0cf7df97f5b2e5de.txt) with the script names replaced.
@@ -122,8 +123,6 @@ BASELINE_CONFIGS = _shipped("baseline")
     "command, path", [("dknn", p) for p in CONFIGS] + [("baseline", p) for p in BASELINE_CONFIGS]
 )
 def test_shipped_configs_resolve(command, path):
-    from neuralsort.experiments import baseline
-
     module = dknn if command == "dknn" else baseline
     args = build_parser().parse_args([command, "--config", path, "--num_epochs", "1"])
     cfg = resolve_config(args, module.DEFAULTS)  # unknown keys would raise UserError

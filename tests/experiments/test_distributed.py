@@ -30,8 +30,9 @@ import yaml
 
 from neuralsort.experiments import distributed
 from neuralsort.experiments.cli import build_parser, main
-from neuralsort.experiments.run import Run, UserError, resolve_config
-from neuralsort.experiments.training import Amp, restore_generator
+from neuralsort.experiments.config import UserError, resolve_config
+from neuralsort.experiments.recipe import Amp, restore_generator
+from neuralsort.experiments.run_folder import Run
 
 SPAWN_TIMEOUT_S = 240.0
 
@@ -262,10 +263,10 @@ def test_resume_with_another_process_count_is_a_user_error(runs, tmp_path, capsy
 
 def _step_check(rank: int, out_dir: str) -> None:
     """On each rank: one DDP step on half the batch, one plain step on all of it; save diffs."""
-    from neuralsort.experiments.dknn import _step_loss
-    from neuralsort.experiments.models import create_model
-    from neuralsort.experiments.multidigit_sorters import build_sort_method
-    from neuralsort.experiments.multidigit_train import loss_module
+    from neuralsort.experiments.dknn.task import step_loss
+    from neuralsort.experiments.embedding_nets import create_model
+    from neuralsort.experiments.multidigit.sorters import build_sort_method
+    from neuralsort.experiments.multidigit.task import loss_module
     from neuralsort.knn import dknn_loss
 
     ctx = distributed.setup("cpu")
@@ -286,7 +287,7 @@ def _step_check(rank: int, out_dir: str) -> None:
     reference = create_model("digits-net", 1, image_size=(8, 8))
     net = distributed.wrap_ddp(model, ctx.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss = _step_loss(net, torch.cat([x[qi], x[ni]]), 3, y[qi], y[n_all], cfg, amp, None)
+    loss = step_loss(net, torch.cat([x[qi], x[ni]]), 3, y[qi], y[n_all], cfg, amp, None)
     amp.backward_step(loss, opt)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
     e = reference(torch.cat([x[q_all], x[n_all]]))

@@ -1,6 +1,6 @@
 """Checkpoints: atomic ``weights_only`` files, and the training state saved and restored by resume.
 
-Every training command saves and resumes through this module (see :mod:`.trainer`):
+Every training command saves and resumes through this module (see :mod:`.loop`):
 
 * :func:`save_file` / :func:`load_file`: ``last.pt`` and ``best.pt`` in a run folder, written
   atomically from the CPU (a checkpoint made on a GPU loads on a machine without one) and read with
@@ -120,7 +120,7 @@ def training_state(
     Args:
         model: saved as ``model`` (pass the module itself, not its DDP wrapper).
         optimizer, scheduler: saved as ``optimizer`` / ``scheduler`` (``{}`` when None).
-        amp: the :class:`~neuralsort.experiments.training.Amp` whose gradient scaler is saved.
+        amp: the :class:`~neuralsort.experiments.recipe.Amp` whose gradient scaler is saved.
         generator: a generator shared by all ranks, saved with the global ones under ``rng``.
         streams: this rank's private generators by name; every rank's are saved under
             ``ranks`` (a list in rank order).

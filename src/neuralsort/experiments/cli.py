@@ -2,9 +2,9 @@
 
 Registering an experiment is one line in :data:`COMMANDS`: a module exposing
 ``add_parser(subparsers)`` (adds its sub-parser(s), normally with
-:func:`neuralsort.experiments.run.add_common_args`) and ``main(args) -> int | None``.
+:func:`neuralsort.experiments.config.add_common_args`) and ``main(args) -> int | None``.
 
-A :class:`~neuralsort.experiments.run.UserError` raised by a command is printed as one line,
+A :class:`~neuralsort.experiments.config.UserError` raised by a command is printed as one line,
 ``neuralsort <command>: error: <message>``, and the process exits with status 2.
 """
 
@@ -18,16 +18,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .run import UserError
+from .config import UserError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # One module per experiment; each exposes add_parser(subparsers) and main(args).
 COMMANDS: list[str] = [
-    "neuralsort.experiments.dknn",
-    "neuralsort.experiments.baseline",
-    "neuralsort.experiments.sorting",
-    "neuralsort.experiments.quantile",
+    "neuralsort.experiments.dknn.command",
+    "neuralsort.experiments.baseline.command",
+    "neuralsort.experiments.multidigit.sort",
+    "neuralsort.experiments.multidigit.quantile",
     "neuralsort.experiments.tables.reproduce",
     "neuralsort.experiments.tables.report",
     "neuralsort.experiments.info",

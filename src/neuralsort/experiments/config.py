@@ -10,6 +10,7 @@ one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 from collections.abc import Iterable
@@ -26,6 +27,9 @@ __all__ = [
     "ALWAYS_CURRENT",
     "add_flag",
     "add_common_args",
+    "check_common",
+    "check_int",
+    "check_number",
     "load_yaml",
     "resolve_config",
     "resolve_device",
@@ -136,6 +140,36 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch CPU threads per process (default: torch's choice; torchrun sets 1)",
     )
+
+
+def check_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
+    """``cfg[key]``, an integer >= ``minimum`` (a bool is not one), else :class:`UserError`."""
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise UserError(f"--{key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def check_number(cfg: dict[str, Any], key: str, *, positive: bool = True) -> float:
+    """``cfg[key]``, a finite number > 0 (``positive=False``: >= 0), else :class:`UserError`."""
+    v = cfg[key]
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or not (v > 0 if positive else v >= 0):
+        what = "a positive number" if positive else "a number >= 0"
+        raise UserError(f"--{key} must be {what}, got {v!r}")
+    return float(v)
+
+
+def check_common(cfg: dict[str, Any]) -> None:
+    """Check the settings of :func:`add_common_args` that every training command shares:
+    ``--num_epochs`` (an integer >= 0), ``--steps_per_epoch`` and ``--threads`` (None or an
+    integer >= 1) and ``--amp``; :class:`UserError` naming the flag on a bad value."""
+    check_int(cfg, "num_epochs", 0)
+    for key in ("steps_per_epoch", "threads"):
+        if cfg[key] is not None:
+            check_int(cfg, key)
+    if cfg["amp"] not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
 
 
 def _packaged_config(path: str | os.PathLike) -> Any:

@@ -85,7 +85,8 @@ def is_distributed() -> bool:
 def rank() -> int:
     """This process's global rank: the process group's, else ``$RANK`` (when ``$WORLD_SIZE > 1``).
 
-    The same rule decides :attr:`neuralsort.experiments.run.Run.is_main` and the progress bars.
+    The same rule decides :attr:`neuralsort.experiments.run_folder.Run.is_main` and the progress
+    bars.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()

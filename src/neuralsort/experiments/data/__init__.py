@@ -7,7 +7,7 @@ Files are looked for in ``data_dir`` (the ``--data_dir`` flag) or else in ``$NEU
 ``./data``; in each, sub-folders named like the data set are tried first (``mnist/``,
 ``fashion-mnist/``, ``cifar-10-batches-py/``, torchvision's ``MNIST/raw/`` ...), then the folder
 itself. If the files are missing and torchvision is installed, it is asked to download them (this
-needs a network); otherwise a :class:`~neuralsort.experiments.run.UserError` says which files to
+needs a network); otherwise a :class:`~neuralsort.experiments.config.UserError` says which files to
 get and from where.
 """
 

@@ -164,7 +164,7 @@ def _decode_archive(path: pathlib.Path) -> Split:
     """Decode every image of the archive: RGB ``uint8`` tensors, classes in sorted order."""
     from PIL import Image
 
-    from ..training import progress
+    from ..recipe import progress
 
     members = _archive_members(path)
     classes = sorted(members["train"])

@@ -92,7 +92,7 @@ def _fingerprint(
 def _decode(files: list[pathlib.Path], mode: str, size: tuple[int, int], desc: str) -> torch.Tensor:
     from PIL import Image
 
-    from ..training import progress
+    from ..recipe import progress
 
     channels = 1 if mode == "L" else 3
     out = np.empty((len(files), size[1], size[0], channels), dtype=np.uint8)

@@ -26,7 +26,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..run import UserError
+from ..config import UserError
 from .spec import BUDGETS, TABLES, TableSpec
 
 __all__ = [

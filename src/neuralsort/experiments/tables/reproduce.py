@@ -31,7 +31,7 @@ import traceback
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes
-from ..run import UserError, add_flag
+from ..config import UserError, add_flag
 from .grid import RESERVED, Cell, build_argv, config_root, expand_table
 from .runs import cell_status, hardware_info
 from .spec import BUDGETS, TABLES, TableSpec

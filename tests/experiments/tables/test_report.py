@@ -15,7 +15,7 @@ from neuralsort.experiments.tables.report import write_report
 from neuralsort.experiments.tables.runs import cell_status
 from neuralsort.experiments.tables.spec import TABLES
 
-PAPER_MD = pathlib.Path(__file__).resolve().parents[3] / "shared" / "PAPER.md"
+PAPER_MD = pathlib.Path(__file__).resolve().parents[4] / "shared" / "PAPER.md"
 HW = {"summary": "CPU Test Xeon, 2 threads", "device": "cpu"}
 
 

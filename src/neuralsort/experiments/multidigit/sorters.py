@@ -1,5 +1,5 @@
 """The sorting methods of Table 1 (``SORT_METHODS``), with the interface described in
-:mod:`~neuralsort.experiments.multidigit_models`: NeuralSort (deterministic and stochastic) on
+:mod:`~neuralsort.experiments.multidigit.models`: NeuralSort (deterministic and stochastic) on
 per-image scores, Sinkhorn and Gumbel-Sinkhorn on an ``n x n`` matrix of per-image position logits,
 and ``vanilla`` (a dense net from the ``n`` image features to ``n x n`` logits, row softmax).
 """
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import neuralsort
 
-from .multidigit_models import (
+from .models import (
     DigitCNN,
     neuralsort_relax,
     regroup_lengths,

@@ -1,7 +1,7 @@
 """``neuralsort reproduce``: committed configs, flags, and cells run end to end on tiny data.
 
-The data set is the tiny synthetic MNIST of ``test_sorting_cli.py`` (60 training, 30 test 8x8
-images), reused through its ``mnist_dir`` fixture.
+The data set is the tiny synthetic MNIST of ``conftest.py`` (60 training, 30 test 8x8
+images), its ``mnist_dir`` fixture.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import sys
 import pytest
 import torch
 import yaml
-from test_sorting_cli import mnist_dir  # noqa: F401 - the shared tiny-MNIST fixture
 
 from neuralsort.experiments.cli import build_parser, main
-from neuralsort.experiments.run import UserError, resolve_config
+from neuralsort.experiments.config import UserError, resolve_config
 from neuralsort.experiments.tables.grid import all_cells, build_argv, config_root, expand_table
 from neuralsort.experiments.tables.spec import BUDGETS, TABLES
 
@@ -180,7 +179,7 @@ def test_build_argv_switches_and_unknown_settings():
 
 
 def test_smoke_cell_end_to_end_skips_when_done_and_resumes_when_interrupted(
-    mnist_dir,  # noqa: F811
+    mnist_dir,
     tmp_path,
     restore_threads,
 ):

@@ -1,4 +1,4 @@
-"""The training task of ``neuralsort dknn`` on the shared loop (see :mod:`.dknn` for the protocol).
+"""The training task of ``neuralsort dknn`` on the shared loop (the protocol: :mod:`.command`).
 
 Each step embeds this rank's ``num_train_queries`` queries and ``num_train_neighbors`` neighbours,
 slices of two shuffles of the training part, and minimises :func:`neuralsort.knn.dknn_loss` against
@@ -17,23 +17,23 @@ from torch import nn
 
 from neuralsort.knn import dknn_loss
 
-from . import distributed
-from .config import UserError
-from .data import train_val_split
-from .knn_eval import embed, knn_accuracy
-from .models import create_model, default_model_for
-from .run import Run
-from .seeding import seed_everything
-from .trainer import EpochStats, Result, Task, fit
-from .training import (
+from .. import distributed
+from ..config import UserError
+from ..data import train_val_split
+from ..embedding_nets import model_for_data
+from ..knn_eval import embed, knn_accuracy
+from ..loop import EpochStats, Result, Task, fit
+from ..recipe import (
     Amp,
     augment_batch,
     count_parameters,
     index_stream,
     resolve_augment,
 )
+from ..run_folder import Run
+from ..seeding import seed_everything
 
-__all__ = ["train_dknn", "step_loss"]
+__all__ = ["DknnTask", "train_dknn", "step_loss"]
 
 
 def step_loss(
@@ -80,6 +80,8 @@ def train_dknn(
     info: dict[str, Any],
     stop_after: int | None = None,
 ) -> dict[str, Any] | None:
+    """Train the embedding on the images (split into training and validation parts), test the
+    best-validation net; returns the metrics (None when ``stop_after`` steps stopped it first)."""
     world, device = ctx.world_size, ctx.device
     seed = int(cfg["seed"])
     # `gen` draws the shuffles: the same on every rank, each rank then takes its own slice
@@ -120,16 +122,10 @@ def train_dknn(
     if cfg["steps_per_epoch"]:
         steps = min(steps, int(cfg["steps_per_epoch"]))
 
-    model_name = cfg["model"] or default_model_for(
-        info["name"], info["image_size"], info["in_channels"]
-    )
-    try:
-        model = create_model(model_name, info["in_channels"], image_size=info["image_size"])
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    model_name, model = model_for_data(cfg["model"], info)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
-    task = _DknnTask(
+    task = DknnTask(
         model=model,
         steps_per_epoch=steps,
         select="val_acc",
@@ -143,8 +139,16 @@ def train_dknn(
         checkpoint_minutes=float(cfg["checkpoint_minutes"]),
         plot_keys=["train_topk_correct", "val_acc"],
         plot_file="accuracy.png",
+        run=run,
+        cfg=cfg,
+        info=info,
+        data=data,
+        model_name=model_name,
+        aug_gen=aug_gen,
+        noise_gen=noise_gen,
+        fmt=fmt,
+        device=device,
     )
-    task.setup(run, cfg, info, data, model_name, aug_gen, noise_gen, fmt, device)
     procs = f" x {world} processes (global batch {big_q}+{big_m})" if world > 1 else ""
     precision = f", amp {amp.mode}" if amp.enabled else ""
     if ctx.is_main:
@@ -179,25 +183,32 @@ class _Data:
     te_y: torch.Tensor
 
 
-class _DknnTask(Task):
-    """The kNN loss over queries and neighbours drawn from two shuffles of the training part."""
+@dataclass(kw_only=True, eq=False)
+class DknnTask(Task):
+    """The kNN loss over queries and neighbours drawn from two shuffles of the training part.
 
-    def setup(
-        self,
-        run: Run,
-        cfg: dict[str, Any],
-        info: dict[str, Any],
-        data: _Data,
-        model_name: str,
-        aug_gen: torch.Generator,
-        noise_gen: torch.Generator,
-        fmt: torch.memory_format,
-        device: torch.device,
-    ) -> None:
-        self.run, self.cfg, self.info, self.data = run, cfg, info, data
-        self.model_name, self.aug_gen, self.noise_gen = model_name, aug_gen, noise_gen
-        self.fmt, self.device = fmt, device
-        self.augment = resolve_augment(cfg["augment"], info["in_channels"])
+    Attributes:
+        run, cfg: the run folder and its resolved settings.
+        info: the data set's description (name, classes, image size).
+        data: the training, validation and test images and labels.
+        model_name: the embedding net's name (saved in the checkpoints).
+        aug_gen: the augmentation's generator; ``noise_gen`` the Plackett-Luce noise's.
+        fmt: the memory format of the training batches.
+        device: the training device.
+    """
+
+    run: Run
+    cfg: dict[str, Any]
+    info: dict[str, Any]
+    data: _Data
+    model_name: str
+    aug_gen: torch.Generator
+    noise_gen: torch.Generator
+    fmt: torch.memory_format
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.augment = resolve_augment(self.cfg["augment"], self.info["in_channels"])
         self.world = distributed.world_size() if distributed.is_distributed() else 1
         self.rank = distributed.rank() if self.world > 1 else 0
         self.perm_q = self.perm_n = self.src_q = self.src_n = None
@@ -324,7 +335,6 @@ class _DknnTask(Task):
             "amp": cfg["amp"],
             "history": result.history,
         }
-        run.write_metrics(metrics)
         run.log({"event": "done", "test_acc": test_acc, "pixel_knn_test_acc": pixel_acc})
         parts = [
             f"{info['name']} test accuracy: dKNN ({cfg['method']}, k={k}) {100 * test_acc:.2f}%"

@@ -19,17 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
-from .data.multidigit import MultiDigitEvalSet
-from .multidigit_sorters import SORT_METHODS, build_sort_method
-from .multidigit_train import (
-    BASE_DEFAULTS,
-    Task,
-    add_multidigit_args,
-    train_and_test,
-    validate_task,
-)
-from .run import resolve_config
+from .. import distributed
+from ..config import resolve_config
+from ..data.multidigit import MultiDigitEvalSet
+from .settings import BASE_DEFAULTS, add_multidigit_args, validate_task
+from .sorters import SORT_METHODS, build_sort_method
+from .task import Experiment, train_and_test
 
 __all__ = [
     "DEFAULTS",
@@ -118,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort sort`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
     n = validate_task(cfg, SORT_METHODS, ", ".join(map(str, PAPER_NS)))
-    task = Task(
+    experiment = Experiment(
         name=f"sort-{cfg['method']}-n{n}",
         build=_build,
         evaluate=evaluate_sort,
@@ -126,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         mode="max",
         plot_keys=["val_exact", "val_elementwise"],
     )
-    metrics = train_and_test(cfg, task)
+    metrics = train_and_test(cfg, experiment)
     if distributed.is_main():
         print(
             f"test exact {metrics['test_exact']:.4f}  "

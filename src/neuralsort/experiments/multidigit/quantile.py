@@ -20,18 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
-from .data.multidigit import MultiDigitEvalSet
-from .multidigit_medians import MEDIAN_METHODS, build_median_method
-from .multidigit_models import true_median
-from .multidigit_train import (
-    BASE_DEFAULTS,
-    Task,
-    add_multidigit_args,
-    train_and_test,
-    validate_task,
-)
-from .run import resolve_config
+from .. import distributed
+from ..config import resolve_config
+from ..data.multidigit import MultiDigitEvalSet
+from .medians import MEDIAN_METHODS, build_median_method
+from .models import true_median
+from .settings import BASE_DEFAULTS, add_multidigit_args, validate_task
+from .task import Experiment, train_and_test
 
 __all__ = [
     "DEFAULTS",
@@ -120,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort quantile`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
     n = validate_task(cfg, MEDIAN_METHODS, ", ".join(map(str, PAPER_NS)))
-    task = Task(
+    experiment = Experiment(
         name=f"quantile-{cfg['method']}-n{n}",
         build=_build,
         evaluate=evaluate_median,
@@ -128,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
         mode="min",
         plot_keys=["val_mse"],
     )
-    metrics = train_and_test(cfg, task)
+    metrics = train_and_test(cfg, experiment)
     if distributed.is_main():
         print(
             f"test mse {metrics['test_mse']:.4g} (x1e-4)  r2_corr {metrics['test_r2_corr']:.3f}  "

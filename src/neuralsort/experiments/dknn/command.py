@@ -21,24 +21,18 @@ its number of images (``N`` times fewer steps). Validation and test run on rank 
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import textwrap
 from typing import Any
 
-from . import distributed
-from .config import AMP_MODES, UserError, add_common_args, add_flag, resolve_config
-from .data import DATASETS, VAL_SIZES, load_dataset
-from .dknn_task import step_loss as _step_loss  # noqa: F401 - tests and benchmarks use it
-from .dknn_task import train_dknn
-from .models import MODELS, default_model_for
-from .run import Run
-from .trainer import start_run
-from .training import (
-    AUGMENTS,
-    OPTIMIZERS,
-    SCHEDULES,
-)
+from .. import distributed
+from ..config import UserError, add_common_args, add_flag, check_int, check_number, resolve_config
+from ..data import DATASETS, VAL_SIZES, load_dataset
+from ..embedding_nets import MODELS, default_model_for
+from ..loop import start_run
+from ..recipe import RECIPE_DEFAULTS, add_recipe_flags
+from ..run_folder import Run
+from .task import train_dknn
 
 __all__ = [
     "DEFAULTS",
@@ -63,12 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "num_test_queries": 1000,
     "num_samples": 5,
     "model": None,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "lr_schedule": "constant",
-    "warmup_epochs": 0.0,
-    "augment": "auto",
+    **RECIPE_DEFAULTS,
     "val_size": None,
     "train_subset": None,
     "eval_every": 1,
@@ -211,16 +200,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"embedding net: {', '.join(MODELS)} (default: mnist-convnet for mnist and small "
         "grayscale image folders, digits-net for digits, else resnet18)",
     )
-    add_flag(t, "--optimizer", choices=list(OPTIMIZERS), help=_default_text("optimizer"))
-    add_flag(t, "--momentum", type=float, help=f"SGD momentum ({_default_text('momentum')})")
-    add_flag(t, "--weight_decay", type=float, help=_default_text("weight_decay"))
-    add_flag(t, "--lr_schedule", choices=list(SCHEDULES), help=_default_text("lr_schedule"))
-    add_flag(t, "--warmup_epochs", type=float, help="linear learning-rate warm-up (default 0)")
-    add_flag(
+    add_recipe_flags(
         t,
-        "--augment",
-        choices=list(AUGMENTS),
-        help="training augmentation (default auto: flipcrop for colour images, none otherwise)",
+        {
+            "optimizer": _default_text("optimizer"),
+            "momentum": f"SGD momentum ({_default_text('momentum')})",
+            "weight_decay": _default_text("weight_decay"),
+            "lr_schedule": _default_text("lr_schedule"),
+            "warmup_epochs": "linear learning-rate warm-up (default 0)",
+            "augment": "training augmentation (default auto: flipcrop for colour images, none "
+            "otherwise)",
+        },
     )
     add_flag(t, "--val_size", type=int, help=_val_size_text())
     add_flag(
@@ -260,23 +250,13 @@ def _slug(dataset: str) -> str:
 
 
 def _validate(cfg: dict[str, Any], world: int = 1) -> None:
-    def positive(key: str, kind: type = int) -> None:
-        v = cfg[key]
-        if not isinstance(v, kind) or isinstance(v, bool) or v <= 0:
-            raise UserError(f"--{key} must be a positive {kind.__name__}, got {v!r}")
-
+    """The experiment's own settings (the loop checks the common and recipe ones)."""
     for key in ("k", "num_train_queries", "num_train_neighbors", "num_test_queries"):
-        positive(key)
+        check_int(cfg, key)
     for key in ("num_samples", "eval_every", "eval_batch"):
-        positive(key)
+        check_int(cfg, key)
     for key in ("tau", "checkpoint_minutes"):
-        if isinstance(cfg[key], int) and not isinstance(cfg[key], bool):
-            cfg[key] = float(cfg[key])
-        positive(key, float)
-    if not isinstance(cfg["num_epochs"], int) or cfg["num_epochs"] < 0:
-        raise UserError(f"--num_epochs must be an int >= 0, got {cfg['num_epochs']!r}")
-    if cfg["steps_per_epoch"] is not None:
-        positive("steps_per_epoch")
+        cfg[key] = check_number(cfg, key)  # a float: the run's name reads the same either way
     if cfg["k"] > cfg["num_train_neighbors"] * world:
         per = f" x {world} processes" if world > 1 else ""
         raise UserError(
@@ -285,12 +265,6 @@ def _validate(cfg: dict[str, Any], world: int = 1) -> None:
         )
     if cfg["method"] not in ("deterministic", "stochastic"):
         raise UserError(f"--method must be deterministic or stochastic, got {cfg['method']!r}")
-    if not math.isfinite(float(cfg["nloglr"])):
-        raise UserError(f"--nloglr must be a finite number, got {cfg['nloglr']!r}")
-    if cfg["amp"] not in AMP_MODES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg['amp']!r}")
-    if cfg["threads"] is not None:
-        positive("threads")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -307,14 +281,12 @@ def run_dknn(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """Run the experiment described by a resolved config; returns the metrics (None if stopped)."""
     # a one-shot control (tests simulate a kill with it): never saved, never resumed
     stop_after = cfg.pop("stop_after_steps", None)
-    _validate(cfg, max(1, distributed.world_size()))  # before the name reads the settings
-    name = (
-        f"dknn-{_slug(cfg['dataset'])}-{cfg['method']}-k{cfg['k']}"
-        f"-t{cfg['tau']:g}-lr{float(cfg['nloglr']):g}"
-    )
     run, ctx, amp, data = start_run(
         cfg,
-        name,
+        lambda c: (  # once the settings are checked
+            f"dknn-{_slug(c['dataset'])}-{c['method']}-k{c['k']}"
+            f"-t{c['tau']:g}-lr{float(c['nloglr']):g}"
+        ),
         check=lambda c: _validate(c, max(1, distributed.world_size())),
         load=lambda c: load_dataset(c["dataset"], c["data_dir"]),
     )

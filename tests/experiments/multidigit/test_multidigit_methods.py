@@ -5,17 +5,17 @@ import math
 import pytest
 import torch
 
-from neuralsort.experiments.multidigit_medians import MEDIAN_METHODS, build_median_method
-from neuralsort.experiments.multidigit_models import (
+from neuralsort.experiments.multidigit.medians import MEDIAN_METHODS, build_median_method
+from neuralsort.experiments.multidigit.models import (
     DigitCNN,
     regroup_lengths,
     regroup_sequences,
     sorting_permutation,
     true_median,
 )
-from neuralsort.experiments.multidigit_sorters import SORT_METHODS, build_sort_method
-from neuralsort.experiments.quantile import median_metrics
-from neuralsort.experiments.sorting import sort_correct, sort_metrics
+from neuralsort.experiments.multidigit.quantile import median_metrics
+from neuralsort.experiments.multidigit.sort import sort_correct, sort_metrics
+from neuralsort.experiments.multidigit.sorters import SORT_METHODS, build_sort_method
 
 SHAPE = (16, 8)  # small stand-in for the 112 x 28 four-digit images
 

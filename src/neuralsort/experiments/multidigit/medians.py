@@ -1,5 +1,5 @@
 """The median-regression methods of Table 2 (``MEDIAN_METHODS``), with the interface described in
-:mod:`~neuralsort.experiments.multidigit_models`: a relaxed median selector (NeuralSort,
+:mod:`~neuralsort.experiments.multidigit.models`: a relaxed median selector (NeuralSort,
 Sinkhorn, Gumbel-Sinkhorn) weighting per-image value regressions, a dense ``vanilla`` regressor,
 and ``constant`` (the mean training median).
 """
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import neuralsort
 
-from .multidigit_models import (
+from .models import (
     DigitCNN,
     neuralsort_relax,
     regroup_lengths,

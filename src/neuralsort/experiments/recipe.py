@@ -1,4 +1,5 @@
-"""Small training pieces shared by the experiments: optimizers, schedules, augmentation, AMP."""
+"""The training recipe's pieces shared by the experiments: optimiser, learning-rate schedule,
+augmentation, mixed precision (AMP), progress bars, and the recipe's defaults, flags and checks."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from torch import Tensor, nn
 
 from . import distributed
 from .checkpoint import restore_generator
-from .config import AMP_MODES, UserError
+from .config import AMP_MODES, UserError, add_flag, check_number
 
 __all__ = [
+    "RECIPE_DEFAULTS",
+    "add_recipe_flags",
+    "check_recipe",
     "OPTIMIZERS",
     "SCHEDULES",
     "AUGMENTS",
@@ -36,6 +40,60 @@ T = TypeVar("T")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 AUGMENTS = ("auto", "none", "shift", "flipcrop")
+
+
+# The paper's training recipe of the kNN experiments (dknn and the baselines' networks): SGD with
+# momentum 0.9 and L2 weight decay 5e-4 at a constant learning rate (``nloglr``, 10^-3 by default),
+# no warm-up, augmentation by the images' kind. A command splices it into its DEFAULTS.
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0.0,
+    "augment": "auto",
+}
+
+# How each recipe flag parses its value (the help is the command's: it states the command's
+# defaults)
+_RECIPE_FLAGS: dict[str, dict[str, Any]] = {
+    "optimizer": {"choices": list(OPTIMIZERS)},
+    "momentum": {"type": float},
+    "weight_decay": {"type": float},
+    "lr_schedule": {"choices": list(SCHEDULES)},
+    "warmup_epochs": {"type": float},
+    "augment": {"choices": list(AUGMENTS)},
+}
+
+
+def add_recipe_flags(group: Any, helps: dict[str, str | dict[str, Any] | None]) -> None:
+    """Add the recipe flags named in ``helps`` to ``group``, in that order.
+
+    Each value is the flag's help (None: none), or a dict of further :func:`add_flag` arguments
+    (``help``, ``metavar``).
+    """
+    for key, extra in helps.items():
+        if key not in _RECIPE_FLAGS:
+            raise ValueError(f"add_recipe_flags: unknown recipe flag {key!r}")
+        kwargs = dict(extra) if isinstance(extra, dict) else {"help": extra}
+        add_flag(group, f"--{key}", **_RECIPE_FLAGS[key], **kwargs)
+
+
+def check_recipe(cfg: dict[str, Any]) -> None:
+    """Check the recipe settings ``cfg`` holds (see :data:`RECIPE_DEFAULTS`, and ``nloglr``);
+    :class:`UserError` naming the flag on a bad value."""
+    choices = {"optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "augment": AUGMENTS}
+    for key, names in choices.items():
+        if key in cfg and cfg[key] not in names:
+            raise UserError(f"unknown --{key} {cfg[key]!r}; choose one of {', '.join(names)}")
+    for key in ("momentum", "weight_decay", "warmup_epochs"):
+        if key in cfg:
+            check_number(cfg, key, positive=False)
+    nloglr = cfg.get("nloglr")
+    if nloglr is not None and not (
+        isinstance(nloglr, int | float) and not isinstance(nloglr, bool) and math.isfinite(nloglr)
+    ):
+        raise UserError(f"--nloglr must be a finite number, got {nloglr!r}")
 
 
 def make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:

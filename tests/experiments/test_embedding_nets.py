@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralsort.experiments.models import (
+from neuralsort.experiments.embedding_nets import (
     Classifier,
     MnistConvNet,
     PatchWhitening,

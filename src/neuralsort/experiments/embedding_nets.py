@@ -20,10 +20,13 @@ Every model maps ``(B, C, H, W)`` images to ``(B, embedding_dim)`` and exposes `
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .config import UserError
 
 __all__ = [
     "MODELS",
@@ -37,6 +40,7 @@ __all__ = [
     "Classifier",
     "create_model",
     "default_model_for",
+    "model_for_data",
 ]
 
 
@@ -303,3 +307,15 @@ def default_model_for(
     if name.startswith("imagefolder") and in_channels == 1 and max(image_size) <= SMALL_GRAYSCALE:
         return "mnist-convnet"
     return "resnet18"
+
+
+def model_for_data(name: str | None, info: dict[str, Any]) -> tuple[str, nn.Module]:
+    """The embedding net ``name`` (None: :func:`default_model_for` the data set) for the images
+    ``info`` describes (``name``, ``image_size``, ``in_channels``), and its name; a bad name is a
+    :class:`~neuralsort.experiments.config.UserError`."""
+    size, channels = info["image_size"], info["in_channels"]
+    name = name or default_model_for(info["name"], size, channels)
+    try:
+        return name, create_model(name, channels, image_size=size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

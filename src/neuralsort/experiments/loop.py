@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint, distributed
-from .config import UserError
-from .run import Run
-from .training import Amp, make_optimizer, make_scheduler, progress
+from .config import UserError, check_common
+from .recipe import Amp, check_recipe, make_optimizer, make_scheduler, progress
+from .run_folder import Run
 
 __all__ = ["Task", "EpochStats", "Result", "start_run", "fit"]
 
@@ -58,6 +58,10 @@ class Result:
 @dataclass
 class Task:
     """What an experiment gives the loop; subclasses override the methods.
+
+    A subclass is a ``@dataclass(kw_only=True, eq=False)`` whose own fields hold the task's state
+    (its settings, data, generators), next to the loop's fields below; docs/experiments.md
+    ("Adding an experiment") has a short one.
 
     Attributes:
         model: the module saved under ``model`` in the checkpoints and evaluated.
@@ -129,31 +133,44 @@ class Task:
         """Restore :meth:`state`."""
 
     def finish(self, result: Result) -> dict[str, Any]:
-        """Rank 0, best weights loaded: test, write metrics.json, print; return the metrics."""
+        """Rank 0, best weights loaded: test and print; return the metrics, which :func:`fit`
+        writes to metrics.json."""
         raise NotImplementedError
 
 
 def start_run(
     cfg: dict[str, Any],
-    name: str,
+    name: str | Callable[[dict[str, Any]], str],
     *,
     check: Callable[[dict[str, Any]], None],
     load: Callable[[dict[str, Any]], Any],
 ) -> tuple[Run, distributed.Context, Amp, Any]:
     """The start every training command shares; returns the run, the context, AMP and the data.
 
-    ``check(cfg)`` validates the settings (raising UserError), before anything starts and again
-    once ``--resume`` has brought back a run's saved settings. Then the process group is joined
-    (under torchrun), ``--amp`` is checked on the device, the run folder is opened, the thread
-    count set and ``load(cfg)`` reads the data; a folder this start created is removed again if
-    that fails with a UserError (missing data leaves no empty run behind).
+    The settings are checked (UserError on a bad one) before anything starts and again once
+    ``--resume`` has brought back a run's saved settings: the common ones
+    (:func:`~neuralsort.experiments.config.check_common`), the recipe's
+    (:func:`~neuralsort.experiments.recipe.check_recipe`), then the experiment's own with
+    ``check(cfg)``. ``name`` (the run folder's prefix) may be a function of the checked settings.
+    Then the process group is joined (under torchrun), ``--amp`` is checked on the device, the run
+    folder is opened, the thread count set and ``load(cfg)`` reads the data; a folder this start
+    created is removed again if that fails with a UserError (missing data leaves no empty run
+    behind).
     """
-    check(cfg)
+
+    def check_all(cfg: dict[str, Any]) -> None:
+        check_common(cfg)
+        check_recipe(cfg)
+        check(cfg)
+
+    check_all(cfg)
+    if callable(name):
+        name = name(cfg)
     ctx = distributed.setup(cfg["device"])  # joins the process group under torchrun
     Amp(cfg["amp"], ctx.device)  # fail on an unsupported --amp before opening a run folder
     run = Run.start(cfg, name=name)  # on --resume this restores the saved settings into cfg
     try:
-        check(cfg)
+        check_all(cfg)
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         amp = Amp(cfg["amp"], ctx.device)
@@ -336,6 +353,7 @@ def fit(
         elapsed = before + time.time() - t_start
         result = Result(history, best, best_epoch, steps, train_seconds, elapsed)
         metrics = task.finish(result)
+        run.write_metrics(metrics)
         run.plot_history(history, task.plot_keys, task.plot_file)
     distributed.barrier()
     return distributed.broadcast_object(metrics)

@@ -1,4 +1,4 @@
-"""Tests of the shared run machinery (neuralsort.experiments.run)."""
+"""Tests of the shared run machinery (neuralsort.experiments.run_folder)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ import pytest
 import torch
 import yaml
 
-from neuralsort.experiments.run import (
-    Run,
+from neuralsort.experiments.config import (
     UserError,
     add_common_args,
     add_flag,
     resolve_config,
     resolve_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
 )
+from neuralsort.experiments.run_folder import Run
+from neuralsort.experiments.seeding import rng_state, seed_everything, set_rng_state
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,7 +154,7 @@ def test_plot_has_a_readable_title_and_legend():
     import matplotlib
 
     matplotlib.use("Agg")
-    from neuralsort.experiments.run import history_figure, plot_title
+    from neuralsort.experiments.run_folder import history_figure, plot_title
 
     cfg = {"dataset": "imagefolder:/some/machine/path/pets", "method": "deterministic", "k": 5}
     cfg["tau"], cfg["out"] = 1.0, "/some/machine/path/run"

@@ -161,7 +161,7 @@ def test_mnist_format_run(tmp_path):
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == "mnist-convnet"
 
 
-SHARED_MNIST = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_MNIST = pathlib.Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 @pytest.mark.skipif(
@@ -251,7 +251,7 @@ def test_imagefolder_picks_net_and_recipe_from_images(
 
 
 def test_paper_data_sets_keep_paper_defaults():
-    from neuralsort.experiments.dknn import DEFAULTS, dataset_defaults
+    from neuralsort.experiments.dknn.command import DEFAULTS, dataset_defaults
 
     assert dataset_defaults("mnist") == {} and dataset_defaults("cifar10") == {}
     assert DEFAULTS["optimizer"] == "sgd" and DEFAULTS["num_epochs"] == 200

@@ -1,6 +1,7 @@
-"""A run folder (config.yaml, log.jsonl, checkpoints, metrics) and the names experiments import.
+"""A run folder: config.yaml, log.jsonl, checkpoints, metrics.json and the per-epoch plot.
 
-An experiment module uses it like this::
+An experiment uses it like this (the shared loop, :func:`neuralsort.experiments.loop.start_run`,
+opens it for every training command)::
 
     def add_parser(subparsers):
         p = subparsers.add_parser("myexp", help="...")
@@ -15,8 +16,7 @@ An experiment module uses it like this::
         run.write_metrics({...})
 
 The flag and config helpers live in :mod:`.config`, seeding in :mod:`.seeding`, checkpoint files in
-:mod:`.checkpoint`, progress bars in :mod:`.training`; they are re-exported here, where the
-experiments and tests have always imported them from.
+:mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -35,40 +35,9 @@ import torch
 
 from . import checkpoint, distributed
 from .checkpoint import atomic_write_bytes
-from .config import (
-    ALWAYS_CURRENT,
-    AMP_MODES,
-    COMMON_DEFAULTS,
-    KEY_ALIASES,
-    Config,
-    UserError,
-    add_common_args,
-    add_flag,
-    resolve_config,
-    resolve_device,
-)
-from .seeding import rng_state, seed_everything, set_rng_state
-from .training import progress
+from .config import ALWAYS_CURRENT, KEY_ALIASES, UserError
 
-__all__ = [
-    "UserError",
-    "Config",
-    "COMMON_DEFAULTS",
-    "AMP_MODES",
-    "add_flag",
-    "add_common_args",
-    "resolve_config",
-    "seed_everything",
-    "resolve_device",
-    "rng_state",
-    "set_rng_state",
-    "progress",
-    "Run",
-]
-
-# older private names, kept for code written against them
-_atomic_write_bytes = atomic_write_bytes
-_to_cpu = checkpoint.to_cpu
+__all__ = ["Run", "PLOT_LABELS", "plot_title", "history_figure"]
 
 
 def _git_commit() -> str | None:

@@ -1,7 +1,7 @@
 """The multi-digit MNIST experiments' shared pieces (the paper's Tables 1 and 2): the per-image
 net, the targets and the regrouping of a batch's scores; the methods are in
-:mod:`~neuralsort.experiments.multidigit_sorters` and
-:mod:`~neuralsort.experiments.multidigit_medians`.
+:mod:`~neuralsort.experiments.multidigit.sorters` and
+:mod:`~neuralsort.experiments.multidigit.medians`.
 
 Every method is an ``nn.Module`` with the same small interface, so the training loop does not care
 which one it runs:

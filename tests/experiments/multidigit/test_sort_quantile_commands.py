@@ -1,17 +1,16 @@
 """End-to-end runs of `neuralsort sort` and `neuralsort quantile` on tiny synthetic MNIST."""
 
-import gzip
 import json
-import struct
 
 import pytest
 import torch
 import yaml
 
-from neuralsort.experiments import quantile, sorting
 from neuralsort.experiments.cli import build_parser, main
-from neuralsort.experiments.multidigit_train import validate_common
-from neuralsort.experiments.run import resolve_config
+from neuralsort.experiments.config import resolve_config
+from neuralsort.experiments.multidigit import quantile
+from neuralsort.experiments.multidigit import sort as sorting
+from neuralsort.experiments.multidigit.settings import validate_common
 
 COMMANDS = {"sort": sorting, "quantile": quantile}
 
@@ -21,30 +20,6 @@ TINY = [
     "--val_sequences", "6", "--test_sequences", "8", "--eval_batch_size", "4",
     "--num_samples", "2", "--lr", "1e-3", "--device", "cpu",
 ]  # fmt: skip
-
-
-def write_idx(path, array: torch.Tensor) -> None:
-    """Write a uint8 tensor as a gzipped IDX file (magic 2051 for images, 2049 for labels)."""
-    a = array.to(torch.uint8).contiguous()
-    header = struct.pack(">I", 0x0800 | a.dim()) + struct.pack(">" + "I" * a.dim(), *a.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + bytes(a.flatten().tolist()))
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    """60 training and 30 test 8x8 'digit' images: digit d is a bar at row d plus noise."""
-    root = tmp_path_factory.mktemp("data")
-    folder = root / "mnist"
-    folder.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for stem, num in (("train", 60), ("t10k", 30)):
-        labels = torch.arange(num) % 10
-        images = torch.randint(0, 60, (num, 8, 8), generator=g)
-        images[torch.arange(num), (labels * 8) // 10, :] = 255
-        write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 def run_cli(command, mnist_dir, out, *extra) -> int:

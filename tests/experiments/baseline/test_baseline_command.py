@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralsort.experiments.baseline import pca_project
+from neuralsort.experiments.baseline.command import pca_project
 from neuralsort.experiments.cli import main
-from neuralsort.experiments.models import Classifier, create_model
+from neuralsort.experiments.embedding_nets import Classifier, create_model
 
 
 @pytest.mark.parametrize("method", ["knn", "knn-pca", "knn-ae", "cnn"])
@@ -104,7 +104,7 @@ def test_cnn_label_smoothing_and_test_flip(tmp_path, capsys):
 
 
 def test_test_flip_sums_mirrored_logits():
-    from neuralsort.experiments.baseline import _BaselineTask
+    from neuralsort.experiments.baseline.task import BaselineTask
 
     class Net(torch.nn.Module):
         """Logits ``[L^2, R]`` from the sums ``L`` and ``R`` of the left and right halves."""
@@ -122,9 +122,11 @@ def test_test_flip_sums_mirrored_logits():
     x[0, 0, 0] = torch.tensor([1.0, 0.9])
     # alone: [1, 0.9] says class 0; its mirror [0.81, 1] says 1; their sum [1.81, 1.9] says 1
     y = torch.tensor([0])
-    task = _BaselineTask(model=Net(), steps_per_epoch=1, select="val_acc")
     cfg = {"method": "cnn", "eval_batch": 10, "test_flip": False}
-    task.setup(cfg, (x, y, x, y, x, y), {}, None, "none", None, 1, 1, "net", None)
+    task = BaselineTask(
+        model=Net(), steps_per_epoch=1, select="val_acc", cfg=cfg, data=(x, y, x, y, x, y),
+        info={}, aug_gen=None, augment="none", fmt=None, bs=1, world=1, name="net", report=None,
+    )  # fmt: skip
     assert task._accuracy(x, y) == 1.0
     cfg["test_flip"] = True
     assert task._accuracy(x, y) == 0.0

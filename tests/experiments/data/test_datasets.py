@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from neuralsort.experiments.cli import main as cli_main
+from neuralsort.experiments.config import UserError
 from neuralsort.experiments.data import load_dataset, load_raw_dataset, train_val_split
 from neuralsort.experiments.data.mnist import read_idx
-from neuralsort.experiments.run import UserError
 
 RNG = np.random.default_rng(0)
 

@@ -1,0 +1,2 @@
+"""``neuralsort dknn`` (Table 3): the command and its flags in :mod:`.command`, the training task in
+:mod:`.task`."""
