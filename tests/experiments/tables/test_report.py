@@ -306,3 +306,25 @@ def test_one_model_every_n_block(tmp_path):
     fake_run(empty, 2, "cpu", "n5-deterministic", metrics={"test_mse": 40.0})
     write_report(empty, tables=[2])
     assert "One model, every n" not in (empty / "table2.md").read_text()
+
+
+def test_attempts_killed_before_recording_time_count_by_the_runs_own_clock(tmp_path):
+    root = tmp_path / "results"
+    metrics = {"test_acc": 0.89, "wall_time_s": 7200.0}  # every attempt, to its last checkpoint
+    path = fake_run(root, 3, "cpu", "cifar10-cnn", metrics=metrics)
+    rec = {
+        "attempts": [  # a session ended under the first two: no time recorded for them
+            {"status": "running", "hardware": {**HW, "torch_threads": 1}},
+            {"status": "running", "resumed": True, "hardware": {**HW, "torch_threads": 1}},
+            {"status": "done", "wall_s": 1800.0, "hardware": {**HW, "torch_threads": 1}},
+        ],
+    }
+    (path / "reproduce.json").write_text(json.dumps(rec))
+    write_report(root, tables=[3])
+    row = next(
+        line for line in (root / "table3.md").read_text().splitlines()
+        if line.startswith("| cifar10-cnn |")
+    )  # fmt: skip
+    assert "| 120.0 min |" in row
+    rows = {r["cell"]: r for r in read_csv(root / "table3.csv")}
+    assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 7200.0

@@ -194,6 +194,13 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
             cpu = [a for a in timed if _threads(a)]
             cpu_s = sum(a["wall_s"] * _threads(a) for a in cpu) if cpu else None
             gpu_s = sum(a["wall_s"] for a in timed if not _threads(a)) or None
+        own = metrics.get("wall_time_s")
+        if len(timed) < len(attempts) and isinstance(own, int | float) and own > (wall or 0):
+            # attempts stopped before they could record their time (a killed session): the
+            # run's own clock, every attempt up to its last checkpoint, counts more of it
+            threads = _threads(attempts[-1])
+            wall = own
+            cpu_s, gpu_s = (own * threads, None) if threads else (None, own)
     return CellRun(
         table=spec.number,
         budget=budget,
