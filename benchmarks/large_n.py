@@ -159,10 +159,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--dense_max", type=int, default=1 << 25, help="largest B n^2 for dense")
     ap.add_argument("--no_memory", action="store_true")
     ap.add_argument("--out", default="results/ops/large_n")
+    ap.add_argument("--methods", nargs="+", default=None, help="only these cases")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     methods = ["exact", "floor", "default", "tol=1e-6", "tol=1e-6 torch", "dense"]
     methods += ["torchsort"] if have_torchsort() else []
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(methods))
+        if unknown:
+            ap.error(f"--methods: unknown or unavailable {unknown}; choose from {methods}")
+        methods = [m for m in methods if m in args.methods]
     rows = []
     for size in args.sizes:
         b, n = (int(v) for v in size.split("x"))

@@ -79,3 +79,14 @@ def test_large_n_benchmark_runs_at_the_smallest_size(tmp_path):
     assert {"exact", "tol=1e-6", "dense"} <= methods
     assert all(r["median_ms"] > 0 and r["peak_rss_MiB"] >= 0 for r in rows)
     assert (tmp_path / "large_n_cpu-1threads.csv").exists()
+
+
+def test_large_n_benchmark_runs_only_the_chosen_cases(tmp_path):
+    main = load("large_n").main
+    rows = main(
+        ["--sizes", "1x64", "--repeats", "1", "--no_memory", "--methods", "default", "tol=1e-6",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == ["default", "tol=1e-6"]
+    with pytest.raises(SystemExit):
+        main(["--sizes", "1x64", "--methods", "tol=1e-7", "--out", str(tmp_path)])
