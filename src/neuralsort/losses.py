@@ -60,6 +60,7 @@ from ._checks import (
     values_readable,
 )
 from ._dispatch import reduced_rows
+from ._rows import ascending_order
 from .ops import (
     sample_gumbel,
     soft_rank,
@@ -112,9 +113,12 @@ def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
     at the last real position).
     """
     t = t.detach()
-    t = t.double() if t.device.type != "mps" else t.float()
+    if t.dtype not in (torch.float32, torch.float64):  # exactly: half floats fit in float32
+        exact = torch.float32 if t.is_floating_point() or t.device.type == "mps" else torch.float64
+        t = t.to(exact)
     padded = torch.where(mask, t, torch.full_like(t, float("inf")))
-    ordered, order = torch.sort(padded, dim=-1)
+    order = ascending_order(padded)
+    ordered = padded.gather(-1, order)
     n = t.shape[-1]
     pos = torch.arange(n, device=t.device).expand_as(order)
     starts = torch.ones_like(mask)
@@ -124,7 +128,8 @@ def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
     first = torch.where(starts, pos, 0).cummax(dim=-1).values
     last = torch.where(ends, pos, n).flip(-1).cummin(dim=-1).values.flip(-1)
     last = torch.minimum(last, mask.sum(dim=-1, keepdim=True) - 1)
-    sorted_ranks = (first + last).to(t.dtype) / 2 + 1
+    sorted_ranks = (first + last).to(torch.float32 if t.device.type == "mps" else torch.float64)
+    sorted_ranks = sorted_ranks / 2 + 1
     ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
     return torch.where(mask, ranks, torch.zeros_like(ranks))
 
