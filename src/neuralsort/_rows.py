@@ -39,9 +39,10 @@ def ascending_order(x: Tensor) -> Tensor:
     ties, so every backend must break them alike. On the CPU numpy sorts short rows several
     times faster than ``torch.sort``; float32 rows are sorted as unique 64-bit keys (the
     order-preserving bits of the value, then the index), which needs no stable algorithm.
-    torch.compile cannot trace those numpy bit operations, so compiled code sorts stably.
+    torch.compile cannot trace those numpy bit operations, and tensors seen through a
+    :mod:`torch.func` transform have no numpy view, so there it sorts stably with torch.
     """
-    if is_compiling():
+    if is_compiling() or is_transformed(x):
         return sort_order(x.detach(), descending=False)
     if x.device.type == "cpu" and x.dtype == torch.float32:
         bits = (x.detach().numpy() + np.float32(0.0)).view(np.uint32)  # (-0.0 + 0.0 = +0.0)
