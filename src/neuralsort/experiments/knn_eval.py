@@ -107,6 +107,28 @@ def knn_accuracy(
     return (pred.cpu() == query_labels.cpu()).double().mean().item()
 
 
+def accuracy_by_k(
+    pairs: dict[str, tuple[Tensor, Tensor]],
+    keys: Tensor,
+    key_labels: Tensor,
+    ks: list[int],
+    *,
+    num_classes: int | None = None,
+    query_chunk: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """``{"<split>_acc_by_k": {"<k>": accuracy}}`` for each split's ``(queries, labels)`` in
+    ``pairs`` against the same keys: one embedding, every k."""
+    return {
+        f"{split}_acc_by_k": {
+            str(k): knn_accuracy(
+                q, y, keys, key_labels, k, num_classes=num_classes, query_chunk=query_chunk
+            )
+            for k in ks
+        }
+        for split, (q, y) in pairs.items()
+    }
+
+
 @torch.no_grad()
 def embed(
     model: nn.Module,

@@ -130,3 +130,28 @@ def test_test_flip_sums_mirrored_logits():
     assert task._accuracy(x, y) == 1.0
     cfg["test_flip"] = True
     assert task._accuracy(x, y) == 0.0
+
+
+@pytest.mark.parametrize("method", ["knn-pca", "knn-ae"])
+def test_eval_ks_tests_every_k_from_the_same_codes(tmp_path, method):
+    common = ["baseline", "--dataset", "digits", "--method", method, "--num_epochs", "1",
+              "--steps_per_epoch", "3"]  # fmt: skip
+    out = tmp_path / "many"
+    assert main([*common, "--k", "3", "--eval_ks", "1", "3", "5", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["test_acc_by_k"]) == set(m["val_acc_by_k"]) == {"1", "3", "5"}
+    assert m["test_acc_by_k"]["3"] == m["test_acc"] and m["val_acc_by_k"]["3"] == m["val_acc"]
+    if method == "knn-pca":  # nothing trained: a run at k = 5 alone gives the same number
+        single = tmp_path / "k5"
+        assert main([*common, "--k", "5", "--out", str(single)]) == 0
+        assert json.loads((single / "metrics.json").read_text())["test_acc"] == (
+            m["test_acc_by_k"]["5"]
+        )
+
+
+def test_eval_ks_is_checked(tmp_path, capsys):
+    base = ["baseline", "--dataset", "digits", "--out", str(tmp_path / "x")]
+    assert main([*base, "--method", "knn", "--eval_ks", "0"]) == 2
+    assert "--eval_ks must be integers >= 1" in capsys.readouterr().err
+    assert main([*base, "--method", "cnn", "--eval_ks", "3"]) == 2
+    assert "not cnn" in capsys.readouterr().err

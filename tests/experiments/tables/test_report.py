@@ -328,3 +328,17 @@ def test_attempts_killed_before_recording_time_count_by_the_runs_own_clock(tmp_p
     assert "| 120.0 min |" in row
     rows = {r["cell"]: r for r in read_csv(root / "table3.csv")}
     assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 7200.0
+
+
+def test_accuracy_vs_k_plot_takes_every_k_of_one_run(tmp_path):
+    from neuralsort.experiments.tables.plots import plot_accuracy_vs_k
+    from neuralsort.experiments.tables.runs import find_runs
+
+    root = tmp_path / "results"
+    by_k = {"1": 0.96, "3": 0.97, "5": 0.975}
+    metrics = {"test_acc": 0.97, "k": 9, "test_acc_by_k": by_k}
+    fake_run(root, 3, "cpu", "mnist-knn-ae", metrics=metrics)
+    runs = find_runs(root, 3)
+    target = tmp_path / "k.png"
+    assert plot_accuracy_vs_k(runs, target) is None  # written: four values of k from one run
+    assert target.read_bytes()[:4] == b"\x89PNG"

@@ -176,6 +176,11 @@ def test_build_argv_switches_and_unknown_settings():
         build_argv("dknn", {"nloglr_typo": 3}, out="o")
     with pytest.raises(UserError, match="true or false"):
         build_argv("dknn", {"pixel_knn": "yes"}, out="o")
+    # a flag that takes several values gets a list; one that takes one does not
+    argv = build_argv("baseline", {"method": "knn-ae", "eval_ks": [1, 3]}, out="o")
+    assert argv[:5] == ["baseline", "--method", "knn-ae", "--eval_ks", "1"] and argv[5] == "3"
+    with pytest.raises(UserError, match="single value"):
+        build_argv("baseline", {"k": [1, 3]}, out="o")
 
 
 def test_smoke_cell_end_to_end_skips_when_done_and_resumes_when_interrupted(

@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import distributed
 from ..config import UserError, add_common_args, add_flag, check_int, resolve_config
 from ..data import load_dataset, train_val_split
-from ..knn_eval import knn_accuracy
+from ..knn_eval import accuracy_by_k, knn_accuracy
 from ..loop import start_run
 from ..recipe import RECIPE_DEFAULTS, add_recipe_flags
 from ..seeding import seed_everything
@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "mnist",
     "method": "cnn",
     "k": 9,
+    "eval_ks": [],
     "tau": None,
     "nloglr": 3.0,
     "num_epochs": 20,
@@ -69,6 +70,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(g, "--dataset", help="as for dknn (default mnist)")
     add_flag(g, "--method", choices=list(METHODS), help="default cnn (the original script's)")
     add_flag(g, "--k", type=int, help="neighbours for the kNN methods (default 9)")
+    add_flag(
+        g,
+        "--eval_ks",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="kNN methods: also test at these k, from the same codes (metrics test_acc_by_k)",
+    )
     add_flag(g, "--nloglr", type=float, help="learning rate = 10^-nloglr (default 3)")
     add_flag(g, "--tau", type=float, help="accepted, as by the original run_dknn.py; unused")
     add_flag(g, "--batch_size", type=int, help="training batch (default 100)")
@@ -117,6 +126,13 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {cfg['method']!r}")
     for key in ("k", "batch_size", "code_dim", "eval_batch", "num_test_queries"):
         check_int(cfg, key)
+    ks = cfg.get("eval_ks") or []
+    if not isinstance(ks, list) or not all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks
+    ):
+        raise UserError(f"--eval_ks must be integers >= 1, got {ks!r}")
+    if ks and cfg["method"] == "cnn":
+        raise UserError("--eval_ks applies to the kNN methods (knn, knn-pca, knn-ae), not cnn")
     ls = cfg.get("label_smoothing", 0.0)
     if isinstance(ls, bool) or not isinstance(ls, int | float) or not 0.0 <= ls < 1.0:
         raise UserError(f"--label_smoothing must be in [0, 1), got {ls!r}")
@@ -149,6 +165,12 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
             knn_accuracy(te, test_y, tr, tr_y, k, num_classes=c, query_chunk=chunk),
         )
 
+    def by_k(tr: Tensor, va: Tensor, te: Tensor) -> dict[str, Any]:
+        if not cfg["eval_ks"]:
+            return {}
+        pairs = {"val": (va, va_y), "test": (te, test_y)}
+        return accuracy_by_k(pairs, tr, tr_y, cfg["eval_ks"], num_classes=c, query_chunk=chunk)
+
     method = cfg["method"]
     report = Report(run, cfg, info, str(device), ctx.world_size)
     if method in ("cnn", "knn-ae"):
@@ -156,13 +178,14 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     metrics = None
     if ctx.is_main:  # nothing to train: rank 0 computes, the others wait
         if method == "knn":
-            val_acc, test_acc = knn_pair(tr_x.flatten(1), va_x.flatten(1), te_x.flatten(1))
+            codes = (tr_x.flatten(1), va_x.flatten(1), te_x.flatten(1))
         else:
             ptr, (pva, pte) = pca_project(
                 tr_x.flatten(1), [va_x.flatten(1), te_x.flatten(1)], cfg["code_dim"]
             )
-            val_acc, test_acc = knn_pair(ptr, pva, pte)
-        metrics = report(val_acc, test_acc, [], time.time() - t0, {})
+            codes = (ptr, pva, pte)
+        val_acc, test_acc = knn_pair(*codes)
+        metrics = report(val_acc, test_acc, [], time.time() - t0, by_k(*codes))
         run.write_metrics(metrics)
     distributed.barrier()
     return distributed.broadcast_object(metrics)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import distributed
 from ..config import UserError
 from ..embedding_nets import Classifier, model_for_data
-from ..knn_eval import embed, knn_accuracy
+from ..knn_eval import accuracy_by_k, embed, knn_accuracy
 from ..loop import EpochStats, Result, Task, fit
 from ..recipe import Amp, augment_batch, count_parameters, index_stream, resolve_augment
 from ..run_folder import Run
@@ -232,4 +232,20 @@ class BaselineTask(Task):
             val_acc = result.best
         else:
             val_acc = self._accuracy(self.va_x, self.va_y)
-        return self.report(val_acc, test_acc, result.history, result.elapsed, {"model": self.name})
+        extra: dict[str, Any] = {"model": self.name}
+        if not self.cnn and self.cfg.get("eval_ks"):  # every k from the same codes
+            pairs = {
+                "val": (self._embed(self.va_x), self.va_y),
+                "test": (self._embed(self.te_x), self.te_y),
+            }
+            extra.update(
+                accuracy_by_k(
+                    pairs,
+                    self._embed(self.tr_x),
+                    self.tr_y,
+                    self.cfg["eval_ks"],
+                    num_classes=self.info["num_classes"],
+                    query_chunk=self.cfg["num_test_queries"],
+                )
+            )
+        return self.report(val_acc, test_acc, result.history, result.elapsed, extra)

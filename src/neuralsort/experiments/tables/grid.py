@@ -242,6 +242,10 @@ def build_argv(
                 raise UserError(f"setting {key!r} must be true or false, got {value!r}")
             if value:
                 argv.append(flag)
+        elif isinstance(value, list) and action.nargs in ("+", "*") and value:
+            if not all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in value):
+                raise UserError(f"setting {key!r} needs a list of values, got {value!r}")
+            argv += [flag, *(str(v) for v in value)]
         elif isinstance(value, bool | list | dict):
             raise UserError(f"setting {key!r} needs a single value, got {value!r}")
         else:

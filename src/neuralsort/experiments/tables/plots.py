@@ -31,7 +31,10 @@ def plot_accuracy_vs_k(runs: list[CellRun], target: pathlib.Path) -> str | None:
         acc = run.value("test_acc")
         if acc is None or run.k is None or run.row == "cnn":
             continue
-        series.setdefault((run.column, run.row, run.budget), {})[run.k] = acc
+        pts = series.setdefault((run.column, run.row, run.budget), {})
+        pts[run.k] = acc
+        for k, a in (run.metrics.get("test_acc_by_k") or {}).items():  # one run, several k
+            pts.setdefault(int(k), float(a))
     series = {key: pts for key, pts in series.items() if len(pts) >= 2}
     if not series:
         return "no row of Table 3 has finished runs at two or more values of k"
