@@ -10,6 +10,8 @@ nearest member is closest.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -127,6 +129,29 @@ def accuracy_by_k(
         }
         for split, (q, y) in pairs.items()
     }
+
+
+def knn_split_metrics(
+    pairs: dict[str, tuple[Tensor, Tensor]],
+    keys: Tensor,
+    key_labels: Tensor,
+    k: int,
+    eval_ks: list[int],
+    *,
+    num_classes: int | None = None,
+    query_chunk: int = 1024,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each split's kNN accuracy at ``k`` (``{"val": ..., "test": ...}``) and, with ``eval_ks``,
+    :func:`accuracy_by_k` restricted to those k; every k classified once, from the same codes."""
+    ks = sorted({k, *eval_ks})
+    by_k = accuracy_by_k(
+        pairs, keys, key_labels, ks, num_classes=num_classes, query_chunk=query_chunk
+    )
+    at_k = {split: by_k[f"{split}_acc_by_k"][str(k)] for split in pairs}
+    extra = {
+        name: {str(j): accs[str(j)] for j in eval_ks} for name, accs in by_k.items()
+    } if eval_ks else {}  # fmt: skip
+    return at_k, extra
 
 
 @torch.no_grad()

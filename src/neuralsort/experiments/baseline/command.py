@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import distributed
 from ..config import UserError, add_common_args, add_flag, check_int, resolve_config
 from ..data import load_dataset, train_val_split
-from ..knn_eval import accuracy_by_k, knn_accuracy
+from ..knn_eval import knn_split_metrics
 from ..loop import start_run
 from ..recipe import RECIPE_DEFAULTS, add_recipe_flags
 from ..seeding import seed_everything
@@ -159,17 +159,12 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     k, c = cfg["k"], info["num_classes"]
     chunk = cfg["num_test_queries"]
 
-    def knn_pair(tr: Tensor, va: Tensor, te: Tensor) -> tuple[float, float]:
-        return (
-            knn_accuracy(va, va_y, tr, tr_y, k, num_classes=c, query_chunk=chunk),
-            knn_accuracy(te, test_y, tr, tr_y, k, num_classes=c, query_chunk=chunk),
-        )
-
-    def by_k(tr: Tensor, va: Tensor, te: Tensor) -> dict[str, Any]:
-        if not cfg["eval_ks"]:
-            return {}
+    def knn_metrics(tr: Tensor, va: Tensor, te: Tensor) -> tuple[float, float, dict[str, Any]]:
         pairs = {"val": (va, va_y), "test": (te, test_y)}
-        return accuracy_by_k(pairs, tr, tr_y, cfg["eval_ks"], num_classes=c, query_chunk=chunk)
+        at_k, extra = knn_split_metrics(
+            pairs, tr, tr_y, k, cfg["eval_ks"], num_classes=c, query_chunk=chunk
+        )
+        return at_k["val"], at_k["test"], extra
 
     method = cfg["method"]
     report = Report(run, cfg, info, str(device), ctx.world_size)
@@ -184,8 +179,8 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
                 tr_x.flatten(1), [va_x.flatten(1), te_x.flatten(1)], cfg["code_dim"]
             )
             codes = (ptr, pva, pte)
-        val_acc, test_acc = knn_pair(*codes)
-        metrics = report(val_acc, test_acc, [], time.time() - t0, by_k(*codes))
+        val_acc, test_acc, extra = knn_metrics(*codes)
+        metrics = report(val_acc, test_acc, [], time.time() - t0, extra)
         run.write_metrics(metrics)
     distributed.barrier()
     return distributed.broadcast_object(metrics)

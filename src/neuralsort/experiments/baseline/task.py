@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import distributed
 from ..config import UserError
 from ..embedding_nets import Classifier, model_for_data
-from ..knn_eval import accuracy_by_k, embed, knn_accuracy
+from ..knn_eval import embed, knn_accuracy, knn_split_metrics
 from ..loop import EpochStats, Result, Task, fit
 from ..recipe import Amp, augment_batch, count_parameters, index_stream, resolve_augment
 from ..run_folder import Run
@@ -227,25 +227,26 @@ class BaselineTask(Task):
         )
 
     def finish(self, result: Result) -> dict[str, Any]:
-        test_acc = self._accuracy(self.te_x, self.te_y)
-        if self.cnn and result.best is not None:
-            val_acc = result.best
-        else:
-            val_acc = self._accuracy(self.va_x, self.va_y)
         extra: dict[str, Any] = {"model": self.name}
-        if not self.cnn and self.cfg.get("eval_ks"):  # every k from the same codes
+        if self.cnn:
+            test_acc = self._accuracy(self.te_x, self.te_y)
+            val_acc = result.best
+            if val_acc is None:
+                val_acc = self._accuracy(self.va_x, self.va_y)
+        else:  # each split embedded once, then every k from the same codes
             pairs = {
                 "val": (self._embed(self.va_x), self.va_y),
                 "test": (self._embed(self.te_x), self.te_y),
             }
-            extra.update(
-                accuracy_by_k(
-                    pairs,
-                    self._embed(self.tr_x),
-                    self.tr_y,
-                    self.cfg["eval_ks"],
-                    num_classes=self.info["num_classes"],
-                    query_chunk=self.cfg["num_test_queries"],
-                )
+            at_k, by_k = knn_split_metrics(
+                pairs,
+                self._embed(self.tr_x),
+                self.tr_y,
+                self.cfg["k"],
+                self.cfg.get("eval_ks") or [],
+                num_classes=self.info["num_classes"],
+                query_chunk=self.cfg["num_test_queries"],
             )
+            val_acc, test_acc = at_k["val"], at_k["test"]
+            extra.update(by_k)
         return self.report(val_acc, test_acc, result.history, result.elapsed, extra)
