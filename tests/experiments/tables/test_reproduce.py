@@ -16,7 +16,13 @@ import yaml
 
 from neuralsort.experiments.cli import build_parser, main
 from neuralsort.experiments.config import UserError, resolve_config
-from neuralsort.experiments.tables.grid import all_cells, build_argv, config_root, expand_table
+from neuralsort.experiments.tables.grid import (
+    all_cells,
+    budgets_of,
+    build_argv,
+    config_root,
+    expand_table,
+)
 from neuralsort.experiments.tables.spec import BUDGETS, TABLES
 
 
@@ -41,8 +47,19 @@ def test_grids_and_recipes_ship_in_the_package():
     assert len(names) <= 30
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
-@pytest.mark.parametrize("budget", BUDGETS)
+def test_every_table_has_the_budgets_but_quality_is_table_1s():
+    assert [budgets_of(TABLES[t]) for t in sorted(TABLES)] == [
+        list(BUDGETS),
+        [b for b in BUDGETS if b != "quality"],
+        [b for b in BUDGETS if b != "quality"],
+    ]
+    with pytest.raises(UserError, match="no budget 'quality'"):
+        expand_table(TABLES[3], "quality")
+
+
+@pytest.mark.parametrize(
+    ("table", "budget"), [(t, b) for t in sorted(TABLES) for b in budgets_of(TABLES[t])]
+)
 def test_every_cell_resolves_through_its_command_parser(table, budget):
     spec = TABLES[table]
     cells = expand_table(spec, budget)
@@ -51,6 +68,8 @@ def test_every_cell_resolves_through_its_command_parser(table, budget):
     expected = set(spec.cells())
     if table == 3 and budget == "cpu":  # no CIFAR-100 at the cpu budget
         expected = {c for c in expected if not c.startswith("cifar100-")}
+    if budget == "quality":  # the NeuralSort rows only
+        expected = {c for c in expected if c.endswith(("-deterministic", "-stochastic"))}
     assert {c.name for c in cells if not c.sweep} == expected
     parser = build_parser()
     for cell in cells:
@@ -94,6 +113,12 @@ def test_the_recipes_each_budget_uses():
     paper = cells[3, "paper"]["cifar10-dknn-stochastic-k3"].settings
     assert paper["nloglr"] == 4.0 and "tau" not in paper and paper["k"] == 3
     assert cells[1, "paper"]["n5-deterministic"].settings == {"method": "deterministic", "n": 5}
+    # Table 1 at the quality budget: one n = 5 scorer, run first, warm-starts every other cell
+    quality = all_cells()[1, "quality"]
+    assert quality[0].name == "n5-deterministic" and "init_from" not in quality[0].settings
+    assert quality[0].settings["num_epochs"] * quality[0].settings["steps_per_epoch"] == 48_000
+    assert {c.settings["init_from"] for c in quality[1:]} == {"n5-deterministic"}
+    assert len(quality) == 10
     # Fashion-MNIST uses the MNIST column's recipes at the cpu budget, dataset apart
     for row in ("dknn-deterministic", "cnn", "knn-ae"):
         mnist = dict(cells[3, "cpu"][f"mnist-{row}"].settings, dataset=None)
@@ -142,11 +167,35 @@ def test_grid_rules_apply_in_order_and_the_cell_identity_wins(tmp_path):
         ([{"rows": ["sinkorn"]}], "unknown name"),
         ([{"recipe": "r/missing.yaml"}], "not found"),
         ([{"sett": {"lr": 1}}], "a rule is a mapping"),
+        ([{"skip": "yes"}], "skip must be true or false"),
     ],
 )
 def test_grid_mistakes_are_user_errors(tmp_path, budget, message):
     write_grid(tmp_path, {**GRID, "budgets": {"smoke": budget}})
     with pytest.raises(UserError, match=message):
+        expand_table(TABLES[1], "smoke", tmp_path)
+
+
+def test_skip_rules_leave_cells_out_and_warm_starts_run_after_their_source(tmp_path):
+    budgets = {
+        "smoke": [
+            {"rows": ["vanilla", "sinkhorn", "gumbel-sinkhorn"], "skip": True},
+            {"columns": ["n3", "n7", "n9"], "skip": True},
+            {
+                "cells": ["n5-stochastic", "n15-deterministic"],
+                "set": {"init_from": "n15-stochastic"},
+            },
+            {"cells": ["n15-stochastic"], "set": {"init_from": "n5-deterministic"}},
+        ]
+    }
+    write_grid(tmp_path, {**GRID, "budgets": budgets})
+    names = [c.name for c in expand_table(TABLES[1], "smoke", tmp_path)]
+    assert names == ["n5-deterministic", "n15-stochastic", "n5-stochastic", "n15-deterministic"]
+    budgets["smoke"].append({"cells": ["n5-deterministic"], "set": {"init_from": "n5-stochastic"}})
+    (tmp_path / "tables" / "table1.yaml").write_text(
+        yaml.safe_dump({**GRID, "budgets": budgets}, sort_keys=False)
+    )
+    with pytest.raises(UserError, match="form a cycle"):
         expand_table(TABLES[1], "smoke", tmp_path)
 
 
@@ -263,7 +312,7 @@ def test_dry_run_of_everything_lists_every_cell(tmp_path, capsys):
     assert main(["reproduce", "--dry_run", "--sweep", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out.splitlines()
     headers = [line for line in out if line.startswith("# table")]
-    assert len(headers) == len(TABLES) * len(BUDGETS)
+    assert len(headers) == sum(len(budgets_of(TABLES[t])) for t in TABLES)
     assert len(out) - len(headers) == sum(len(c) for c in all_cells().values())
     assert main(["reproduce", "--table", "1"]) == 2  # a real run needs both
 

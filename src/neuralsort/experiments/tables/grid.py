@@ -9,7 +9,9 @@ order, every matching rule (its recipe, then its ``set``), then its row's and it
 settings, which always win; a sweep cell ``{column}-{row}-k{K}`` then sets ``k``. Settings hold
 only what differs from the command's defaults and become its flags (``k: 9`` -> ``--k 9``), so
 the precedence stays ``COMMON_DEFAULTS < DEFAULTS < settings < --set``. ``skip`` leaves columns out
-of a budget; ``sweep`` lists per budget the rows and columns rerun at each ``k`` of ``sweep.k``.
+of a budget, and a rule with ``skip: true`` the cells it picks; ``sweep`` lists per budget the
+rows and columns rerun at each ``k`` of ``sweep.k``. A cell whose ``init_from`` names another cell
+of its budget (a warm start) comes after that cell.
 
 The grids and recipes ship in the package (``neuralsort/experiments/configs/``, read with
 :mod:`importlib.resources`); ``--configs DIR`` points at another folder of the same layout.
@@ -33,6 +35,7 @@ __all__ = [
     "RUNNABLE_COMMANDS",
     "Cell",
     "all_cells",
+    "budgets_of",
     "build_argv",
     "config_root",
     "expand_table",
@@ -43,7 +46,7 @@ RUNNABLE_COMMANDS = ("dknn", "baseline", "sort", "quantile")
 # Settings no grid may fix: reproduce decides them (or the user, at run time).
 RESERVED = {"out", "resume", "config", "data_dir"}
 _GRID_KEYS = {"command", "rows", "columns", "budgets", "skip", "sweep"}
-_RULE_KEYS = {"rows", "columns", "cells", "recipe", "set"}
+_RULE_KEYS = {"rows", "columns", "cells", "recipe", "set", "skip"}
 
 Root = Any  # a pathlib.Path or an importlib.resources Traversable
 
@@ -105,18 +108,23 @@ def _names(value: Any, known: dict[str, Any] | list[str], where: str) -> list[st
 
 def _rule_settings(
     root: Root, source: str, rules: list[Any], row: str, col: str, cell: str
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The settings of the rules that pick ``cell``, or None if one of them skips it."""
     settings: dict[str, Any] = {}
     for i, rule in enumerate(rules):
         where = f"{source}, rule {i + 1}"
         if not isinstance(rule, dict) or set(rule) - _RULE_KEYS:
             raise UserError(f"{where}: a rule is a mapping of {', '.join(sorted(_RULE_KEYS))}")
+        if rule.get("skip", False) not in (True, False):
+            raise UserError(f"{where}: skip must be true or false, got {rule['skip']!r}")
         if "rows" in rule and row not in rule["rows"]:
             continue
         if "columns" in rule and col not in rule["columns"]:
             continue
         if "cells" in rule and cell not in rule["cells"]:
             continue
+        if rule.get("skip"):
+            return None
         if rule.get("recipe"):
             settings.update(_mapping(load_yaml(root, rule["recipe"]), rule["recipe"]))
         settings.update(_mapping(rule.get("set"), where))
@@ -153,9 +161,11 @@ def expand_table(spec: TableSpec, budget: str, root: Root | None = None) -> list
     sweep_rows = _names(swept.get("rows"), rows, f"{source}: sweep")
     sweep_cols = _names(swept.get("columns"), cols, f"{source}: sweep")
 
-    def cell(row: str, col: str, k: int | None) -> Cell:
+    def cell(row: str, col: str, k: int | None) -> Cell | None:
         name = spec.cell(row, col) + (f"-k{k}" if k is not None else "")
         ruled = _rule_settings(root, f"{source}, {budget}", rules, row, col, name)
+        if ruled is None:
+            return None
         identity = {**cols[col], **rows[row]}  # the cell's own settings win (and come first)
         settings = {**identity, **{k: v for k, v in ruled.items() if k not in identity}}
         if k is not None:
@@ -183,12 +193,49 @@ def expand_table(spec: TableSpec, budget: str, root: Root | None = None) -> list
         for k in sweep.get("k", [])
         if c not in skip
     ]
-    return main + sorted(extra, key=lambda c: c.name)
+    kept = [c for c in main if c is not None]
+    return _warm_starts_last(kept, source) + sorted(
+        (c for c in extra if c is not None), key=lambda c: c.name
+    )
+
+
+def _warm_starts_last(cells: list[Cell], source: str) -> list[Cell]:
+    """``cells`` in their order, except that a cell whose ``init_from`` names another of them
+    comes after that one."""
+    names = {c.name for c in cells}
+    placed: list[Cell] = []
+    done: set[str] = set()
+    pending = list(cells)
+    while pending:
+        ready = [c for c in pending if c.settings.get("init_from") not in names - done]
+        if not ready:
+            raise UserError(
+                f"{source}: the cells' init_from form a cycle: "
+                + ", ".join(f"{c.name} <- {c.settings['init_from']}" for c in pending)
+            )
+        first = ready[0]  # one at a time, so that the table's order holds where it can
+        placed.append(first)
+        done.add(first.name)
+        pending.remove(first)
+    return placed
+
+
+def budgets_of(spec: TableSpec, root: Root | None = None) -> list[str]:
+    """The budgets ``spec``'s grid defines, in the order of :data:`.spec.BUDGETS` (a table may
+    lack one: Table 1's ``quality`` has no counterpart in Table 3)."""
+    root = config_root() if root is None else root
+    grid = load_yaml(root, f"tables/table{spec.number}.yaml")
+    budgets = (grid.get("budgets") or {}) if isinstance(grid, dict) else {}
+    return [b for b in BUDGETS if b in budgets]
 
 
 def all_cells(root: Root | None = None) -> dict[tuple[int, str], list[Cell]]:
-    """Every table and budget: ``{(table, budget): cells}``."""
-    return {(n, b): expand_table(TABLES[n], b, root) for n in sorted(TABLES) for b in BUDGETS}
+    """Every table and each of its budgets: ``{(table, budget): cells}``."""
+    return {
+        (n, b): expand_table(TABLES[n], b, root)
+        for n in sorted(TABLES)
+        for b in budgets_of(TABLES[n], root)
+    }
 
 
 @functools.cache

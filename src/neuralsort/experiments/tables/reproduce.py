@@ -32,7 +32,7 @@ from typing import Any
 
 from ..checkpoint import atomic_write_bytes
 from ..config import UserError, add_flag
-from .grid import RESERVED, Cell, build_argv, config_root, expand_table
+from .grid import RESERVED, Cell, budgets_of, build_argv, config_root, expand_table
 from .runs import cell_status, hardware_info
 from .spec import BUDGETS, TABLES, TableSpec
 
@@ -203,7 +203,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         p, "--table", type=int, choices=sorted(TABLES), help="paper table (optional with --dry_run)"
     )
     add_flag(
-        p, "--budget", choices=list(BUDGETS), help="smoke, cpu or paper (optional with --dry_run)"
+        p,
+        "--budget",
+        choices=list(BUDGETS),
+        help="smoke, cpu, quality (Table 1 only) or paper (optional with --dry_run)",
     )
     add_flag(
         p,
@@ -297,6 +300,8 @@ def main(args: argparse.Namespace) -> int:
         for number in tables:
             for budget in budgets:
                 spec = TABLES[number]
+                if args.budget is None and budget not in budgets_of(spec, root):
+                    continue
                 if len(tables) * len(budgets) > 1:
                     print(f"# table {number} / {budget}")
                 for cell in _select(args, spec, budget, root):

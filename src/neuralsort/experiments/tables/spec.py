@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["BUDGETS", "TABLES", "TableSpec"]
 
-BUDGETS: tuple[str, ...] = ("smoke", "cpu", "paper")  # in increasing order of trust
+BUDGETS: tuple[str, ...] = ("smoke", "cpu", "quality", "paper")  # in increasing order of trust
 
 
 @dataclass(frozen=True)
