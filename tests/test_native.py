@@ -132,6 +132,37 @@ def test_topk_and_quantile_match_the_torch_path(n, k, dtype):
         assert_paths_agree(fn, x, tau)
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [37, 700])
+def test_tol_windows_match_the_torch_path(n, dtype):
+    # the windowed kernels (windows of every width mod the vector length, so partial vectors),
+    # with the gradients of x and of a tensor tau; soft_sort takes the rows' Q @ v branch,
+    # soft_rank and spearman_loss the w @ Q one
+    x = scores(3, n, dtype=dtype, seed=n)
+    tau = torch.tensor(0.3, dtype=dtype)
+    target = scores(3, n, dtype=dtype, seed=n + 1)
+    for fn in (
+        lambda x, t: ns.soft_rank(x, t, tol=1e-6),
+        lambda x, t: ns.soft_sort(x, t, descending=True, tol=1e-6),
+        lambda x, t: ns.spearman_loss(x, target.to(x.dtype), t, reduction="none", tol=1e-6),
+    ):
+        assert_paths_agree(fn, x, tau)
+
+
+@needs_native
+@pytest.mark.parametrize("n", [512, 3000])
+def test_radix_order_with_ties_matches_the_stable_sort(n):
+    from neuralsort import _native
+
+    x = torch.randint(-4, 4, (4, n), generator=torch.Generator().manual_seed(n)).float()
+    x[0, ::3] = -0.0  # equal to +0.0: kept in index order
+    x[1] = scores(n, dtype=torch.float32, seed=1)
+    x[2, ::5] = float("inf")
+    assert _native.usable(x) and n >= _native._RADIX_MIN  # the compiled sort, not numpy's
+    assert torch.equal(_native.ascending_order(x), torch.sort(x, stable=True).indices)
+
+
 # every op built on the native rows, as f(x, tau); the n x n ones only up to RANDOM_N_SQUARE
 RANDOM_OPS = {
     "neural_sort": lambda x, t: ns.neural_sort(x, t, descending=True),
@@ -333,7 +364,7 @@ def _cpu_flags() -> set[str]:
 
 AGREEMENT_TESTS = (
     "builds_where or match_the_torch_path or random_cases or matches_the_reference or ties "
-    "or gradcheck"
+    "or gradcheck or matches_the_stable_sort"
 )
 
 

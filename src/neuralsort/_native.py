@@ -47,6 +47,8 @@ from torch import Tensor
 # registers neuralsort_py::rows_backward, the Python op through which the C++ operator's
 # autograd node takes second derivatives: before the library that calls it is loaded
 from . import _dense  # noqa: F401
+from ._checks import is_compiling, is_transformed
+from ._rows import ascending_order as _numpy_order
 
 _KERNELS = Path(__file__).parent / "_kernels"
 _SOURCE_SUFFIXES = (".cpp", ".cc", ".cxx")
@@ -271,6 +273,7 @@ def _load():
             _state["rows_backward"] = torch.ops.neuralsort.relaxed_rows_backward
             _state["windowed_forward"] = torch.ops.neuralsort.windowed_forward
             _state["windowed_backward"] = torch.ops.neuralsort.windowed_backward
+            _state["ascending_order"] = torch.ops.neuralsort.ascending_order
         except Exception as err:  # noqa: BLE001  (whatever fails, the PyTorch path works)
             _state["reason"] = f"{type(err).__name__}: {err}"
             extra = shlex.join(_extra_flags())
@@ -380,11 +383,13 @@ def windowed_backward(
     gy: Tensor,
     gu: Tensor,
     need_v: bool,
+    need_tau: bool,
 ) -> tuple[Tensor, ...]:
     """The backward of :func:`windowed_forward` over the windows ``lo``, ``hi`` it found (it
-    builds their rows again): ``(grad_vs, grad_a, grad_v, tau_part)``."""
+    builds their rows again): ``(grad_vs, grad_a, grad_v, tau_part)`` (``tau_part`` 0 unless
+    ``need_tau``)."""
     return _state["windowed_backward"](  # type: ignore[operator]
-        vs, a, coef, rank, inv_tau, lo, hi, v, w, gy, gu, need_v
+        vs, a, coef, rank, inv_tau, lo, hi, v, w, gy, gu, need_v, need_tau
     )
 
 
@@ -412,3 +417,22 @@ def rows_backward(
     return _state["rows_backward"](  # type: ignore[operator]
         grad_p, p, coef, rank_of_row, tau, order, xc, a, need_tau, False
     )
+
+
+# rows at least this long are sorted by the kernels' radix sort (numpy's sort is faster on
+# shorter ones: 256 elements 0.09 ms against 0.15 for 64 rows, 1,024 elements 1.2 against 0.44)
+_RADIX_MIN = 512
+
+
+def ascending_order(x: Tensor) -> Tensor:
+    """:func:`neuralsort._rows.ascending_order` (stable, ascending, ``-0`` as ``+0``), by the
+    compiled radix sort for long float32 rows on the CPU."""
+    if (
+        x.dtype == torch.float32
+        and x.shape[-1] >= _RADIX_MIN
+        and not is_compiling()
+        and not is_transformed(x)
+        and usable(x)
+    ):
+        return _state["ascending_order"](x.detach())  # type: ignore[operator]
+    return _numpy_order(x)

@@ -115,13 +115,17 @@ def abs_dev_rowsum_backward(grad_a: Tensor, order: Tensor) -> Tensor:
     ``2 G_r - (sum ga - ga_r) + ga_r (2r - n + 1)`` for the element of rank ``r`` (ties follow
     ``order``, as the forward's prefix sums do).
     """
-    n = grad_a.shape[-1]
-    gs = grad_a.gather(-1, order)
+    sorted_grad = abs_dev_rowsum_backward_sorted(grad_a.gather(-1, order))
+    return torch.empty_like(grad_a).scatter_(-1, order, sorted_grad)
+
+
+def abs_dev_rowsum_backward_sorted(gs: Tensor) -> Tensor:
+    """:func:`abs_dev_rowsum_backward` with ``grad_a`` and the result in ascending order."""
+    n = gs.shape[-1]
     inclusive = torch.cumsum(gs, dim=-1)
     # 2 (inclusive - gs) - total + gs + gs (2r - n + 1) = 2 inclusive - total + gs (2r - n)
-    ramp = cached(_ramp, n, n, grad_a.device, gs.dtype)
-    sorted_grad = torch.addcmul(2 * inclusive - inclusive[..., -1:], ramp, gs)
-    return torch.empty_like(grad_a).scatter_(-1, order, sorted_grad)
+    ramp = cached(_ramp, n, n, gs.device, gs.dtype)
+    return torch.addcmul(2 * inclusive - inclusive[..., -1:], ramp, gs)
 
 
 # exp(-range) stays a normal number with room to spare for the products of the backward pass:

@@ -31,7 +31,6 @@ from ._rows import (
     LOGIT_RANGE,
     abs_dev_rowsum,
     abs_dev_rowsum_backward,
-    ascending_order,
     softmax_rows,
 )
 
@@ -75,7 +74,7 @@ class _Streamed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, tau, rank, v, w):  # type: ignore[override]
         xc = x.contiguous()  # the logits use differences of scores only: no shift needed
-        order = ascending_order(xc)
+        order = _native.ascending_order(xc)
         a, a_lo = abs_dev_rowsum(xc, order)
         inv_tau = tau.reciprocal()
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]

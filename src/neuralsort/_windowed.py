@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _native
 from ._checks import is_compiling
-from ._rows import abs_dev_rowsum_backward, ascending_order, centred
+from ._rows import abs_dev_rowsum_backward_sorted, centred
 from ._streamed import pair
 
 # rows per chunk of the windowed path (each chunk is as wide as its widest window)
@@ -87,7 +87,7 @@ def _windowed_autograd(
     found again): its second derivatives, and a check of the hand-written backward."""
     n = x.shape[-1]
     xc = centred(x)
-    order = ascending_order(xc)
+    order = _native.ascending_order(xc)
     vs = xc.gather(-1, order)
     a64 = _sorted_rowsum(vs)
     if lohi is None:
@@ -181,7 +181,7 @@ class _Windowed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, tau, rank, tol, v, w):  # type: ignore[override]
         xc = centred(x)
-        order = ascending_order(xc)
+        order = _native.ascending_order(xc)
         vs64 = xc.gather(-1, order).double()
         a64 = _sorted_rowsum(vs64)
         batch, n, m = x.shape[:-1], x.shape[-1], coef.shape[0]
@@ -262,6 +262,7 @@ class _Windowed(torch.autograd.Function):
                 empty if gy is None else gy,
                 gu_sorted,
                 need_v,
+                need_tau,
             )
             return _finish(
                 x, tau, order, grad_vs, grad_as, gv_sorted, tau_part, need_x, need_tau, need_v
@@ -311,9 +312,8 @@ def _finish(x, tau, order, grad_vs, grad_as, gv_sorted, tau_part, need_x, need_t
     inv_tau = tau.reciprocal()
     inv_tau64 = 1.0 / tau.double()
     gx = gt = gv = None
-    if need_x:
-        a_part = abs_dev_rowsum_backward(_unsort(grad_as, order, -1), order)
-        gx = (_unsort(grad_vs, order, -1) - a_part) * inv_tau
+    if need_x:  # in ascending order, unsorted once
+        gx = _unsort(grad_vs - abs_dev_rowsum_backward_sorted(grad_as), order, -1) * inv_tau
     if need_tau:
         gt = (-tau_part * inv_tau64 * inv_tau64).to(tau.dtype)
     if need_v:

@@ -49,6 +49,7 @@ import numbers
 import torch
 from torch import Tensor
 
+from . import _native
 from ._checks import (
     TauLike,
     canonical_dim,
@@ -57,10 +58,11 @@ from ._checks import (
     check_sort_input,
     check_tol,
     compute_dtype,
+    is_compiling,
+    is_transformed,
     values_readable,
 )
 from ._dispatch import reduced_rows
-from ._rows import ascending_order
 from .ops import (
     sample_gumbel,
     soft_rank,
@@ -117,19 +119,23 @@ def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
         exact = torch.float32 if t.is_floating_point() or t.device.type == "mps" else torch.float64
         t = t.to(exact)
     padded = torch.where(mask, t, torch.full_like(t, float("inf")))
-    order = ascending_order(padded)
+    order = _native.ascending_order(padded)
     ordered = padded.gather(-1, order)
     n = t.shape[-1]
     pos = torch.arange(n, device=t.device).expand_as(order)
     starts = torch.ones_like(mask)
     starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    ends = torch.ones_like(mask)
-    ends[..., :-1] = starts[..., 1:]
-    first = torch.where(starts, pos, 0).cummax(dim=-1).values
-    last = torch.where(ends, pos, n).flip(-1).cummin(dim=-1).values.flip(-1)
-    last = torch.minimum(last, mask.sum(dim=-1, keepdim=True) - 1)
-    sorted_ranks = (first + last).to(torch.float32 if t.device.type == "mps" else torch.float64)
-    sorted_ranks = sorted_ranks / 2 + 1
+    rank_dtype = torch.float32 if t.device.type == "mps" else torch.float64
+    eager_cpu = t.device.type == "cpu" and not (is_compiling() or is_transformed(starts))
+    if eager_cpu and bool(starts.all()):  # no ties: a run is one position (reads the data)
+        sorted_ranks = (pos + 1).to(rank_dtype)
+    else:
+        ends = torch.ones_like(mask)
+        ends[..., :-1] = starts[..., 1:]
+        first = torch.where(starts, pos, 0).cummax(dim=-1).values
+        last = torch.where(ends, pos, n).flip(-1).cummin(dim=-1).values.flip(-1)
+        last = torch.minimum(last, mask.sum(dim=-1, keepdim=True) - 1)
+        sorted_ranks = (first + last).to(rank_dtype) / 2 + 1
     ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
     return torch.where(mask, ranks, torch.zeros_like(ranks))
 

@@ -265,6 +265,26 @@ Tensor relaxed_sorted_values(const Tensor& x, const Tensor& coef, const Tensor& 
 }  // namespace
 
 // What the build targets: the width of the kernel's float vectors and the instruction set.
+// The stable ascending order of each row of float32 x (-0 sorts as +0, so equal values keep
+// their index order): the kernels' radix sort, for the Python paths' sorts of long rows.
+Tensor ascending_order(const Tensor& x) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1, "ascending_order: float32 rows");
+    const Tensor xc = x.contiguous();
+    const int64_t n = x.size(-1), batch = n ? x.numel() / n : 0;
+    Tensor order = at::empty(x.sizes(), x.options().dtype(at::kLong));
+    const float* xp = xc.data_ptr<float>();
+    int64_t* op = order.data_ptr<int64_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> key(static_cast<size_t>(n));
+        std::vector<uint64_t> entries(2 * static_cast<size_t>(n));
+        for (int64_t b = begin; b < end; ++b) {
+            for (int64_t j = 0; j < n; ++j) key[j] = xp[b * n + j] + 0.0f;
+            k::radix_order(key.data(), n, op + b * n, entries.data());
+        }
+    });
+    return order;
+}
+
 std::string build_info() {
     const std::string isa =
 #if defined(__AVX512F__)
@@ -285,6 +305,7 @@ std::string build_info() {
 
 TORCH_LIBRARY(neuralsort, m) {
     m.def("build_info() -> str", &build_info);
+    m.def("ascending_order(Tensor x) -> Tensor");
     // public, differentiable (their autograd is the C++ node above): the rows of P, or P x
     m.def("relaxed_rows(Tensor x, Tensor coef, Tensor rank_of_row, Tensor tau, float logit_range)"
           " -> Tensor");
@@ -305,6 +326,7 @@ TORCH_LIBRARY_IMPL(neuralsort, CompositeImplicitAutograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(neuralsort, CPU, m) {
+    m.impl("ascending_order", &ascending_order);
     m.impl("relaxed_rows_forward", &forward_cpu);
     m.impl("relaxed_rows_backward", &backward_cpu);
 }

@@ -10,7 +10,9 @@
 // as it is built; the backward builds every row again (the same operations, so the same values)
 // rather than keep them: the rows would take O(n w) memory, whose writing and reading cost more
 // than a second exp of each element. It reduces the softmax gradient to the gradients of v
-// (through c_i), of a and of tau.
+// (through c_i), of a and, when asked, of tau. float32 rows are built in one vector pass (the
+// differences in float64 vectors, rounded to float for the exp), and the backward of rows
+// without v in two.
 // The autograd node is neuralsort/_windowed.py's _Windowed; this file has no autograd.
 // Its own translation unit beside extension.cpp; the vector exp comes from simd.h.
 
@@ -20,48 +22,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
 
 namespace {
 
+namespace nk = neuralsort_kernels;
+
 using at::Tensor;
-
-// exp of a window's logits in place, returning their sum. float: the kernel's vector exp,
-// floored kExpFloorFloat below the peak as the dense rows are (no subnormals), the last partial
-// vector by masked moves (lanes past the window neither read, written nor summed); double:
-// std::exp.
-inline double exp_in_place(float* p, int64_t width) {
-    namespace nk = neuralsort_kernels;
-    nk::vf acc = {};
-    int64_t j = 0;
-    for (; j + nk::kLanes <= width; j += nk::kLanes) {
-        const nk::vf e = nk::vexp(nk::clamp(nk::load(p + j), -nk::kExpFloorFloat, nk::kExpCeilingFloat));
-        nk::store(p + j, e);
-        acc += e;
-    }
-    if (j < width) {
-        const int64_t count = width - j;
-        const nk::vf t = nk::load_first(p + j, count);
-        const nk::vf e = nk::vexp(nk::clamp(t, -nk::kExpFloorFloat, nk::kExpCeilingFloat));
-        nk::store_first(p + j, e, count);
-        nk::vf lane = {};
-        for (int64_t l = 0; l < nk::kLanes; ++l) lane[l] = static_cast<float>(l);
-        acc += nk::select(lane < nk::splat(static_cast<float>(count)), e, nk::vf{});
-    }
-    return nk::lane_sum<float>(acc);
-}
-
-inline double exp_in_place(double* p, int64_t width) {
-    double sum = 0;
-    for (int64_t j = 0; j < width; ++j) {
-        p[j] = std::exp(p[j]);
-        sum += p[j];
-    }
-    return sum;
-}
 
 struct Row {
     const double* vs;
@@ -124,12 +96,136 @@ Row make_row(const double* vs, const double* as, int64_t n, const double* coef,
     return row;
 }
 
-// row i of Q over its window [l, h] into q (h - l + 1 values)
-template <typename T>
-void fill_row(const Row& row, int64_t l, int64_t h, T* q) {
-    for (int64_t r = l; r <= h; ++r) q[r - l] = static_cast<T>(row.d(r) * row.inv_tau);
-    const T scale = static_cast<T>(1.0 / exp_in_place(q, h - l + 1));
-    for (int64_t r = 0; r <= h - l; ++r) q[r] *= scale;
+// the first `count` lanes of p (all of them when count == kLanes; the rest load as 0 and are
+// not written)
+inline nk::vf load_part(const float* p, int64_t count) {
+    return count == nk::kLanes ? nk::load(p) : nk::load_first(p, count);
+}
+inline void store_part(float* p, nk::vf v, int64_t count) {
+    if (count == nk::kLanes) nk::store(p, v); else nk::store_first(p, v, count);
+}
+
+// Doubles in vectors of half as many lanes as nk::vf (one register each: a float vector's
+// logits are computed from two of them, converted and joined).
+constexpr int64_t kHalf = nk::kLanes / 2;
+typedef double vd __attribute__((vector_size(kHalf * sizeof(double))));
+typedef float vh __attribute__((vector_size(kHalf * sizeof(float))));
+
+inline vd splat_d(double x) { return x - vd{}; }
+inline vd load_d(const double* p) {
+    vd v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+// the first count (0..kHalf) lanes of p; the others 0 (masked loads: nothing past them is read)
+inline vd load_first_d(const double* p, int64_t count) {
+#if defined(__AVX512F__)
+    return (vd)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p);
+#elif defined(__AVX2__)
+    const __m256i mask =
+        _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+    return (vd)_mm256_maskload_pd(p, mask);
+#else
+    vd v = {};
+    std::memcpy(&v, p, static_cast<size_t>(count) * sizeof(double));
+    return v;
+#endif
+}
+// (templates, so that only the branch of the build's width is compiled)
+template <typename H = vh>
+inline nk::vf join(H lo, H hi) {
+    if constexpr (nk::kLanes == 16)
+        return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    else if constexpr (nk::kLanes == 8)
+        return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+    else
+        return __builtin_shufflevector(lo, hi, 0, 1, 2, 3);
+}
+template <typename V = nk::vf>
+inline vd lower_d(V v) {
+    if constexpr (nk::kLanes == 16)
+        return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd);
+    else if constexpr (nk::kLanes == 8)
+        return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), vd);
+    else
+        return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1), vd);
+}
+template <typename V = nk::vf>
+inline vd upper_d(V v) {
+    if constexpr (nk::kLanes == 16)
+        return __builtin_convertvector(
+            __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd);
+    else if constexpr (nk::kLanes == 8)
+        return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), vd);
+    else
+        return __builtin_convertvector(__builtin_shufflevector(v, v, 2, 3), vd);
+}
+
+// d = c v - a - peak (float64, as Row::d) at count (1..kLanes) ranks from vs, as, in two halves
+struct Differences {
+    vd lo, hi;
+};
+inline Differences differences(const Row& row, const double* vs, const double* as,
+                               int64_t count) {
+    const vd c = splat_d(row.c), peak = splat_d(row.peak);
+    if (count == nk::kLanes)
+        return {c * load_d(vs) - load_d(as) - peak,
+                c * load_d(vs + kHalf) - load_d(as + kHalf) - peak};
+    const int64_t first = std::min(count, kHalf), second = count - first;
+    return {c * load_first_d(vs, first) - load_first_d(as, first) - peak,
+            c * load_first_d(vs + kHalf, second) - load_first_d(as + kHalf, second) - peak};
+}
+
+// float32 rows in one pass: e[r] = exp(z_{l+r} - z_k) over the window starting at rank l
+// (width values), the differences d in float64, times 1/tau, rounded once to float, clamped
+// and exponentiated, stored and summed; returns the sum of e. gq(j, count), when given, is
+// the vector of the row's gradient of Q at window positions j.. (count of them; the other
+// lanes any finite value): the pass then also returns sum_r e[r] gq[r], for the backward.
+template <typename GQ>
+inline std::pair<double, double> row_exps(const Row& row, int64_t l, int64_t width, float* e,
+                                          GQ gq) {
+    constexpr bool with_gq = !std::is_same_v<GQ, std::nullptr_t>;
+    const vd inv_tau = splat_d(row.inv_tau);
+    nk::vf acc = {}, dot_acc = {};
+    for (int64_t j = 0; j < width; j += nk::kLanes) {
+        const int64_t count = std::min(nk::kLanes, width - j);
+        const Differences d = differences(row, row.vs + l + j, row.as + l + j, count);
+        const nk::vf t = join(__builtin_convertvector(d.lo * inv_tau, vh),
+                              __builtin_convertvector(d.hi * inv_tau, vh));
+        nk::vf ex = nk::vexp(nk::clamp(t, -nk::kExpFloorFloat, nk::kExpCeilingFloat));
+        if (count < nk::kLanes) {
+            nk::vf lane = {};
+            for (int64_t q = 0; q < nk::kLanes; ++q) lane[q] = static_cast<float>(q);
+            ex = nk::select(lane < nk::splat(static_cast<float>(count)), ex, nk::vf{});
+        }
+        store_part(e + j, ex, count);
+        acc += ex;
+        // in float lanes (each sums a few terms; gq itself is float), the lanes in float64
+        if constexpr (with_gq) dot_acc = nk::fmadd(ex, gq(j, count), dot_acc);
+    }
+    const double dot = with_gq ? nk::lane_sum<double>(lower_d(dot_acc) + upper_d(dot_acc)) : 0.0;
+    return {nk::lane_sum<float>(acc), dot};
+}
+
+// The row's window, not normalised: e[r] = exp(z_{l+r} - z_k) for r < width, returning their
+// sum (float: row_exps; double: std::exp of the same differences).
+inline double window_exps(const Row& row, int64_t l, int64_t width, float* e) {
+    return row_exps(row, l, width, e, nullptr).first;
+}
+inline double window_exps(const Row& row, int64_t l, int64_t width, double* e) {
+    double sum = 0;
+    for (int64_t r = 0; r < width; ++r) {
+        e[r] = std::exp(row.d(l + r) * row.inv_tau);
+        sum += e[r];
+    }
+    return sum;
+}
+
+// sum_r gl[r] d_r over count (1..kLanes) ranks of the window (d in float64: tau (z - z_k))
+inline double tau_terms(const Row& row, const double* vs, const double* as, nk::vf gl,
+                        int64_t count) {
+    const Differences d = differences(row, vs, as, count);
+    return nk::lane_sum<double>(lower_d(gl) * d.lo + upper_d(gl) * d.hi);
 }
 
 template <typename T>
@@ -147,24 +243,35 @@ void forward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const T
     T* yp = c ? y.data_ptr<T>() : nullptr;
     T* up = cw ? u.data_ptr<T>() : nullptr;
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> q;
+        std::vector<T> buffer;
         for (int64_t b = begin; b < end; ++b) {
             for (int64_t i = 0; i < m; ++i) {
                 const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
-                const int64_t l = lp[b * m + i], h = hp[b * m + i];
-                q.resize(static_cast<size_t>(h - l + 1));
-                T* qi = q.data();
-                fill_row(row, l, h, qi);
+                const int64_t l = lp[b * m + i], width = hp[b * m + i] - l + 1;
+                buffer.resize(static_cast<size_t>(width));
+                const T* __restrict e = buffer.data();
+                const T scale = static_cast<T>(1.0 / window_exps(row, l, width, buffer.data()));
                 if (c) {
                     T* yi = yp + (b * m + i) * c;
                     for (int64_t j = 0; j < c; ++j) yi[j] = 0;
-                    for (int64_t r = l; r <= h; ++r)
-                        for (int64_t j = 0; j < c; ++j) yi[j] += qi[r - l] * vv[(b * n + r) * c + j];
+                    for (int64_t r = 0; r < width; ++r)
+                        for (int64_t j = 0; j < c; ++j) yi[j] += e[r] * vv[(b * n + l + r) * c + j];
+                    for (int64_t j = 0; j < c; ++j) yi[j] *= scale;
                 }
-                for (int64_t j = 0; j < cw; ++j) {
-                    const T wj = wv[j * m + i];
-                    T* uj = up + (b * cw + j) * n + l;
-                    for (int64_t r = 0; r <= h - l; ++r) uj[r] += wj * qi[r];
+                int64_t j = 0;
+                for (; j + 2 <= cw; j += 2) {  // two rows of w a pass (soft_rank has two)
+                    const T w0 = wv[j * m + i] * scale, w1 = wv[(j + 1) * m + i] * scale;
+                    T* __restrict u0 = up + (b * cw + j) * n + l;
+                    T* __restrict u1 = u0 + n;
+                    for (int64_t r = 0; r < width; ++r) {
+                        u0[r] += w0 * e[r];
+                        u1[r] += w1 * e[r];
+                    }
+                }
+                if (j < cw) {
+                    const T w0 = wv[j * m + i] * scale;
+                    T* __restrict u0 = up + (b * cw + j) * n + l;
+                    for (int64_t r = 0; r < width; ++r) u0[r] += w0 * e[r];
                 }
             }
         }
@@ -222,11 +329,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_forward(
     return {y, u, lo, hi};
 }
 
+// The backward of one row: gl = Q (gq - <Q, gq>) with gq = dQ = V gy + W^T gu over the window,
+// into the gradients of v (through c_i), of a and, with need_tau, of tau (sum gl d).
+// float32 rows without v: two vector passes (the row's exps with <e, gq>, then gl); the
+// others build Q, then gq, then reduce.
 template <typename T>
 void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank,
                    double inv_tau, const Tensor& lo, const Tensor& hi, const Tensor& v,
                    const Tensor& w, const Tensor& gy, const Tensor& gu, bool need_v,
-                   Tensor& gvs, Tensor& gas, Tensor& gv, Tensor& tau_part) {
+                   bool need_tau, Tensor& gvs, Tensor& gas, Tensor& gv, Tensor& tau_part) {
     const int64_t n = vs.size(-1), batch = vs.numel() / n, m = coef.size(0);
     const int64_t c = gy.numel() ? v.size(-1) : 0, cw = gu.numel() ? w.size(0) : 0;
     const double *vp = vs.data_ptr<double>(), *ap = a.data_ptr<double>();
@@ -246,47 +357,78 @@ void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const 
             double tau_sum = 0;
             for (int64_t i = 0; i < m; ++i) {
                 const Row row = make_row(vp + b * n, ap + b * n, n, cp, rp, i, inv_tau);
-                const int64_t l = lp[b * m + i], h = hp[b * m + i], width = h - l + 1;
+                const int64_t l = lp[b * m + i], width = hp[b * m + i] - l + 1;
+                T* gvsb = gvsp + b * n + l;
+                T* gasb = gasp + b * n + l;
+                const double* vsr = row.vs + l;
+                const double* asr = row.as + l;
                 q.resize(static_cast<size_t>(width));
+                if constexpr (std::is_same_v<T, float>) {
+                    if (!c) {
+                        const float* gub = gup + b * cw * n + l;
+                        auto grad_q = [&](int64_t at, int64_t count) {
+                            nk::vf g = {};
+                            for (int64_t j = 0; j < cw; ++j)
+                                g += nk::splat(wv[j * m + i]) * load_part(gub + j * n + at, count);
+                            return g;
+                        };
+                        const auto [sum, e_dot] = row_exps(row, l, width, q.data(), grad_q);
+                        const double scale = 1.0 / sum;
+                        const nk::vf vscale = nk::splat(static_cast<float>(scale));
+                        const nk::vf vdot = nk::splat(static_cast<float>(e_dot * scale));
+                        const nk::vf vc = nk::splat(static_cast<float>(row.c));
+                        for (int64_t at = 0; at < width; at += nk::kLanes) {
+                            const int64_t count = std::min(nk::kLanes, width - at);
+                            const nk::vf gl =
+                                vscale * load_part(q.data() + at, count) * (grad_q(at, count) - vdot);
+                            store_part(gvsb + at, load_part(gvsb + at, count) + vc * gl, count);
+                            store_part(gasb + at, load_part(gasb + at, count) + gl, count);
+                            if (need_tau) tau_sum += tau_terms(row, vsr + at, asr + at, gl, count);
+                        }
+                        continue;
+                    }
+                }
+                const T scale = static_cast<T>(1.0 / window_exps(row, l, width, q.data()));
+                for (int64_t r = 0; r < width; ++r) q[r] *= scale;
                 const T* qi = q.data();
-                fill_row(row, l, h, q.data());
                 gq.assign(width, T(0));
                 if (c) {
                     const T* gyi = gyp + (b * m + i) * c;
-                    for (int64_t r = l; r <= h; ++r) {
+                    for (int64_t r = 0; r < width; ++r) {
+                        const int64_t at = (b * n + l + r) * c;
                         T s = 0;
-                        for (int64_t j = 0; j < c; ++j) s += vv[(b * n + r) * c + j] * gyi[j];
-                        gq[r - l] += s;
+                        for (int64_t j = 0; j < c; ++j) s += vv[at + j] * gyi[j];
+                        gq[r] += s;
                         if (need_v)
-                            for (int64_t j = 0; j < c; ++j)
-                                gvp[(b * n + r) * c + j] += qi[r - l] * gyi[j];
+                            for (int64_t j = 0; j < c; ++j) gvp[at + j] += qi[r] * gyi[j];
                     }
                 }
                 for (int64_t j = 0; j < cw; ++j) {
                     const T wj = wv[j * m + i];
-                    const T* guj = gup + (b * cw + j) * n;
-                    for (int64_t r = l; r <= h; ++r) gq[r - l] += wj * guj[r];
+                    const T* guj = gup + (b * cw + j) * n + l;
+                    for (int64_t r = 0; r < width; ++r) gq[r] += wj * guj[r];
                 }
-                // the two sums are reductions the compiler may reorder (omp simd: several
+                // the sums are reductions the compiler may reorder (omp simd: several
                 // accumulators in vector lanes instead of one chain of dependent adds)
                 double dot = 0;
                 const T* gqp = gq.data();
 #pragma omp simd reduction(+ : dot)
                 for (int64_t r = 0; r < width; ++r) dot += double(qi[r]) * double(gqp[r]);
                 const T ci = static_cast<T>(row.c), dot_t = static_cast<T>(dot);
-                T* gvsb = gvsp + b * n + l;
-                T* gasb = gasp + b * n + l;
-                const double* vsr = row.vs + l;
-                const double* asr = row.as + l;
-                double row_tau = 0;
-#pragma omp simd reduction(+ : row_tau)
+#pragma omp simd
                 for (int64_t r = 0; r < width; ++r) {
                     const T gl = qi[r] * (gqp[r] - dot_t);
                     gvsb[r] += ci * gl;
                     gasb[r] += gl;
-                    row_tau += double(gl) * (row.c * vsr[r] - asr[r] - row.peak);
                 }
-                tau_sum += row_tau;
+                if (need_tau) {
+                    double row_tau = 0;
+#pragma omp simd reduction(+ : row_tau)
+                    for (int64_t r = 0; r < width; ++r)
+                        row_tau += double(qi[r] * (gqp[r] - dot_t)) *
+                                   (row.c * vsr[r] - asr[r] - row.peak);
+                    tau_sum += row_tau;
+                }
             }
             tp[b] = tau_sum;
         }
@@ -296,7 +438,7 @@ void backward_rows(const Tensor& vs, const Tensor& a, const Tensor& coef, const 
 std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_backward(
     const Tensor& vs, const Tensor& a, const Tensor& coef, const Tensor& rank, double inv_tau,
     const Tensor& lo, const Tensor& hi, const Tensor& v, const Tensor& w, const Tensor& gy,
-    const Tensor& gu, bool need_v) {
+    const Tensor& gu, bool need_v, bool need_tau) {
     const Tensor vc = v.contiguous(), gyc = gy.contiguous(), guc = gu.contiguous();
     const int64_t n = vs.size(-1), batch = vs.numel() / n;
     const auto options = vs.options().dtype(gy.numel() ? gy.scalar_type() : gu.scalar_type());
@@ -307,7 +449,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> windowed_backward(
     AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "windowed_backward", [&] {
         backward_rows<scalar_t>(vs.contiguous(), a.contiguous(), coef.contiguous(),
                                 rank.contiguous(), inv_tau, lo.contiguous(), hi.contiguous(), vc,
-                                w.contiguous(), gyc, guc, need_v, gvs, gas, gv, tau_part);
+                                w.contiguous(), gyc, guc, need_v, need_tau, gvs, gas, gv,
+                                tau_part);
     });
     return {gvs, gas, gv, tau_part.sum()};
 }
@@ -318,7 +461,8 @@ TORCH_LIBRARY_FRAGMENT(neuralsort, m) {
     m.def("windowed_forward(Tensor vs, Tensor a, Tensor coef, Tensor rank, float inv_tau, "
           "float tol, Tensor v, Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
     m.def("windowed_backward(Tensor vs, Tensor a, Tensor coef, Tensor rank, float inv_tau, "
-          "Tensor lo, Tensor hi, Tensor v, Tensor w, Tensor gy, Tensor gu, bool need_v) "
+          "Tensor lo, Tensor hi, Tensor v, Tensor w, Tensor gy, Tensor gu, bool need_v, "
+          "bool need_tau) "
           "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
