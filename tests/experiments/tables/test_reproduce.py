@@ -68,8 +68,12 @@ def test_every_cell_resolves_through_its_command_parser(table, budget):
     expected = set(spec.cells())
     if table == 3 and budget == "cpu":  # no CIFAR-100 at the cpu budget
         expected = {c for c in expected if not c.startswith("cifar100-")}
-    if budget == "quality":  # the NeuralSort rows only
-        expected = {c for c in expected if c.endswith(("-deterministic", "-stochastic"))}
+    if budget == "quality":  # the NeuralSort rows, and the baselines at n = 5 and 15
+        expected = {
+            c
+            for c in expected
+            if c.endswith(("-deterministic", "-stochastic")) or c.startswith(("n5-", "n15-"))
+        }
     assert {c.name for c in cells if not c.sweep} == expected
     parser = build_parser()
     for cell in cells:
@@ -113,12 +117,25 @@ def test_the_recipes_each_budget_uses():
     paper = cells[3, "paper"]["cifar10-dknn-stochastic-k3"].settings
     assert paper["nloglr"] == 4.0 and "tau" not in paper and paper["k"] == 3
     assert cells[1, "paper"]["n5-deterministic"].settings == {"method": "deterministic", "n": 5}
-    # Table 1 at the quality budget: one n = 5 scorer, run first, warm-starts every other cell
+    # Table 1 at the quality budget: one n = 5 scorer warm-starts every other NeuralSort cell
+    # (which run after it); the baselines at n = 5 and 15 train as many steps from scratch
     quality = all_cells()[1, "quality"]
-    assert quality[0].name == "n5-deterministic" and "init_from" not in quality[0].settings
-    assert quality[0].settings["num_epochs"] * quality[0].settings["steps_per_epoch"] == 48_000
-    assert {c.settings["init_from"] for c in quality[1:]} == {"n5-deterministic"}
-    assert len(quality) == 10
+    names = [c.name for c in quality]
+    q = {c.name: c.settings for c in quality}
+
+    def steps(cell):
+        return q[cell]["num_epochs"] * q[cell]["steps_per_epoch"]
+
+    assert steps("n5-deterministic") == 48_000 and "init_from" not in q["n5-deterministic"]
+    warm = [n for n in names if n.endswith(("-deterministic", "-stochastic"))]
+    warm.remove("n5-deterministic")
+    assert len(warm) == 9 and {q[n]["init_from"] for n in warm} == {"n5-deterministic"}
+    assert min(names.index(n) for n in warm) > names.index("n5-deterministic")
+    for base in ("vanilla", "sinkhorn", "gumbel-sinkhorn"):
+        assert steps(f"n5-{base}") == 48_000
+        assert steps(f"n15-{base}") == 48_000 + steps("n15-deterministic")
+        assert q[f"n15-{base}"]["batch_size"] == q["n15-deterministic"]["batch_size"] == 4
+    assert len(quality) == 16
     # Fashion-MNIST uses the MNIST column's recipes at the cpu budget, dataset apart
     for row in ("dknn-deterministic", "cnn", "knn-ae"):
         mnist = dict(cells[3, "cpu"][f"mnist-{row}"].settings, dataset=None)
