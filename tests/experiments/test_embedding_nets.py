@@ -60,6 +60,10 @@ def test_registry_and_classifier():
     assert default_model_for("mnist", (28, 28)) == "mnist-convnet"
     assert default_model_for("cifar10", (32, 32)) == "resnet18"
     assert default_model_for("digits", (8, 8)) == "digits-net"
+    # an image folder: small nets for small images, grayscale and colour; ResNet-18 above 64 px
+    assert default_model_for("imagefolder-pets", (28, 28), 1) == "mnist-convnet"
+    assert default_model_for("imagefolder-pets", (32, 32), 3) == "fastnet"
+    assert default_model_for("imagefolder-pets", (96, 96), 3) == "resnet18"
     c = Classifier(create_model("digits-net", 1, image_size=(8, 8)), 10)
     assert c(torch.randn(3, 1, 8, 8)).shape == (3, 10)
 

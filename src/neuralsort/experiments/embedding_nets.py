@@ -285,8 +285,9 @@ def create_model(
     return MODELS[name](in_channels=in_channels, image_size=tuple(image_size))
 
 
-# Image sizes up to which a grayscale image folder gets the MNIST ConvNet instead of ResNet-18.
-SMALL_GRAYSCALE = 64
+# Image sizes up to which an image folder gets a small net (the MNIST ConvNet for grayscale
+# images, fastnet for colour ones) instead of ResNet-18.
+SMALL_IMAGE = 64
 
 
 def default_model_for(
@@ -296,16 +297,17 @@ def default_model_for(
 
     The paper's choice for its data sets: the convnet for MNIST, ResNet-18 for Fashion-MNIST and
     CIFAR, a small net for scikit-learn's 8x8 digits. Other data (``imagefolder:PATH``) by the
-    images: ``digits-net`` below 16 pixels, the MNIST convnet for small grayscale images (at most
-    :data:`SMALL_GRAYSCALE` pixels a side, ``in_channels == 1``), ResNet-18 otherwise.
+    images: ``digits-net`` below 16 pixels; up to :data:`SMALL_IMAGE` pixels a side the MNIST
+    convnet for grayscale images (``in_channels == 1``) and ``fastnet`` for colour ones; ResNet-18
+    for larger images.
     """
     name = dataset.lower()
     if name == "mnist":
         return "mnist-convnet"
     if name == "digits" or min(image_size) < 16:
         return "digits-net"
-    if name.startswith("imagefolder") and in_channels == 1 and max(image_size) <= SMALL_GRAYSCALE:
-        return "mnist-convnet"
+    if name.startswith("imagefolder") and max(image_size) <= SMALL_IMAGE:
+        return "mnist-convnet" if in_channels == 1 else "fastnet"
     return "resnet18"
 
 

@@ -216,12 +216,12 @@ def _image_folder(root, mode, size, n_train=24, n_test=6):
 
 @pytest.mark.parametrize(
     "mode, size, model, augment",
-    [("L", 28, "mnist-convnet", "shift"), ("RGB", 32, "resnet18", "flipcrop")],
+    [("L", 28, "mnist-convnet", "shift"), ("RGB", 32, "fastnet", "flipcrop")],
 )
 def test_imagefolder_picks_net_and_recipe_from_images(
     tmp_path, monkeypatch, capsys, mode, size, model, augment
 ):
-    """Small grayscale folders get the MNIST convnet, colour ones ResNet-18; both Adam."""
+    """Small grayscale folders get the MNIST convnet, small colour ones fastnet; both Adam."""
     monkeypatch.setenv("NEURALSORT_CACHE_DIR", str(tmp_path / "cache"))
     root = _image_folder(tmp_path / "imgs", mode, size)
     out = tmp_path / "r"
