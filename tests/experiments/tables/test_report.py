@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from neuralsort.experiments.cli import main
+from neuralsort.experiments.tables.plots import exact_vs_images, plot_exact_vs_images
 from neuralsort.experiments.tables.report import write_report
-from neuralsort.experiments.tables.runs import cell_status
+from neuralsort.experiments.tables.runs import cell_status, find_runs
 from neuralsort.experiments.tables.spec import TABLES
 
 PAPER_MD = pathlib.Path(__file__).resolve().parents[4] / "shared" / "PAPER.md"
@@ -150,6 +151,33 @@ def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
     for png in ("table3_accuracy_vs_k.png", "table1_exact_vs_n.png", "ops_benchmark.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "ops_cpu-1threads.csv" in (results / "ops_benchmark.md").read_text()
+
+
+def test_exact_against_images_counts_the_warm_start(tmp_path):
+    root = tmp_path / "results"
+
+    def curve(cell, batch, n, steps, init_from=None):
+        path = fake_run(
+            root, 1, "quality", cell, metrics={"test_exact": 0.5, "init_from": init_from}
+        )
+        (path / "config.yaml").write_text(yaml.safe_dump({"batch_size": batch, "n": n}))
+        log = [{"event": "start"}] + [
+            {"epoch": i, "step": s, "val_exact": s / 1e4} for i, s in steps
+        ]
+        (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        return path
+
+    scorer = curve("n5-deterministic", 12, 5, [(1, 100), (2, 200), (2, 200)])  # a resumed epoch
+    curve("n15-stochastic", 4, 15, [(1, 10), (2, 20)], init_from=str(scorer / "best.pt"))
+    fake_run(root, 1, "quality", "n5-sinkhorn", metrics={"test_exact": 0.1})  # not NeuralSort
+    runs = find_runs(root, 1)
+    got = {run.cell: points for run, points in exact_vs_images(runs)}
+    assert got == {
+        "n5-deterministic": [(6_000, 0.01), (12_000, 0.02)],
+        "n15-stochastic": [(12_000 + 600, 0.001), (12_000 + 1_200, 0.002)],
+    }
+    assert plot_exact_vs_images(runs, tmp_path / "p.png") is None
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runs_show_note_net_wall_time_and_compute(tmp_path):

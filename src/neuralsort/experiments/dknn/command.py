@@ -301,7 +301,8 @@ def _fit_to_images(cfg: dict[str, Any], info: dict[str, Any], run: Run) -> None:
 
     Images up to 64 pixels a side get the MNIST convnet (grayscale) or ``fastnet`` (colour),
     larger ones ResNet-18 (see :func:`default_model_for`); grayscale images are augmented by
-    small shifts, colour ones by flips with crops. ``--model`` and ``--augment`` still choose. A resumed run keeps what its config.yaml says.
+    small shifts, colour ones by flips with crops. ``--model`` and ``--augment`` still choose. A
+    resumed run keeps what its config.yaml says.
     """
     if not str(cfg["dataset"]).lower().startswith("imagefolder:"):
         return

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import csv
+import json
 import pathlib
 from typing import Any
+
+import yaml
 
 from .runs import CellRun
 from .spec import TABLES
 
-__all__ = ["plot_accuracy_vs_k", "plot_exact_vs_n", "plot_ops_benchmark"]
+__all__ = [
+    "exact_vs_images",
+    "plot_accuracy_vs_k",
+    "plot_exact_vs_images",
+    "plot_exact_vs_n",
+    "plot_ops_benchmark",
+]
 
 
 def _plt() -> Any:
@@ -85,12 +94,97 @@ def plot_exact_vs_n(runs: list[CellRun], target: pathlib.Path) -> str | None:
         )
     ax.set_xticks([int(c[1:]) for c, _ in spec.columns])
     ax.set_xlabel("n (numbers per sequence)")
-    ax.set_ylabel("all correct (test)")
+    _exact_axes(fig, ax, "all correct (test)", "Table 1: exact sorting accuracy against n")
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _exact_axes(fig: Any, ax: Any, ylabel: str, title: str, legend_size: int = 7) -> None:
+    """The y axis, grid, legend and title of Table 1's plots of an exact-match fraction."""
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Table 1: exact sorting accuracy against n")
+    ax.legend(fontsize=legend_size, ncol=2)
+    ax.set_title(title)
     fig.tight_layout()
+
+
+def _validation_curve(run: CellRun) -> tuple[int, list[tuple[int, float]]] | None:
+    """``(images a step, [(step, val_exact), ...])`` from a Table 1 run's config and log."""
+    try:
+        cfg = yaml.safe_load((run.path / "config.yaml").read_text())
+        lines = (run.path / "log.jsonl").read_text().splitlines()
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or not cfg.get("batch_size") or not cfg.get("n"):
+        return None
+    points = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "val_exact" in rec and "step" in rec:
+            points[int(rec["step"])] = float(rec["val_exact"])  # a resumed epoch: the last one
+    return int(cfg["batch_size"]) * int(cfg["n"]), sorted(points.items())
+
+
+def exact_vs_images(runs: list[CellRun]) -> list[tuple[CellRun, list[tuple[int, float]]]]:
+    """Table 1's NeuralSort runs with a validation log: ``(run, [(images, val_exact), ...])``,
+    images counting every training image the scorer has seen, a warm start's included (when
+    ``init_from`` is another cell of the same budget), ordered by n, row and budget."""
+    curves: dict[tuple[str, str], tuple[CellRun, int, list[tuple[int, float]]]] = {}
+    for run in runs:
+        if run.row not in ("deterministic", "stochastic") or run.k is not None:
+            continue
+        got = _validation_curve(run)
+        if got is not None and got[1]:
+            curves[run.budget, run.cell] = (run, *got)
+
+    def images_before(run: CellRun, seen: frozenset[str]) -> int:
+        parts = str(run.metrics.get("init_from") or "").rstrip("/").split("/")
+        name = parts[-2] if len(parts) >= 2 and parts[-1].endswith(".pt") else parts[-1]
+        src = curves.get((run.budget, name))
+        if src is None or name in seen:
+            return 0
+        source, per_step, points = src
+        return images_before(source, seen | {name}) + per_step * points[-1][0]
+
+    out = []
+    for run, per_step, points in curves.values():
+        start = images_before(run, frozenset({run.cell}))
+        out.append((run, [(start + per_step * step, v) for step, v in points]))
+    return sorted(out, key=lambda c: (int(c[0].column[1:]), c[0].row, c[0].budget))
+
+
+def plot_exact_vs_images(runs: list[CellRun], target: pathlib.Path) -> str | None:
+    """Table 1, NeuralSort rows: validation exact-match at the run's n against the training
+    images its scorer has seen (:func:`exact_vs_images`), log scale."""
+    curves = exact_vs_images(runs)
+    if not curves:
+        return "no NeuralSort run of Table 1 with a validation log"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    budgets = sorted({run.budget for run, _ in curves})
+    styles = dict(zip(budgets, ("-", "--", ":", "-."), strict=False))
+    ns = sorted({int(run.column[1:]) for run, _ in curves})
+    colors = {n: f"C{i}" for i, n in enumerate(ns)}
+    for run, points in curves:
+        n = int(run.column[1:])
+        ax.plot(
+            [x for x, _ in points],
+            [v for _, v in points],
+            ls=styles.get(run.budget, "-"),
+            marker="o" if run.row == "deterministic" else "s",
+            ms=3,
+            color=colors[n],
+            label=f"{run.row} n={n} ({run.budget})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training images seen by the scorer (warm starts included)")
+    title = "Table 1: NeuralSort exact sorting against images seen"
+    _exact_axes(fig, ax, "all correct (validation, at the run's n)", title, legend_size=6)
     fig.savefig(target, dpi=110)
     plt.close(fig)
     return None

@@ -25,7 +25,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..config import UserError, add_flag
-from .plots import plot_accuracy_vs_k, plot_exact_vs_n, plot_ops_benchmark
+from .plots import (
+    plot_accuracy_vs_k,
+    plot_exact_vs_images,
+    plot_exact_vs_n,
+    plot_ops_benchmark,
+)
 from .readme import write_readme
 from .runs import find_runs
 from .spec import TABLES
@@ -51,15 +56,14 @@ def write_report(
         spec = TABLES[number]
         runs = find_runs(results, number)
         plot_lines: list[str] = []
-        if number == 3:
-            png = results / "table3_accuracy_vs_k.png"
-            why = plot_accuracy_vs_k(runs, png)
-        elif number == 1:
-            png = results / "table1_exact_vs_n.png"
-            why = plot_exact_vs_n(runs, png)
-        else:
-            png, why = None, None
-        if png is not None:
+        plots = {
+            1: [("table1_exact_vs_n.png", plot_exact_vs_n),
+                ("table1_exact_vs_images.png", plot_exact_vs_images)],
+            3: [("table3_accuracy_vs_k.png", plot_accuracy_vs_k)],
+        }.get(number, [])  # fmt: skip
+        for name, plot in plots:
+            png = results / name
+            why = plot(runs, png)
             if why is None:
                 plot_lines.append(f"![{png.stem}]({png.name})")
                 written.append(png)
