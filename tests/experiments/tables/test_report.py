@@ -180,6 +180,17 @@ def test_exact_against_images_counts_the_warm_start(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_run_made_outside_reproduce_counts_its_threads(tmp_path):
+    root = tmp_path / "results"
+    metrics = {"test_exact": 0.8, "train_seconds": 3600.0}
+    kw = {"metrics": metrics, "hardware": None, "torch_version": "2.13.0+cpu"}
+    fake_run(root, 1, "quality", "n5-deterministic", threads=2, **kw)
+    fake_run(root, 1, "quality", "n3-deterministic", threads=None, **kw)  # threads unknown
+    runs = {r.cell: r for r in find_runs(root, 1)}
+    assert runs["n5-deterministic"].cpu_s == 7200.0 and runs["n5-deterministic"].wall_s == 3600
+    assert runs["n3-deterministic"].cpu_s is None
+
+
 def test_runs_show_note_net_wall_time_and_compute(tmp_path):
     root = tmp_path / "results"
     path = fake_run(root, 3, "cpu", "cifar10-cnn", metrics={"test_acc": 0.6})

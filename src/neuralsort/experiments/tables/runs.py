@@ -112,6 +112,20 @@ def _hardware(path: pathlib.Path, metrics: dict[str, Any], cfg: dict[str, Any]) 
                 seen.append(summary)
     if seen:
         return " + ".join(seen)
+    device, threads, torch_v = _config_device(metrics, cfg)
+    if not device:
+        return "unknown"
+    text = f"{device}"
+    if threads:
+        text += f", {threads} thread{'s' if threads != 1 else ''}"
+    if torch_v:
+        text += f" (torch {torch_v})"
+    return text
+
+
+def _config_device(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, int, str]:
+    """``(device, CPU threads, torch version)`` of a run made outside ``reproduce``, from its
+    metrics and config (``""`` / 0 where they do not say)."""
     run_info = cfg.get("_run", {}) if isinstance(cfg, dict) else {}
     versions = run_info.get("versions", {}) if isinstance(run_info, dict) else {}
     torch_v = str(versions.get("torch") or "") if isinstance(versions, dict) else ""
@@ -120,15 +134,9 @@ def _hardware(path: pathlib.Path, metrics: dict[str, Any], cfg: dict[str, Any]) 
         device = cfg.get("device")
     if not device and torch_v.endswith("+cpu"):
         device = "cpu"  # a CPU-only torch build cannot have used a GPU
-    if not device:
-        return "unknown"
-    text = f"{device}"
     threads = cfg.get("threads") or cfg.get("num_threads")
-    if str(device).startswith("cpu") and isinstance(threads, int):
-        text += f", {threads} thread{'s' if threads != 1 else ''}"
-    if torch_v:
-        text += f" (torch {torch_v})"
-    return text
+    on_cpu = str(device or "").startswith("cpu") and isinstance(threads, int) and threads > 0
+    return str(device or ""), threads if on_cpu else 0, torch_v
 
 
 def _progress(path: pathlib.Path, cfg: dict[str, Any], status: str) -> str:
@@ -201,6 +209,9 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
             threads = _threads(attempts[-1])
             wall = own
             cpu_s, gpu_s = (own * threads, None) if threads else (None, own)
+    elif isinstance(wall, int | float):  # made outside reproduce: its config says where
+        threads = _config_device(metrics, cfg)[1]
+        cpu_s = wall * threads if threads else None
     return CellRun(
         table=spec.number,
         budget=budget,
