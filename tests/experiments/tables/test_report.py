@@ -178,6 +178,15 @@ def test_exact_against_images_counts_the_warm_start(tmp_path):
     }
     assert plot_exact_vs_images(runs, tmp_path / "p.png") is None
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    # the runs table says where a warm-started cell came from and what that took
+    starts = {run.cell: run.warm_start for run in runs}
+    assert starts == {
+        "n5-deterministic": None,
+        "n15-stochastic": "n5-deterministic",
+        "n5-sinkhorn": None,
+    }
+    assert main(["report", str(root)]) == 0
+    assert "| 0.2 min + warm start (n5-deterministic) |" in (root / "table1.md").read_text()
 
 
 def test_a_run_made_outside_reproduce_counts_its_threads(tmp_path):

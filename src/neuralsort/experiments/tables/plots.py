@@ -143,8 +143,7 @@ def exact_vs_images(runs: list[CellRun]) -> list[tuple[CellRun, list[tuple[int, 
             curves[run.budget, run.cell] = (run, *got)
 
     def images_before(run: CellRun, seen: frozenset[str]) -> int:
-        parts = str(run.metrics.get("init_from") or "").rstrip("/").split("/")
-        name = parts[-2] if len(parts) >= 2 and parts[-1].endswith(".pt") else parts[-1]
+        name = run.warm_start or ""
         src = curves.get((run.budget, name))
         if src is None or name in seen:
             return 0

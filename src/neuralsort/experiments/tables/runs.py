@@ -92,6 +92,16 @@ class CellRun:
     note: str = ""
     net: str = ""
 
+    @property
+    def warm_start(self) -> str | None:
+        """The run folder's name this run's weights started from (``init_from`` in its metrics:
+        a ``best.pt`` or a folder), or None for a run trained from scratch."""
+        source = str(self.metrics.get("init_from") or "").rstrip("/")
+        if not source:
+            return None
+        parts = source.split("/")
+        return parts[-2] if len(parts) >= 2 and parts[-1].endswith(".pt") else parts[-1]
+
     def value(self, key: str) -> float | None:
         """A metric of a finished run (None if absent or not finished)."""
         if self.status != "done":

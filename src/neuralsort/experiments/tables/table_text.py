@@ -136,6 +136,7 @@ def table_markdown(
         + "hardware | wall time | run folder |",
         "|" + " --- |" * (len(spec.metrics) + 7 + nets),
     ]
+    by_cell = {(r.cell, r.budget): r for r in runs}
     for rec in csv_rows(spec, runs, results_dir):
         if rec["cell"] not in spec.cells():
             continue
@@ -152,7 +153,7 @@ def table_markdown(
         overrides = json.loads(rec["overrides"]) if rec["overrides"] else {}
         budget = budget_label(rec["budget"] or "-", overrides, rec["note"], full=True)
         net = [rec["net"] or "-"] if nets else []
-        wall = minutes(rec["wall_time_s"])
+        wall = minutes(rec["wall_time_s"]) + _warm_start(by_cell.get((rec["cell"], rec["budget"])))
         hardware = rec["hardware"] or "-"
         cells = [rec["cell"], budget, rec["status"], *ours, paper_txt, *net, hardware, wall, link]
         lines.append("| " + " | ".join(md_escape(str(c)) for c in cells) + " |")
@@ -170,6 +171,16 @@ def table_markdown(
     if plot_lines:
         lines += ["", "## Plots", "", *plot_lines]
     return "\n".join(lines) + "\n"
+
+
+def _warm_start(run: CellRun | None) -> str:
+    """`` + 200.6 min warm start (n5-deterministic)`` for a run that started from another's
+    weights (``init_from``: its training time, a chain of warm starts included), else ``""``."""
+    if run is None or run.warm_start is None:
+        return ""
+    before = run.metrics.get("init_train_seconds")
+    spent = minutes(before) + " " if isinstance(before, int | float) else ""
+    return f" + {spent}warm start ({run.warm_start})"
 
 
 def _every_n(spec: TableSpec, runs: list[CellRun]) -> list[str]:
