@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
 from typing import Any
 
-import yaml
-
-from .runs import CellRun
+from .runs import CellRun, _read_log, _read_yaml
 from .spec import TABLES
 
 __all__ = [
@@ -112,21 +109,14 @@ def _exact_axes(fig: Any, ax: Any, ylabel: str, title: str, legend_size: int = 7
 
 def _validation_curve(run: CellRun) -> tuple[int, list[tuple[int, float]]] | None:
     """``(images a step, [(step, val_exact), ...])`` from a Table 1 run's config and log."""
-    try:
-        cfg = yaml.safe_load((run.path / "config.yaml").read_text())
-        lines = (run.path / "log.jsonl").read_text().splitlines()
-    except (OSError, yaml.YAMLError):
-        return None
+    cfg = _read_yaml(run.path / "config.yaml")
     if not isinstance(cfg, dict) or not cfg.get("batch_size") or not cfg.get("n"):
         return None
-    points = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "val_exact" in rec and "step" in rec:
-            points[int(rec["step"])] = float(rec["val_exact"])  # a resumed epoch: the last one
+    points = {
+        int(rec["step"]): float(rec["val_exact"])  # a resumed epoch: its last record
+        for rec in _read_log(run.path / "log.jsonl")
+        if "val_exact" in rec and "step" in rec
+    }
     return int(cfg["batch_size"]) * int(cfg["n"]), sorted(points.items())
 
 
