@@ -47,10 +47,10 @@ def test_grids_and_recipes_ship_in_the_package():
     assert len(names) <= 30
 
 
-def test_every_table_has_the_budgets_but_quality_is_table_1s():
+def test_every_table_has_the_budgets_but_table_3_has_no_quality():
     assert [budgets_of(TABLES[t]) for t in sorted(TABLES)] == [
         list(BUDGETS),
-        [b for b in BUDGETS if b != "quality"],
+        list(BUDGETS),
         [b for b in BUDGETS if b != "quality"],
     ]
     with pytest.raises(UserError, match="no budget 'quality'"):
@@ -68,11 +68,12 @@ def test_every_cell_resolves_through_its_command_parser(table, budget):
     expected = set(spec.cells())
     if table == 3 and budget == "cpu":  # no CIFAR-100 at the cpu budget
         expected = {c for c in expected if not c.startswith("cifar100-")}
-    if budget == "quality":  # the NeuralSort rows, and the baselines at n = 5 and 15
+    if budget == "quality":  # the NeuralSort rows (Table 1: and the baselines at n = 5 and 15)
         expected = {
             c
             for c in expected
-            if c.endswith(("-deterministic", "-stochastic")) or c.startswith(("n5-", "n15-"))
+            if c.endswith(("-deterministic", "-stochastic"))
+            or (table == 1 and c.startswith(("n5-", "n15-")))
         }
     assert {c.name for c in cells if not c.sweep} == expected
     parser = build_parser()
@@ -136,6 +137,16 @@ def test_the_recipes_each_budget_uses():
         assert steps(f"n15-{base}") == 48_000 + steps("n15-deterministic")
         assert q[f"n15-{base}"]["batch_size"] == q["n15-deterministic"]["batch_size"] == 4
     assert len(quality) == 16
+    # Table 2 at the quality budget: one n = 5 median model warm-starts the other NeuralSort cells
+    median = {c.name: c.settings for c in all_cells()[2, "quality"]}
+    assert list(median)[0] == "n5-deterministic" and len(median) == 6
+    assert (
+        median["n5-deterministic"]["num_epochs"] * median["n5-deterministic"]["steps_per_epoch"]
+        == 20_000
+    )
+    assert {s.get("init_from") for n, s in median.items() if n != "n5-deterministic"} == {
+        "n5-deterministic"
+    }
     # Fashion-MNIST uses the MNIST column's recipes at the cpu budget, dataset apart
     for row in ("dknn-deterministic", "cnn", "knn-ae"):
         mnist = dict(cells[3, "cpu"][f"mnist-{row}"].settings, dataset=None)

@@ -206,7 +206,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         p,
         "--budget",
         choices=list(BUDGETS),
-        help="smoke, cpu, quality (Table 1 only) or paper (optional with --dry_run)",
+        help="smoke, cpu, quality (Tables 1 and 2) or paper (optional with --dry_run)",
     )
     add_flag(
         p,
