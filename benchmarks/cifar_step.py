@@ -5,8 +5,9 @@ Measures, in one process with ``--threads`` torch threads:
 * the float32 matmul peak: the best GFLOP/s of ``--matmul_size`` square products
   (``2 n^3`` flops each), measured before and after the steps, the ceiling any convolution
   lowered to matrix products can reach;
-* for each net of ``--models``: images/s of one training step on 32x32 RGB images already in
-  memory (channels-last unless ``--no-channels_last``), for the CNN baseline (net + linear head,
+* for each net of ``--models``: images/s of one training step on images already in memory
+  (32x32 RGB, or ``--image C H W``: ``--image 1 28 28`` for MNIST and Fashion-MNIST;
+  channels-last unless ``--no-channels_last``), for the CNN baseline (net + linear head,
   cross-entropy, SGD; ``--batch`` images) and the dKNN (100 queries + 100 neighbours, the
   deterministic NeuralSort kNN loss, k = 9); the flops of a step are three times those of the
   forward pass (counted over the convolutions and linear layers), so ``GFLOP/s`` and ``% of
@@ -19,6 +20,7 @@ Usage::
 
     python benchmarks/cifar_step.py --threads 1
     python benchmarks/cifar_step.py --threads 2 --models fastnet fastnet-half resnet8 --csv out.csv
+    python benchmarks/cifar_step.py --image 1 28 28 --models fastnet-half mnist-convnet
 """
 
 from __future__ import annotations
@@ -121,11 +123,12 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
     rows = []
     for task in ("cnn", "dknn"):
         torch.manual_seed(0)
-        net = create_model(name, 3, image_size=(32, 32))
+        c, h, w = args.image
+        net = create_model(name, c, image_size=(h, w))
         model = Classifier(net, 10) if task == "cnn" else net
         model.to(memory_format=fmt)
         batch = args.batch if task == "cnn" else 200
-        x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
+        x = torch.randn(batch, c, h, w, generator=g).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (batch,), generator=g)
         model.train()
         model(x)  # fits a data-dependent stem before the flops are counted
@@ -136,6 +139,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, object]]:
         rows.append(
             {
                 "model": name,
+                "image": "x".join(map(str, args.image)),
                 "step": task,
                 "batch": batch,
                 "parameters": params,
@@ -158,11 +162,21 @@ def main() -> None:
     p.add_argument(
         "--channels_last", "--channels-last", action=argparse.BooleanOptionalAction, default=True
     )
+    p.add_argument(
+        "--image",
+        type=int,
+        nargs=3,
+        default=[3, 32, 32],
+        metavar=("C", "H", "W"),
+        help="channels, height and width of the images (default 3 32 32)",
+    )
     p.add_argument("--csv", type=Path, default=None, help="also write the table to this file")
     args = p.parse_args()
     for key in ("threads", "batch", "steps", "matmul_size"):
         if getattr(args, key) < 1:
             p.error(f"--{key} must be a positive integer")
+    if min(args.image) < 1:
+        p.error("--image needs three positive integers: channels, height, width")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     torch.set_num_threads(args.threads)
@@ -175,6 +189,7 @@ def main() -> None:
         r["pct_of_peak"] = 100.0 * float(r["gflop_per_s"]) / peak
     print(
         f"{cpu_name()}, {args.threads} thread(s), float32, "
+        f"{'x'.join(map(str, args.image))} images, "
         f"{'channels-last' if args.channels_last else 'contiguous'}; "
         f"matmul peak ({args.matmul_size}^2): {peak:.1f} GFLOP/s\n"
     )

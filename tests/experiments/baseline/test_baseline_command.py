@@ -144,8 +144,9 @@ def test_eval_ks_tests_every_k_from_the_same_codes(tmp_path, method):
     if method == "knn-pca":  # nothing trained: a run at k = 5 alone gives the same number
         single = tmp_path / "k5"
         assert main([*common, "--k", "5", "--out", str(single)]) == 0
-        assert json.loads((single / "metrics.json").read_text())["test_acc"] == (
-            m["test_acc_by_k"]["5"]
+        assert (
+            json.loads((single / "metrics.json").read_text())["test_acc"]
+            == (m["test_acc_by_k"]["5"])
         )
 
 

@@ -147,10 +147,16 @@ def test_the_recipes_each_budget_uses():
     assert {s.get("init_from") for n, s in median.items() if n != "n5-deterministic"} == {
         "n5-deterministic"
     }
-    # Fashion-MNIST uses the MNIST column's recipes at the cpu budget, dataset apart
-    for row in ("dknn-deterministic", "cnn", "knn-ae"):
-        mnist = dict(cells[3, "cpu"][f"mnist-{row}"].settings, dataset=None)
-        assert dict(cells[3, "cpu"][f"fashion-mnist-{row}"].settings, dataset=None) == mnist
+    # Fashion-MNIST at the cpu budget: fastnet at half width for the CNN and the dKNN rows, one
+    # thread; its autoencoder as MNIST's, dataset apart
+    fashion = {
+        r: cells[3, "cpu"][f"fashion-mnist-{r}"].settings for r in ("cnn", "dknn-stochastic")
+    }
+    assert {s["model"] for s in fashion.values()} == {"fastnet-half"}
+    assert {s["threads"] for s in fashion.values()} == {1}
+    assert fashion["cnn"]["test_flip"] is True and fashion["dknn-stochastic"]["tau"] == 64.0
+    mnist_ae = dict(cells[3, "cpu"]["mnist-knn-ae"].settings, dataset=None)
+    assert dict(cells[3, "cpu"]["fashion-mnist-knn-ae"].settings, dataset=None) == mnist_ae
 
 
 def write_grid(root, grid, **recipes):
