@@ -11,7 +11,7 @@ and, after every epoch over those images, prints one JSON line with the accuracy
   replacement (an epoch: ``subset / qm`` steps); accuracy of hard kNN (``k``) over the embedded
   subset.
 
-Both use flips and 4-pixel translations, ``make_optimizer`` / ``make_scheduler`` of the commands
+Both use flips and translations (``aug``), ``make_optimizer`` / ``make_scheduler`` of the commands
 (cosine decay over ``epochs`` after ``warm`` warm-up epochs). Settings are one JSON object::
 
     python benchmarks/cifar_subset.py '{"mode": "cnn", "epochs": 8, "opt": "sgd", "lr": 0.2,
@@ -20,7 +20,9 @@ Both use flips and 4-pixel translations, ``make_optimizer`` / ``make_scheduler``
         "lr": 0.001, "wd": 0, "tau": 16, "k": 9, "warm": 0.5}' --data_dir DIR
 
 Optional keys: ``model`` (default ``fastnet``), ``subset`` (10000), ``bs`` (256), ``qm`` (100),
-``k`` (9), ``method`` (deterministic), ``wd`` (5e-4), ``ls`` (0), ``warm`` (0).
+``k`` (9), ``method`` (deterministic), ``wd`` (5e-4), ``ls`` (0), ``warm`` (0), and the step
+settings of the commands' recipes: ``mom`` (SGD momentum, 0.9), ``nesterov`` (false),
+``norm_bias_lr`` (1), ``logit_scale`` (the CNN's; 1), ``aug`` (``flipcrop``; or ``flipshift``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ import torch.nn.functional as F
 from neuralsort.experiments.data import load_dataset, train_val_split
 from neuralsort.experiments.embedding_nets import Classifier, create_model
 from neuralsort.experiments.knn_eval import embed, knn_accuracy
-from neuralsort.experiments.recipe import augment_batch, make_optimizer, make_scheduler
+from neuralsort.experiments.recipe import (
+    augment_batch,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+)
 from neuralsort.knn import dknn_loss
 
 
@@ -53,16 +60,17 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
     trx, try_ = tx[tr[:n_sub]], ty[tr[:n_sub]]
     vax, vay = tx[va[:2000]], ty[va[:2000]]
     net = create_model(cfg.get("model", "fastnet"), 3, image_size=(32, 32))
-    model = Classifier(net, 10) if mode == "cnn" else net
+    model = Classifier(net, 10, logit_scale=cfg.get("logit_scale", 1.0)) if mode == "cnn" else net
     model = model.to(memory_format=torch.channels_last)
     bs, qm = cfg.get("bs", 256), cfg.get("qm", 100)
     per_step = bs if mode == "cnn" else 2 * qm
     steps = n_sub // (bs if mode == "cnn" else qm)
-    opt = make_optimizer(
-        model.parameters(),
-        {"optimizer": cfg["opt"], "lr": cfg["lr"], "weight_decay": cfg.get("wd", 5e-4),
-         "momentum": 0.9},
-    )  # fmt: skip
+    step_cfg = {
+        "optimizer": cfg["opt"], "lr": cfg["lr"], "weight_decay": cfg.get("wd", 5e-4),
+        "momentum": cfg.get("mom", 0.9), "nesterov": cfg.get("nesterov", False),
+        "norm_bias_lr": cfg.get("norm_bias_lr", 1.0),
+    }  # fmt: skip
+    opt = make_optimizer(parameter_groups(model, step_cfg), step_cfg)
     sched = make_scheduler(
         opt,
         {"lr_schedule": "cosine", "warmup_epochs": cfg.get("warm", 0.0)},
@@ -89,16 +97,16 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
         for _ in range(steps):
             if mode == "cnn":
                 idx = torch.randint(0, n_sub, (bs,), generator=g)
-                x = augment_batch(trx[idx], "flipcrop", g).contiguous(
+                x = augment_batch(trx[idx], cfg.get("aug", "flipcrop"), g).contiguous(
                     memory_format=torch.channels_last
                 )
                 loss = F.cross_entropy(model(x), try_[idx], label_smoothing=cfg.get("ls", 0.0))
             else:
                 qi = torch.randint(0, n_sub, (qm,), generator=g)
                 ni = torch.randint(0, n_sub, (qm,), generator=g)
-                x = augment_batch(torch.cat([trx[qi], trx[ni]]), "flipcrop", g).contiguous(
-                    memory_format=torch.channels_last
-                )
+                x = augment_batch(
+                    torch.cat([trx[qi], trx[ni]]), cfg.get("aug", "flipcrop"), g
+                ).contiguous(memory_format=torch.channels_last)
                 e = model(x)
                 loss = dknn_loss(
                     e[:qm], e[qm:], try_[qi], try_[ni], cfg.get("k", 9), tau=cfg["tau"],

@@ -133,7 +133,14 @@ def test_shipped_configs_resolve(command, path):
         "cifar10",
         "cifar100",
     )
-    assert cfg["model"] in (None, "mnist-convnet", "resnet18", "digits-net", "fastnet")
+    assert cfg["model"] in (
+        None,
+        "mnist-convnet",
+        "resnet18",
+        "digits-net",
+        "fastnet",
+        "fastnet-half",
+    )
 
 
 def test_configs_exist():

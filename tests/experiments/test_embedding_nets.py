@@ -35,7 +35,26 @@ def test_embedding_shapes(name, channels, size, dim):
     out = m(torch.randn(2, channels, *size))
     assert out.shape == (2, dim) and m.embedding_dim == dim
     out.sum().backward()
-    assert all(p.grad is not None for p in m.parameters())
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_fastnet_starts_as_the_fast_cifar_trainers_do():
+    """Identity-initialised convolutions, BatchNorm scales fixed at 1, running momentum 0.4;
+    the frozen scales get no gradient."""
+    torch.manual_seed(0)
+    m = create_model("fastnet", 3, image_size=(32, 32))
+    block = m.blocks[1]
+    w = block.conv2.weight  # 256 -> 256: the identity on every channel
+    eye = torch.zeros_like(w)
+    eye[torch.arange(256), torch.arange(256), 1, 1] = 1.0
+    assert torch.equal(w, eye)
+    w1 = block.conv1.weight  # 64 -> 256: the identity on the first 64 output channels only
+    assert torch.equal(w1[:64, :, 1, 1], torch.eye(64)) and w1[64:].abs().sum() > 0
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert bns and all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
+    assert {b.momentum for b in bns} == {0.4}
+    m(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(b.weight.grad is None and b.bias.grad is not None for b in bns)
 
 
 def test_resnet_sizes():
@@ -98,3 +117,13 @@ def test_patch_whitening_decorrelates_and_is_saved():
     w2.load_state_dict(w.state_dict())
     assert bool(w2.fitted) and torch.equal(w2(x * 3), w(x * 3))
     assert torch.equal(w.weight, w2.weight)
+
+
+def test_classifier_scales_its_logits():
+    torch.manual_seed(0)
+    net = create_model("fastnet-half", 3, image_size=(32, 32)).eval()
+    plain = Classifier(net, 10)
+    scaled = Classifier(net, 10, logit_scale=1 / 9)
+    scaled.head.load_state_dict(plain.head.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(scaled(x), plain(x) / 9)

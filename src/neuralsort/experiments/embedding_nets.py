@@ -201,14 +201,25 @@ class PatchWhitening(nn.Module):
 
 
 class _ConvPoolBlock(nn.Module):
-    """conv 3x3 - max-pool 2 - BN - GELU - conv 3x3 - BN - GELU."""
+    """conv 3x3 - max-pool 2 - BN - GELU - conv 3x3 - BN - GELU.
+
+    As in the fast CIFAR-10 trainers: each convolution starts as the identity on its first
+    ``min(cin, cout)`` output channels (an implicit residual; the others keep PyTorch's random
+    start), the BatchNorm scales stay at 1 (only their biases learn) and the running statistics
+    average with momentum 0.4.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = nn.BatchNorm2d(cout, momentum=0.4)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=0.4)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                nn.init.dirac_(conv.weight[: min(conv.in_channels, conv.out_channels)])
+        for bn in (self.bn1, self.bn2):
+            bn.weight.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
@@ -253,15 +264,18 @@ class FastNetHalf(FastNet):
 
 
 class Classifier(nn.Module):
-    """An embedding net followed by a linear head (the plain CNN baseline)."""
+    """An embedding net followed by a linear head (the plain CNN baseline); the logits are
+    multiplied by ``logit_scale`` (the fast CIFAR-10 trainers use 1/9)."""
 
-    def __init__(self, embed: nn.Module, num_classes: int) -> None:
+    def __init__(self, embed: nn.Module, num_classes: int, *, logit_scale: float = 1.0) -> None:
         super().__init__()
         self.embed = embed
         self.head = nn.Linear(int(embed.embedding_dim), num_classes)
+        self.logit_scale = float(logit_scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.embed(x))
+        out = self.head(self.embed(x))
+        return out if self.logit_scale == 1.0 else out * self.logit_scale
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

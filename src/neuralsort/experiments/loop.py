@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from . import checkpoint, distributed
 from .config import UserError, check_common
-from .recipe import Amp, check_recipe, make_optimizer, make_scheduler, progress
+from .recipe import Amp, check_recipe, make_optimizer, make_scheduler, parameter_groups, progress
 from .run_folder import Run
 
 __all__ = ["Task", "EpochStats", "Result", "start_run", "fit"]
@@ -66,8 +66,9 @@ class Task:
     Attributes:
         model: the module saved under ``model`` in the checkpoints and evaluated.
         train_module: what a step calls (wrapped in DDP); ``model`` itself when None.
-        optimizer: optimiser settings for :func:`make_optimizer` (``optimizer``, ``lr`` or
-            ``nloglr``, ``momentum``, ``weight_decay``); None when nothing is trained.
+        optimizer: optimiser settings for :func:`make_optimizer` and :func:`parameter_groups`
+            (``optimizer``, ``lr`` or ``nloglr``, ``momentum``, ``nesterov``, ``weight_decay``,
+            ``norm_bias_lr``); None when nothing is trained.
         steps_per_epoch: training steps per epoch.
         select: the validation key that picks ``best.pt``; ``mode`` ``max`` or ``min``;
             ``ties_to_later``: an equal later value also becomes the best.
@@ -211,7 +212,9 @@ def fit(
     model, steps = task.model, int(task.steps_per_epoch)
     num_epochs = int(cfg["num_epochs"])
     net = distributed.wrap_ddp(task.train_module or model, device)
-    opt = make_optimizer(model.parameters(), task.optimizer) if task.optimizer else None
+    opt = None
+    if task.optimizer:
+        opt = make_optimizer(parameter_groups(model, task.optimizer), task.optimizer)
     sched = None
     if opt is not None:
         sched = make_scheduler(opt, cfg, steps_per_epoch=steps, num_epochs=num_epochs)

@@ -3,6 +3,7 @@ augmentation, mixed precision (AMP), progress bars, and the recipe's defaults, f
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEDULES",
     "AUGMENTS",
     "make_optimizer",
+    "parameter_groups",
     "make_scheduler",
     "augment_batch",
     "resolve_augment",
@@ -39,7 +41,8 @@ T = TypeVar("T")
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
-AUGMENTS = ("auto", "none", "shift", "flipcrop")
+AUGMENTS = ("auto", "none", "shift", "flipshift", "flipcrop")
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
 # The paper's training recipe of the kNN experiments (dknn and the baselines' networks): SGD with
@@ -48,6 +51,8 @@ AUGMENTS = ("auto", "none", "shift", "flipcrop")
 RECIPE_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "momentum": 0.9,
+    "nesterov": False,
+    "norm_bias_lr": 1.0,
     "weight_decay": 5e-4,
     "lr_schedule": "constant",
     "warmup_epochs": 0.0,
@@ -59,6 +64,8 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 _RECIPE_FLAGS: dict[str, dict[str, Any]] = {
     "optimizer": {"choices": list(OPTIMIZERS)},
     "momentum": {"type": float},
+    "nesterov": {"action": argparse.BooleanOptionalAction},
+    "norm_bias_lr": {"type": float, "metavar": "M"},
     "weight_decay": {"type": float},
     "lr_schedule": {"choices": list(SCHEDULES)},
     "warmup_epochs": {"type": float},
@@ -89,6 +96,10 @@ def check_recipe(cfg: dict[str, Any]) -> None:
     for key in ("momentum", "weight_decay", "warmup_epochs"):
         if key in cfg:
             check_number(cfg, key, positive=False)
+    if "norm_bias_lr" in cfg:
+        check_number(cfg, "norm_bias_lr")
+    if cfg.get("nesterov") and (cfg.get("optimizer") != "sgd" or not cfg.get("momentum")):
+        raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
     nloglr = cfg.get("nloglr")
     if nloglr is not None and not (
         isinstance(nloglr, int | float) and not isinstance(nloglr, bool) and math.isfinite(nloglr)
@@ -99,20 +110,55 @@ def check_recipe(cfg: dict[str, Any]) -> None:
 def make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """``cfg["optimizer"]`` with ``cfg["lr"]`` (else ``10**-cfg["nloglr"]``) and ``weight_decay``.
 
-    ``sgd`` is the paper's (momentum, L2 weight decay); ``adam`` uses L2 weight decay, ``adamw``
-    decoupled weight decay.
+    ``sgd`` is the paper's (momentum, L2 weight decay; Nesterov momentum with ``nesterov``);
+    ``adam`` uses L2 weight decay, ``adamw`` decoupled weight decay. ``params`` may be
+    :func:`parameter_groups`, whose groups scale the learning rate and the weight decay.
     """
     name = cfg["optimizer"]
     lr = float(cfg["lr"]) if cfg.get("lr") is not None else 10.0 ** (-float(cfg["nloglr"]))
     wd = float(cfg["weight_decay"])
+    if isinstance(params, list) and params and isinstance(params[0], dict):
+        params = [
+            {
+                "params": g["params"],
+                "lr": lr * g.get("lr_scale", 1.0),
+                "weight_decay": wd * g.get("weight_decay_scale", 1.0),
+            }
+            for g in params
+        ]
     if name == "sgd":
         momentum = float(cfg["momentum"])
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+        nesterov = bool(cfg.get("nesterov", False))
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=nesterov)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     raise UserError(f"unknown --optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def parameter_groups(model: nn.Module, cfg: dict[str, Any]) -> Any:
+    """The parameters of ``model`` for :func:`make_optimizer`.
+
+    With ``cfg["norm_bias_lr"]`` = M other than 1 (a trick of the fast CIFAR-10 trainers), two
+    groups: the biases of the normalisation layers (batch, group and layer norm) learn at M times
+    the learning rate with their weight decay divided by M (so that each step decays them as much
+    as the other weights), and every other parameter as usual. Otherwise all parameters in one
+    group, as ``model.parameters()``.
+    """
+    mult = float(cfg.get("norm_bias_lr", 1.0))
+    params = list(model.parameters())
+    if mult == 1.0:
+        return params
+    biases = [m.bias for m in model.modules() if isinstance(m, _NORMS) and m.bias is not None]
+    if not biases:
+        return params
+    chosen = {id(b) for b in biases}
+    rest = [p for p in params if id(p) not in chosen]
+    return [
+        {"params": rest},
+        {"params": biases, "lr_scale": mult, "weight_decay_scale": 1.0 / mult},
+    ]
 
 
 def make_scheduler(
@@ -151,14 +197,15 @@ def resolve_augment(kind: str, in_channels: int) -> str:
 
 
 def augment_batch(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
-    """Random translations (``shift``: up to 2 px; ``flipcrop``: up to 4 px plus horizontal flips).
+    """Random translations (``shift``: up to 2 px; ``flipshift``: up to 2 px plus horizontal
+    flips; ``flipcrop``: up to 4 px plus horizontal flips).
 
     Borders are filled by replicating edge pixels. Randomness comes only from ``generator``
     (a CPU generator), so runs are reproducible.
     """
     if kind == "none":
         return x
-    pad = 2 if kind == "shift" else 4
+    pad = 4 if kind == "flipcrop" else 2
     b, c, h, w = x.shape
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
@@ -167,7 +214,7 @@ def augment_batch(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     xp = xp.gather(2, rows.expand(b, c, h, w + 2 * pad))
     cols = (ox[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
     out = xp.gather(3, cols.expand(b, c, h, w))
-    if kind == "flipcrop":
+    if kind in ("flipshift", "flipcrop"):
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(b, 1, 1, 1)
         out = torch.where(flip, out.flip(3), out)
     return out

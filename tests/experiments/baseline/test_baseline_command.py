@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from neuralsort.experiments.baseline.command import pca_project
 from neuralsort.experiments.cli import main
@@ -101,6 +102,22 @@ def test_cnn_label_smoothing_and_test_flip(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--label_smoothing", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "--label_smoothing must be in [0, 1)" in capsys.readouterr().err
+    assert main([*base, "--logit_scale", "0", "--out", str(tmp_path / "bad2")]) == 2
+    assert "--logit_scale must be a positive number" in capsys.readouterr().err
+
+
+def test_cnn_with_the_fast_trainers_step(tmp_path):
+    """Nesterov momentum, norm biases at 64x the learning rate, scaled logits, flipshift: the
+    run records them and trains."""
+    out = tmp_path / "fast"
+    args = ["baseline", "--dataset", "digits", "--method", "cnn", "--num_epochs", "1"]
+    args += ["--steps_per_epoch", "3", "--optimizer", "sgd", "--nesterov", "--momentum", "0.85"]
+    args += ["--norm_bias_lr", "64", "--logit_scale", "0.111", "--augment", "flipshift"]
+    assert main([*args, "--out", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["nesterov"] is True and cfg["norm_bias_lr"] == 64.0
+    assert cfg["logit_scale"] == 0.111 and cfg["augment"] == "flipshift"
+    assert 0 <= json.loads((out / "metrics.json").read_text())["test_acc"] <= 1
 
 
 def test_test_flip_sums_mirrored_logits():

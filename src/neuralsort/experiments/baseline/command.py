@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import distributed
-from ..config import UserError, add_common_args, add_flag, check_int, resolve_config
+from ..config import UserError, add_common_args, add_flag, check_int, check_number, resolve_config
 from ..data import load_dataset, train_val_split
 from ..knn_eval import knn_split_metrics
 from ..loop import start_run
@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "num_test_queries": 1000,
     "channels_last": True,
     "label_smoothing": 0.0,
+    "logit_scale": 1.0,
     "test_flip": False,
 }
 
@@ -90,6 +91,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         {
             "optimizer": "default sgd",
             "momentum": None,
+            "nesterov": "SGD with Nesterov momentum (off)",
+            "norm_bias_lr": "learning-rate multiplier of the normalisation layers' biases, their "
+            "weight decay divided by it (1)",
             "weight_decay": None,
             "lr_schedule": None,
             "warmup_epochs": None,
@@ -101,6 +105,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
     add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)
     add_flag(t, "--label_smoothing", type=float, help="CNN cross-entropy label smoothing (0)")
+    add_flag(t, "--logit_scale", type=float, help="CNN: logits multiplied by this (1)")
     add_flag(
         t,
         "--test_flip",
@@ -136,6 +141,7 @@ def _validate(cfg: dict[str, Any]) -> None:
     ls = cfg.get("label_smoothing", 0.0)
     if isinstance(ls, bool) or not isinstance(ls, int | float) or not 0.0 <= ls < 1.0:
         raise UserError(f"--label_smoothing must be in [0, 1), got {ls!r}")
+    check_number(cfg, "logit_scale")
 
 
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:

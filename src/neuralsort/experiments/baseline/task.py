@@ -85,7 +85,7 @@ def train_net(
     method = cfg["method"]
     if method == "cnn":
         name, net = model_for_data(cfg["model"], info)
-        model: nn.Module = Classifier(net, info["num_classes"])
+        model: nn.Module = Classifier(net, info["num_classes"], logit_scale=cfg["logit_scale"])
         augment = resolve_augment(cfg["augment"], info["in_channels"])
     else:
         name = "autoencoder"

@@ -206,6 +206,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         {
             "optimizer": _default_text("optimizer"),
             "momentum": f"SGD momentum ({_default_text('momentum')})",
+            "nesterov": "SGD with Nesterov momentum (default off)",
+            "norm_bias_lr": "learning-rate multiplier of the normalisation layers' biases, their "
+            "weight decay divided by it (default 1)",
             "weight_decay": _default_text("weight_decay"),
             "lr_schedule": _default_text("lr_schedule"),
             "warmup_epochs": "linear learning-rate warm-up (default 0)",
