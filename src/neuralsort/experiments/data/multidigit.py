@@ -118,9 +118,20 @@ class MultiDigitNumbers:
 
     # -- sampling ------------------------------------------------------------------------------
     def sample_indices(
-        self, batch_size: int, n: int, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        close: float = 0.0,
+        spread: int = 100,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw numbers and the pool image for each of their digits.
+
+        Numbers are uniform on ``[0, 10**digits)``; with ``close > 0`` each sequence is, with
+        probability ``close``, instead drawn uniformly from a window ``[c, c + spread)`` at a
+        uniform ``c``, so that its numbers share their leading digits (hard sequences for
+        training: they are ordered by the trailing digits).
 
         Returns:
             ``(digit_index (B, n, digits) int64, values (B, n) int64)``: ``digit_index[b, i, k]`` is
@@ -130,6 +141,15 @@ class MultiDigitNumbers:
         _check_positive_int(n, "n")
         gen = self.generator if generator is None else generator
         values = torch.randint(0, 10**self.num_digits, (batch_size, n), generator=gen)
+        if close > 0.0:
+            if not 2 <= spread <= 10**self.num_digits:
+                raise ValueError(f"spread must be in 2..10**digits, got {spread!r}")
+            pick = torch.rand(batch_size, 1, generator=gen) < close
+            start = torch.randint(
+                0, 10**self.num_digits - spread + 1, (batch_size, 1), generator=gen
+            )
+            near = start + torch.randint(0, spread, (batch_size, n), generator=gen)
+            values = torch.where(pick, near, values)
         digit_values = digits_of(values, self.num_digits)
         u = torch.rand(digit_values.shape, generator=gen, dtype=torch.float64)
         counts = self._counts[digit_values]

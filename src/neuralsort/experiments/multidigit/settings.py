@@ -37,6 +37,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "regroup": 1,
     "regroup_ns": None,
     "regroup_near": 0.0,
+    "close_sequences": 0.0,
+    "close_spread": 100,
     "eval_ns": None,
     "init_from": None,
     "num_epochs": 200,
@@ -117,6 +119,24 @@ def add_multidigit_args(
             "make this fraction of the regrouped sequences of items next to each other in value "
             "(hard sequences; NeuralSort sorting only; default 0)"
         ),
+    )
+    add_flag(
+        g,
+        "--close_sequences",
+        type=float,
+        metavar="F",
+        help=(
+            "draw this fraction of the training sequences from a window of --close_spread "
+            "consecutive numbers, so that they are ordered by their trailing digits (hard "
+            "sequences; validation and test sets stay uniform; default 0)"
+        ),
+    )
+    add_flag(
+        g,
+        "--close_spread",
+        type=int,
+        metavar="W",
+        help="width of the window of --close_sequences (default 100: the last two digits)",
     )
     add_flag(
         g,
@@ -241,3 +261,11 @@ def validate_common(cfg: dict[str, Any]) -> None:
         raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
     for key in ("tau", "lr"):
         check_number(cfg, key)
+    close = cfg["close_sequences"]
+    if isinstance(close, bool) or not isinstance(close, int | float) or not 0.0 <= close <= 1.0:
+        raise UserError(f"--close_sequences must be a fraction in [0, 1], got {close!r}")
+    spread = cfg["close_spread"]
+    if isinstance(spread, bool) or not isinstance(spread, int) or not 2 <= spread <= 10**digits:
+        raise UserError(
+            f"--close_spread must be an integer in 2..10^digits = {10**digits}, got {spread!r}"
+        )

@@ -142,7 +142,12 @@ class MultiDigitTask(Task):
     def loss(self, net: nn.Module, step: int, amp: Amp) -> tuple[torch.Tensor, dict[str, float]]:
         # the global batch from the shared source; this rank renders its own slice
         bs, device = self.batch_size, self.device
-        index, all_values = self.train_src.sample_indices(bs * self.world, self.n)
+        index, all_values = self.train_src.sample_indices(
+            bs * self.world,
+            self.n,
+            close=float(self.cfg.get("close_sequences") or 0.0),
+            spread=int(self.cfg.get("close_spread") or 100),
+        )
         mine = slice(self.rank * bs, (self.rank + 1) * bs)
         images = self.render_src.render(index[mine].to(device, non_blocking=True))
         values = all_values[mine].to(device)

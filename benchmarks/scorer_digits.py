@@ -1,0 +1,103 @@
+"""Which digits a trained NeuralSort scorer reads: order errors by the first digit that differs.
+
+A NeuralSort sorter of four-digit numbers scores each image on its own, so its errors at any n
+come from pairs of numbers that it scores in the wrong order. This script scores ``--numbers``
+test numbers (MNIST test digits, as the fixed test sets use) with the scorer of a finished
+``neuralsort sort`` run (its ``best.pt``), and prints, for pairs of different numbers whose
+values are close (at most ``--window`` ranks apart in value order), the fraction scored in the
+wrong order, grouped by the first (most significant) digit in which they differ. A scorer that
+reads a digit well has a low rate for pairs that first differ there; one that ignores a digit
+scores such pairs at chance (0.5).
+
+Usage::
+
+    python benchmarks/scorer_digits.py RUN_DIR [RUN_DIR ...] --data_dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from neuralsort.experiments.multidigit.sorters import NeuralSortSorter
+from neuralsort.experiments.multidigit.task import load_multidigit_splits
+
+
+def load_scorer(run_dir: Path, image_shape: tuple[int, int]) -> NeuralSortSorter:
+    """The NeuralSort sorter saved in ``run_dir/best.pt``."""
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+    sorter = NeuralSortSorter(image_shape)
+    sorter.load_state_dict(state)
+    return sorter.eval()
+
+
+def order_errors(
+    scores: torch.Tensor, values: torch.Tensor, digits: int, window: int
+) -> list[dict[str, float]]:
+    """Wrong-order rates of close pairs by the first digit in which they differ.
+
+    ``scores`` and ``values`` are 1-D; larger values should score higher (the sort commands sort
+    in descending order of the scores). Pairs of equal values are left out.
+    """
+    order = torch.argsort(values, stable=True)
+    v, s = values[order], scores[order]
+    place = torch.tensor([10 ** (digits - 1 - k) for k in range(digits)])
+    d = (v[:, None] // place) % 10  # (N, digits), most significant first
+    pairs = torch.zeros(digits)
+    wrong = torch.zeros(digits)
+    n = v.numel()
+    for offset in range(1, min(window, n - 1) + 1):
+        a, b = slice(0, n - offset), slice(offset, n)
+        differ = v[b] != v[a]
+        first = (d[b] != d[a]).int().argmax(1)
+        bad = (s[b] <= s[a]) & differ
+        pairs += torch.bincount(first[differ], minlength=digits)[:digits].float()
+        wrong += torch.bincount(first[bad], minlength=digits)[:digits].float()
+    return [
+        {
+            "first_differing_digit": k + 1,
+            "pairs": int(pairs[k]),
+            "wrong_order": float(wrong[k] / pairs[k]),
+        }
+        for k in range(digits)
+        if pairs[k] > 0
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("runs", nargs="+", type=Path, help="folders of finished `neuralsort sort` runs")
+    p.add_argument("--data_dir", "--data-dir", default=None, help="folder holding MNIST")
+    p.add_argument("--numbers", type=int, default=8000, help="test numbers to score (8000)")
+    p.add_argument("--window", type=int, default=400, help="pairs at most this many ranks apart")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn numbers (0)")
+    args = p.parse_args()
+    if args.numbers < 2 or args.window < 1:
+        p.error("--numbers must be >= 2 and --window >= 1")
+    torch.set_num_threads(1)
+    test = load_multidigit_splits({"data_dir": args.data_dir, "digits": 4, "seed": 0})["test"]
+    shape = (test.num_digits * test.digit_shape[0], test.digit_shape[1])
+    index, values = test.sample_indices(1, args.numbers, torch.Generator().manual_seed(args.seed))
+    for run in args.runs:
+        sorter = load_scorer(run, shape)
+        with torch.no_grad():
+            scores = torch.cat(
+                [
+                    sorter.scores(test.render(index[:, i : i + 500]))
+                    for i in range(0, args.numbers, 500)
+                ],
+                dim=1,
+            )
+        rows = order_errors(scores[0], values[0], test.num_digits, args.window)
+        print(
+            json.dumps(
+                {"run": str(run), "numbers": args.numbers, "window": args.window, "by_digit": rows}
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
