@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 
@@ -90,3 +91,20 @@ def test_large_n_benchmark_runs_only_the_chosen_cases(tmp_path):
     assert [r["method"] for r in rows] == ["default", "tol=1e-6"]
     with pytest.raises(SystemExit):
         main(["--sizes", "1x64", "--methods", "tol=1e-7", "--out", str(tmp_path)])
+
+
+def test_scorer_digits_counts_wrong_orders_by_the_first_differing_digit():
+    order_errors = load("scorer_digits").order_errors
+    values = torch.tensor([1200, 1210, 1211, 2200, 15])
+    # a scorer that reads the first three digits and ignores the last
+    scores = (values // 10).float()
+    rows = {r["first_differing_digit"]: r for r in order_errors(scores, values, 4, window=10)}
+    # pairs: (15, others) and (1xxx, 2200) first differ in digit 1; (1200, 1210) and
+    # (1200, 1211) in digit 3; (1210, 1211) in digit 4, scored equal: the wrong order
+    assert rows[1]["pairs"] == 7 and rows[1]["wrong_order"] == 0.0
+    assert rows[3]["pairs"] == 2 and rows[3]["wrong_order"] == 0.0
+    assert rows[4]["pairs"] == 1 and rows[4]["wrong_order"] == 1.0
+    assert 2 not in rows
+    # reversed scores: every pair in the wrong order
+    flipped = order_errors(-scores, values, 4, window=10)
+    assert all(r["wrong_order"] == 1.0 for r in flipped)

@@ -61,6 +61,24 @@ def test_shapes_range_and_dtype():
     assert int(many.max()) > 9000 and int(many.min()) < 1000  # spread over the whole range
 
 
+def test_close_sequences_lie_in_a_window():
+    images, labels = fake_mnist(100)
+    src = MultiDigitNumbers(images, labels, digits=4, seed=0)
+    g = torch.Generator().manual_seed(1)
+    _, v = src.sample_indices(2000, 5, g, close=0.5, spread=100)
+    width = v.amax(1) - v.amin(1)
+    close = width < 100
+    # about half the sequences from a window (a uniform draw of 5 lies within 100 rarely: ~0.05%)
+    assert 0.45 < close.float().mean() < 0.55
+    assert int(v.min()) >= 0 and int(v.max()) <= 9999
+    assert int(v[close].min()) < 100 and int(v[close].max()) > 9900  # windows anywhere
+    # without close sequences the stream is the plain one (same draws as before)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(src.sample_indices(4, 5, g1)[1], src.sample_indices(4, 5, g2, close=0.0)[1])
+    with pytest.raises(ValueError, match="spread must be in 2..10"):
+        src.sample_indices(2, 5, g, close=0.5, spread=1)
+
+
 def test_rendered_images_are_the_digits_of_the_value():
     images, labels = fake_mnist(300, seed=1)
     src = MultiDigitNumbers(images, labels, digits=4, seed=3)

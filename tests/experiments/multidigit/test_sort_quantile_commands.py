@@ -134,6 +134,15 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--regroup_ns lengths must be <= the items of a batch" in capsys.readouterr().err
     assert run_cli("quantile", mnist_dir, tmp_path / "e", "--eval_ns", "1,5") == 2
     assert "--eval_ns must be comma-separated integers >= 2" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "f", "--close_sequences", "1.5") == 2
+    assert "--close_sequences must be a fraction in [0, 1]" in capsys.readouterr().err
+    assert run_cli("quantile", mnist_dir, tmp_path / "g", "--close_spread", "1") == 2
+    assert "--close_spread must be an integer in 2..10^digits" in capsys.readouterr().err
+    args = ("--close_sequences", "0.5", "--close_spread", "1000", "--digits", "2")
+    assert run_cli("sort", mnist_dir, tmp_path / "h", *args) == 2
+    assert "--close_spread must be an integer in 2..10^digits = 100, got 1000" in (
+        capsys.readouterr().err
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["sort", "--data_dir", str(empty), "--out", str(tmp_path / "c"), *TINY]) == 2

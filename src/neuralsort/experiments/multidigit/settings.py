@@ -265,7 +265,8 @@ def validate_common(cfg: dict[str, Any]) -> None:
     if isinstance(close, bool) or not isinstance(close, int | float) or not 0.0 <= close <= 1.0:
         raise UserError(f"--close_sequences must be a fraction in [0, 1], got {close!r}")
     spread = cfg["close_spread"]
-    if isinstance(spread, bool) or not isinstance(spread, int) or not 2 <= spread <= 10**digits:
+    top = 10**digits if close else float("inf")  # the window must fit only when it is used
+    if isinstance(spread, bool) or not isinstance(spread, int) or not 2 <= spread <= top:
         raise UserError(
             f"--close_spread must be an integer in 2..10^digits = {10**digits}, got {spread!r}"
         )
