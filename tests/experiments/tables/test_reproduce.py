@@ -361,3 +361,22 @@ def test_dry_run_lists_cells_without_running(tmp_path, capsys):
     # the command's defaults are the paper's recipe: only the cell's identity is passed
     assert "neuralsort sort --n 3 --method vanilla --out" in out[0]
     assert not results.exists()
+
+
+def test_a_finished_run_of_older_settings_is_shown_and_kept(tmp_path, capsys):
+    results = tmp_path / "results"
+    cell = {c.name: c for c in all_cells()[1, "paper"]}["n3-vanilla"]
+    out = results / "table1" / "paper" / "n3-vanilla"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({TABLES[1].final_metric: 0.5}))
+    record = {"cell": "n3-vanilla", "cell_sha256": cell.sha256, "attempts": []}
+    (out / "reproduce.json").write_text(json.dumps(record))
+    cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
+    assert main([*cmd, "--dry_run", "--only", "n3-vanilla"]) == 0
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "done", "->", "skip"]
+    (out / "reproduce.json").write_text(json.dumps({**record, "cell_sha256": "0" * 64}))
+    assert main([*cmd, "--dry_run", "--only", "n3-vanilla"]) == 0
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "changed", "->", "skip"]
+    assert main([*cmd, "--only", "n3-vanilla"]) == 0  # kept, with a note
+    assert "its settings changed since; delete the folder to rerun" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text()) == {TABLES[1].final_metric: 0.5}

@@ -180,6 +180,12 @@ def run_cell(
     return outcome, rc
 
 
+def _settings_changed(out: pathlib.Path, cell: Cell) -> bool:
+    """Whether the run in ``out`` was made from other settings than ``cell``'s today."""
+    rec = _read_record(out / "reproduce.json") or {}
+    return rec.get("cell_sha256") not in (None, cell.sha256)
+
+
 def _read_record(path: pathlib.Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -316,7 +322,10 @@ def main(args: argparse.Namespace) -> int:
                         device=args.device,
                     )
                     cmd = "neuralsort " + shlex.join(argv)
-                    print(f"{cell.name:32s} {status:8s} -> {action[status]:6s} {cmd}")
+                    act = action[status]
+                    if status == "done" and _settings_changed(out, cell):
+                        status, act = "changed", "skip"  # a finished run of older settings
+                    print(f"{cell.name:32s} {status:8s} -> {act:6s} {cmd}")
         return 0
     return _run_table(args, TABLES[args.table], args.budget, root, results, overrides)
 
@@ -340,8 +349,7 @@ def _run_table(
     for cell in cells:
         out = base / cell.name
         if cell_status(out, spec.final_metric) == "done":
-            rec = _read_record(out / "reproduce.json") or {}
-            changed = rec.get("cell_sha256") not in (None, cell.sha256)
+            changed = _settings_changed(out, cell)
             note = " (its settings changed since; delete the folder to rerun)" if changed else ""
             print(f"skip {cell.name}: finished in {out}{note}")
             outcomes.append((cell.name, "skipped (done)"))
