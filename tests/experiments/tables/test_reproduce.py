@@ -128,10 +128,14 @@ def test_the_recipes_each_budget_uses():
         return q[cell]["num_epochs"] * q[cell]["steps_per_epoch"]
 
     assert steps("n5-deterministic") == 48_000 and "init_from" not in q["n5-deterministic"]
+    assert steps("n15-deterministic") == 20_000
+    assert q["n15-deterministic"]["init_from"] == "n5-deterministic"
     warm = [n for n in names if n.endswith(("-deterministic", "-stochastic"))]
     warm.remove("n5-deterministic")
-    assert len(warm) == 9 and {q[n]["init_from"] for n in warm} == {"n5-deterministic"}
-    assert min(names.index(n) for n in warm) > names.index("n5-deterministic")
+    assert len(warm) == 9
+    assert {q[n]["init_from"] for n in warm} == {"n5-deterministic", "n15-deterministic"}
+    for n in warm:  # every warm start runs after the cell it starts from
+        assert names.index(n) > names.index(q[n]["init_from"])
     for base in ("vanilla", "sinkhorn", "gumbel-sinkhorn"):
         assert steps(f"n5-{base}") == 48_000
         assert steps(f"n15-{base}") == 48_000 + steps("n15-deterministic")
