@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from neuralsort.experiments.data.multidigit import digits_of
 from neuralsort.experiments.multidigit.sorters import NeuralSortSorter
 from neuralsort.experiments.multidigit.task import load_multidigit_splits
 
@@ -44,8 +45,7 @@ def order_errors(
     """
     order = torch.argsort(values, stable=True)
     v, s = values[order], scores[order]
-    place = torch.tensor([10 ** (digits - 1 - k) for k in range(digits)])
-    d = (v[:, None] // place) % 10  # (N, digits), most significant first
+    d = digits_of(v, digits)  # (N, digits), most significant first
     pairs = torch.zeros(digits)
     wrong = torch.zeros(digits)
     n = v.numel()

@@ -131,6 +131,9 @@ class MultiDigitTask(Task):
         self.rank = distributed.rank() if self.world > 1 else 0
         self.n, self.batch_size = int(self.cfg["n"]), int(self.cfg["batch_size"])
         self.eval_bs = int(self.cfg["eval_batch_size"])
+        # hard training sequences (--close_sequences); configs of older runs lack the keys
+        self.close = float(self.cfg.get("close_sequences") or 0.0)
+        self.spread = int(self.cfg.get("close_spread") or 100)
 
     def state(self, mid_epoch: bool) -> dict[str, Any]:
         # "noise": rank 0's stream, as in earlier checkpoints
@@ -143,10 +146,7 @@ class MultiDigitTask(Task):
         # the global batch from the shared source; this rank renders its own slice
         bs, device = self.batch_size, self.device
         index, all_values = self.train_src.sample_indices(
-            bs * self.world,
-            self.n,
-            close=float(self.cfg.get("close_sequences") or 0.0),
-            spread=int(self.cfg.get("close_spread") or 100),
+            bs * self.world, self.n, close=self.close, spread=self.spread
         )
         mine = slice(self.rank * bs, (self.rank + 1) * bs)
         images = self.render_src.render(index[mine].to(device, non_blocking=True))
