@@ -384,3 +384,59 @@ def test_a_finished_run_of_older_settings_is_shown_and_kept(tmp_path, capsys):
     assert main([*cmd, "--only", "n3-vanilla"]) == 0  # kept, with a note
     assert "its settings changed since; delete the folder to rerun" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text()) == {TABLES[1].final_metric: 0.5}
+
+
+def _fake_run(results, table, budget, name, *, done, overrides=None, sha=None):
+    """A run folder as reproduce leaves it: finished (metrics.json) or half-finished (last.pt)."""
+    cell = {c.name: c for c in all_cells()[table, budget]}[name]
+    out = results / f"table{table}" / budget / name
+    out.mkdir(parents=True)
+    if done:
+        (out / "metrics.json").write_text(json.dumps({TABLES[table].final_metric: 0.5}))
+    else:
+        (out / "last.pt").write_bytes(b"checkpoint")
+    record = {"cell": name, "cell_sha256": sha or cell.sha256, "attempts": []}
+    if overrides is not None:
+        record["overrides"] = overrides
+    (out / "reproduce.json").write_text(json.dumps(record))
+    return out
+
+
+def test_a_half_finished_run_of_other_settings_is_not_resumed(tmp_path, capsys):
+    results = tmp_path / "results"
+    out = _fake_run(results, 1, "paper", "n3-vanilla", done=False, sha="0" * 64)
+    cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
+    cmd += ["--only", "n3-vanilla"]
+    assert main([*cmd, "--dry_run"]) == 0
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "changed", "->", "stop"]
+    assert main(cmd) == 1
+    captured = capsys.readouterr()
+    assert "half-finished run" in captured.err and "Move or delete the folder" in captured.err
+    assert "not resumed (settings changed)" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "reproduce.json"]  # untouched
+
+
+def test_other_overrides_count_as_other_settings_but_threads_do_not(tmp_path, capsys):
+    results = tmp_path / "results"
+    _fake_run(results, 1, "paper", "n3-vanilla", done=True, overrides={"threads": 2, "lr": 0.1})
+    cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
+    cmd += ["--only", "n3-vanilla", "--dry_run"]
+    assert main([*cmd, "--set", "lr=0.1"]) == 0  # threads alone differ: the same run
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "done", "->", "skip"]
+    assert main([*cmd, "--set", "lr=0.2", "--set", "threads=2"]) == 0
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "changed", "->", "skip"]
+
+
+def test_a_cell_another_process_runs_is_skipped(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")  # the lock needs POSIX file locks
+    results = tmp_path / "results"
+    base = results / "table1" / "paper"
+    base.mkdir(parents=True)
+    with open(base / ".n3-vanilla.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running reproduce holds it
+        cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
+        assert main([*cmd, "--only", "n3-vanilla"]) == 0
+    out = capsys.readouterr().out
+    assert "skip n3-vanilla: another process is running it" in out
+    assert "skipped (running elsewhere)" in out
+    assert not (base / "n3-vanilla").exists()

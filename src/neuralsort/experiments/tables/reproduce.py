@@ -6,8 +6,10 @@ its command's flags. Every cell runs in-process through ``neuralsort``'s own com
 same code path as a user typing the command) into ``RESULTS/table{N}/{budget}/{cell}/``. A cell
 whose ``metrics.json`` holds the final test metric is skipped; one with a ``last.pt`` checkpoint
 but no final metrics is resumed with ``--resume``; so the command can simply be run again until
-every cell is done. ``reproduce.json`` in each folder records every attempt: the exact command,
-the hardware, the outcome.
+every cell is done. A half-finished run whose settings (grid entry or ``--set``) changed since is
+not resumed: reproduce reports it and goes on with the next cell. A cell that another
+``reproduce`` process is running (a lock file beside its folder) is skipped. ``reproduce.json``
+in each folder records every attempt: the exact command, the hardware, the outcome.
 
 Budgets: ``smoke`` (minutes on a laptop CPU, checks the pipeline, numbers mean nothing), ``cpu``
 (a few hours per table on two CPU cores, shortened recipes), ``paper`` (the paper's recipe; GPU
@@ -28,6 +30,7 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes
@@ -180,10 +183,52 @@ def run_cell(
     return outcome, rc
 
 
-def _settings_changed(out: pathlib.Path, cell: Cell) -> bool:
-    """Whether the run in ``out`` was made from other settings than ``cell``'s today."""
+# overrides that change how fast a cell runs, not what it computes
+_NEUTRAL_OVERRIDES = frozenset({"threads"})
+
+
+def _settings_changed(
+    out: pathlib.Path, cell: Cell, overrides: dict[str, Any] | None = None
+) -> bool:
+    """Whether the run in ``out`` was made from other settings than ``cell``'s today.
+
+    The cell's grid settings (their hash) and, when ``overrides`` is given, reproduce's ``--set``
+    overrides are compared with the ones recorded in ``reproduce.json``; ``threads`` is ignored.
+    """
     rec = _read_record(out / "reproduce.json") or {}
-    return rec.get("cell_sha256") not in (None, cell.sha256)
+    if rec.get("cell_sha256") not in (None, cell.sha256):
+        return True
+    if overrides is None or "overrides" not in rec:
+        return False
+
+    def effective(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in _NEUTRAL_OVERRIDES}
+
+    return effective(rec.get("overrides") or {}) != effective(overrides)
+
+
+@contextlib.contextmanager
+def _cell_lock(base: pathlib.Path, name: str) -> Iterator[bool]:
+    """Hold an exclusive lock on cell ``name`` of ``base`` while it runs; yields False if another
+    process holds it (two ``reproduce`` commands over one results folder would otherwise train
+    the same run folder at once). The lock file ``base/.{name}.lock`` sits beside the run folder,
+    not in it. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f".{name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _read_record(path: pathlib.Path) -> dict[str, Any] | None:
@@ -323,8 +368,11 @@ def main(args: argparse.Namespace) -> int:
                     )
                     cmd = "neuralsort " + shlex.join(argv)
                     act = action[status]
-                    if status == "done" and _settings_changed(out, cell):
-                        status, act = "changed", "skip"  # a finished run of older settings
+                    if status in ("done", "partial") and _settings_changed(out, cell, overrides):
+                        # a finished run of other settings is kept; a half-finished one is not
+                        # resumed (that would mix the two), reproduce stops at it
+                        act = "skip" if status == "done" else "stop"
+                        status = "changed"
                     print(f"{cell.name:32s} {status:8s} -> {act:6s} {cmd}")
         return 0
     return _run_table(args, TABLES[args.table], args.budget, root, results, overrides)
@@ -348,22 +396,39 @@ def _run_table(
     rc_total = 0
     for cell in cells:
         out = base / cell.name
-        if cell_status(out, spec.final_metric) == "done":
-            changed = _settings_changed(out, cell)
-            note = " (its settings changed since; delete the folder to rerun)" if changed else ""
-            print(f"skip {cell.name}: finished in {out}{note}")
-            outcomes.append((cell.name, "skipped (done)"))
-            continue
-        outcome, rc = run_cell(
-            spec,
-            budget,
-            cell,
-            out,
-            overrides=overrides,
-            data_dir=args.data_dir,
-            device=args.device,
-            note=args.note,
-        )
+        with _cell_lock(base, cell.name) as free:
+            if not free:
+                print(f"skip {cell.name}: another process is running it in {out}")
+                outcomes.append((cell.name, "skipped (running elsewhere)"))
+                continue
+            status = cell_status(out, spec.final_metric)
+            changed = status in ("done", "partial") and _settings_changed(out, cell, overrides)
+            if status == "done":
+                note = " (its settings changed since; delete the folder to rerun)" * changed
+                print(f"skip {cell.name}: finished in {out}{note}")
+                outcomes.append((cell.name, "skipped (done)"))
+                continue
+            if changed:
+                print(
+                    f"error: {cell.name}: the half-finished run in {out} has other settings than "
+                    "the cell's today (its grid entry or --set); resuming it would mix the two. "
+                    "Move or delete the folder to start the cell again, or restore its settings "
+                    "to finish it.",
+                    file=sys.stderr,
+                )
+                outcomes.append((cell.name, "not resumed (settings changed)"))
+                rc_total = rc_total or 1
+                continue
+            outcome, rc = run_cell(
+                spec,
+                budget,
+                cell,
+                out,
+                overrides=overrides,
+                data_dir=args.data_dir,
+                device=args.device,
+                note=args.note,
+            )
         outcomes.append((cell.name, outcome))
         if outcome == "interrupted":
             rc_total = 130
