@@ -194,15 +194,8 @@ def soft_rank(
     (True = real element), real elements are ranked among the real ones of their row (in
     ``[1, m]``) and padded elements get rank 0 (see :func:`neural_sort`).
 
-    ``tol`` skips, in each row of :math:`\hat P`, the elements outside a
-    window around the row's peak that together hold at most a fraction ``tol`` of the row's
-    mass, and renormalises over the window: :math:`O(n w)` time and memory for windows of
-    ``w`` elements instead of :math:`O(n^2)` (the bound and its proof:
-    :func:`neuralsort._windowed.windowed`; gradients are those of the truncated rows). With
-    ``tol=0`` large inputs are computed exactly in :math:`O(n)` extra memory (rows streamed in
-    chunks, rebuilt in the backward). The default ``tol=None`` is exact for float64 and for
-    inputs whose rows fit in memory; for longer float32 (or half) rows it takes ``2**-24``, less
-    than float32's own rounding, at a small fraction of the exact cost.
+    ``tol`` (window truncation of the rows of :math:`\hat P`, exact streaming with ``tol=0``,
+    and the default) works as in :func:`soft_sort`.
     """
     fn = "soft_rank"
     x, d, tau = check_sort_input(values, dim, tau, "values", fn)
@@ -355,15 +348,9 @@ def soft_quantile(
     ``mask`` (True = real element), each row's quantile is that of its real elements alone
     (:math:`n` above is their number); a row with none gives 0.
 
-    ``tol`` skips, in each row of :math:`\hat P`, the elements outside a
-    window around the row's peak that together hold at most a fraction ``tol`` of the row's
-    mass, and renormalises over the window: :math:`O(w + \log n)` per row instead of
-    :math:`O(n)`, for windows of ``w`` elements (the bound and its proof:
-    :func:`neuralsort._windowed.windowed`; gradients are those of the truncated rows). With
-    ``tol=0`` large inputs are computed exactly in :math:`O(n)` extra memory (rows streamed in
-    chunks, rebuilt in the backward). The default ``tol=None`` is exact for float64 and for
-    inputs whose rows fit in memory; for longer float32 (or half) rows it takes ``2**-24``, less
-    than float32's own rounding, at a small fraction of the exact cost.
+    ``tol`` works as in :func:`soft_sort` (window truncation of the selector rows, exact
+    streaming with ``tol=0``, and the default); a truncated row costs :math:`O(w + \log n)`
+    instead of :math:`O(n)` for a window of ``w`` elements.
 
     Returns:
         For a float ``q``, the shape of ``values`` with ``dim`` removed; for a 1-D ``q`` of length
