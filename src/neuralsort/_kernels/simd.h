@@ -47,13 +47,19 @@ constexpr int64_t kRegisterVectors = 4;
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-// (x - 0 is x for every x, -0 included, so this is a plain broadcast; 0 + x would not be)
-inline vf splat(float x) { return x - vf{}; }
-inline vf load(const float* p) {
-    vf v;
+// Broadcast and whole-vector load for any vector type V of elements S (float vf here, the
+// windowed kernels' half-width double vectors too). x - 0 is x for every x, -0 included, so
+// this is a plain broadcast; 0 + x would not be.
+template <typename V, typename S>
+inline V splat_as(S x) { return x - V{}; }
+template <typename V, typename S>
+inline V load_as(const S* p) {
+    V v;
     std::memcpy(&v, p, sizeof(v));
     return v;
 }
+inline vf splat(float x) { return splat_as<vf>(x); }
+inline vf load(const float* p) { return load_as<vf>(p); }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 // The first `count` (1..kLanes) lanes only: the others load as 0 / are not written. Nothing
 // past p + count is touched (masked moves do not fault there).
@@ -82,6 +88,14 @@ inline void store_first(float* p, vf v, int64_t count) {
 #else
     std::memcpy(p, &v, static_cast<size_t>(count) * sizeof(float));
 #endif
+}
+// the first `count` lanes of p (all of them when count == kLanes; the rest load as 0 and are
+// not written)
+inline vf load_part(const float* p, int64_t count) {
+    return count == kLanes ? load(p) : load_first(p, count);
+}
+inline void store_part(float* p, vf v, int64_t count) {
+    if (count == kLanes) store(p, v); else store_first(p, v, count);
 }
 // a * b + c rounded once, as the PyTorch path's addcmul computes the logits (its kernels fuse
 // the multiply and add where the CPU can): the logits' rounding is most of the float32 error of

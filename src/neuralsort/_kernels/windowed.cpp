@@ -34,6 +34,8 @@ namespace {
 namespace nk = neuralsort_kernels;
 
 using at::Tensor;
+using nk::load_part;
+using nk::store_part;
 
 struct Row {
     const double* vs;
@@ -96,27 +98,12 @@ Row make_row(const double* vs, const double* as, int64_t n, const double* coef,
     return row;
 }
 
-// the first `count` lanes of p (all of them when count == kLanes; the rest load as 0 and are
-// not written)
-inline nk::vf load_part(const float* p, int64_t count) {
-    return count == nk::kLanes ? nk::load(p) : nk::load_first(p, count);
-}
-inline void store_part(float* p, nk::vf v, int64_t count) {
-    if (count == nk::kLanes) nk::store(p, v); else nk::store_first(p, v, count);
-}
-
 // Doubles in vectors of half as many lanes as nk::vf (one register each: a float vector's
 // logits are computed from two of them, converted and joined).
 constexpr int64_t kHalf = nk::kLanes / 2;
 typedef double vd __attribute__((vector_size(kHalf * sizeof(double))));
 typedef float vh __attribute__((vector_size(kHalf * sizeof(float))));
 
-inline vd splat_d(double x) { return x - vd{}; }
-inline vd load_d(const double* p) {
-    vd v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
 // the first count (0..kHalf) lanes of p; the others 0 (masked loads: nothing past them is read)
 inline vd load_first_d(const double* p, int64_t count) {
 #if defined(__AVX512F__)
@@ -167,10 +154,10 @@ struct Differences {
 };
 inline Differences differences(const Row& row, const double* vs, const double* as,
                                int64_t count) {
-    const vd c = splat_d(row.c), peak = splat_d(row.peak);
+    const vd c = nk::splat_as<vd>(row.c), peak = nk::splat_as<vd>(row.peak);
     if (count == nk::kLanes)
-        return {c * load_d(vs) - load_d(as) - peak,
-                c * load_d(vs + kHalf) - load_d(as + kHalf) - peak};
+        return {c * nk::load_as<vd>(vs) - nk::load_as<vd>(as) - peak,
+                c * nk::load_as<vd>(vs + kHalf) - nk::load_as<vd>(as + kHalf) - peak};
     const int64_t first = std::min(count, kHalf), second = count - first;
     return {c * load_first_d(vs, first) - load_first_d(as, first) - peak,
             c * load_first_d(vs + kHalf, second) - load_first_d(as + kHalf, second) - peak};
@@ -185,7 +172,7 @@ template <typename GQ>
 inline std::pair<double, double> row_exps(const Row& row, int64_t l, int64_t width, float* e,
                                           GQ gq) {
     constexpr bool with_gq = !std::is_same_v<GQ, std::nullptr_t>;
-    const vd inv_tau = splat_d(row.inv_tau);
+    const vd inv_tau = nk::splat_as<vd>(row.inv_tau);
     nk::vf acc = {}, dot_acc = {};
     for (int64_t j = 0; j < width; j += nk::kLanes) {
         const int64_t count = std::min(nk::kLanes, width - j);
