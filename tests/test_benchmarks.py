@@ -108,3 +108,27 @@ def test_scorer_digits_counts_wrong_orders_by_the_first_differing_digit():
     # reversed scores: every pair in the wrong order
     flipped = order_errors(-scores, values, 4, window=10)
     assert all(r["wrong_order"] == 1.0 for r in flipped)
+
+
+def test_scorer_digits_splits_errors_into_typical_noise_and_outliers():
+    mod = load("scorer_digits")
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 10_000, (4000,), generator=gen)
+    # a scorer with steps 20 / 2 / 0.2 / 0.02 per digit (its digit-3 and -4 slopes), noise 0.5
+    # on every image and 30 more on every 25th (the outliers)
+    d = mod.digits_of(values, 4).double()
+    exact = d @ torch.tensor([20.0, 2.0, 0.2, 0.02], dtype=torch.float64)
+    noise = 0.5 * torch.randn(4000, generator=gen, dtype=torch.float64)
+    noise[::25] += 30.0
+    model = mod.noise_model(exact + noise, values, 4)
+    assert model["slope_digit3"] == pytest.approx(0.2, abs=0.03)
+    assert model["slope_digit4"] == pytest.approx(0.02, abs=0.03)
+    assert model["typical_noise"] == pytest.approx(0.5, rel=0.15)
+    assert model["outlier_fraction"] == pytest.approx(0.04, abs=0.005)
+    (row,) = mod.exact_rates(model, values, [9], sequences=500, seed=1)
+    # removing both sources leaves the fitted value, which orders every pair right
+    assert row["both"] == 1.0
+    assert row["as_scored"] < row["outliers_replaced"] < row["both"]
+    assert row["as_scored"] < row["typical_noise_removed"] < row["both"]
+    with pytest.raises(ValueError, match="3 or more digits"):
+        mod.noise_model(exact, values % 100, 2)
