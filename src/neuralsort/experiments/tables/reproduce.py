@@ -222,8 +222,11 @@ def _cell_lock(base: pathlib.Path, name: str) -> Iterator[bool]:
     with open(base / f".{name}.lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # another process holds it
             yield False
+            return
+        except OSError:  # a file system without locks (some network mounts): run unlocked
+            yield True
             return
         try:
             yield True
