@@ -452,3 +452,28 @@ def test_a_file_system_without_locks_runs_the_cell_unlocked(tmp_path, monkeypatc
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with _cell_lock(tmp_path / "table1" / "paper", "n3-vanilla") as free:
         assert free
+
+
+def test_an_attempt_records_the_cells_threads_from_its_start(mnist_dir, tmp_path, monkeypatch):
+    # a session killed mid-cell leaves only the attempt's first record: it must name the
+    # threads the cell runs with, not the ones reproduce started with
+    import neuralsort.experiments.tables.reproduce as rep
+
+    seen = []
+    real = rep._write_json
+
+    def spy(path, data):
+        if data.get("attempts"):
+            seen.append(data["attempts"][-1]["hardware"]["torch_threads"])
+        real(path, data)
+
+    monkeypatch.setattr(rep, "_write_json", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cmd = ["reproduce", "--table", "3", "--budget", "smoke", "--only", "mnist-knn"]
+        cmd += ["--results", str(tmp_path), "--data_dir", str(mnist_dir)]
+        assert main([*cmd, "--set", "val_size=10", "--set", "threads=1"]) == 0
+        assert seen[0] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

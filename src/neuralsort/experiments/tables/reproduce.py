@@ -135,6 +135,10 @@ def run_cell(
         "attempts": old.get("attempts", []) if old else [],
     }
     device_name = device or str(settings.get("device") or "auto")
+    threads_before = torch.get_num_threads()
+    threads = settings.get("threads")
+    if isinstance(threads, int) and threads > 0:  # the attempt's first record names them (the
+        torch.set_num_threads(threads)  # command checks the setting itself)
     attempt: dict[str, Any] = {
         "started": _now(),
         "status": "running",
@@ -149,7 +153,6 @@ def run_cell(
     tail = _Tail(sys.stderr)
     rc: int
     error = None
-    threads_before = torch.get_num_threads()
     try:
         with contextlib.redirect_stderr(tail):
             rc = cli_main(argv)
