@@ -87,10 +87,7 @@ def noise_model(scores: torch.Tensor, values: torch.Tensor, digits: int) -> dict
         raise ValueError(f"noise_model needs numbers of 3 or more digits, got {digits}")
     s = scores.double()
     d = digits_of(values, digits)
-    lead = torch.zeros_like(values)
-    for k in range(digits - 2):
-        lead = lead * 10 + d[:, k]
-    groups = torch.nn.functional.one_hot(lead, 10 ** (digits - 2)).double()
+    groups = torch.nn.functional.one_hot(values // 100, 10 ** (digits - 2)).double()
     x = torch.cat([groups, d[:, -2:].double()], 1)
     keep = torch.ones_like(s, dtype=torch.bool)
     for _ in range(3):  # least squares, then again without the outliers (they would bias it)

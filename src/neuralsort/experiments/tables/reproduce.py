@@ -190,18 +190,26 @@ def run_cell(
 _NEUTRAL_OVERRIDES = frozenset({"threads"})
 
 
-def _settings_changed(
-    out: pathlib.Path, cell: Cell, overrides: dict[str, Any] | None = None
-) -> bool:
+def _cell_state(
+    out: pathlib.Path, cell: Cell, final_metric: str, overrides: dict[str, Any]
+) -> tuple[str, bool]:
+    """The run folder's status (:func:`.runs.cell_status`) and whether a finished or
+    half-finished run in it was made from other settings than ``cell``'s and ``overrides``."""
+    status = cell_status(out, final_metric)
+    changed = status in ("done", "partial") and _settings_changed(out, cell, overrides)
+    return status, changed
+
+
+def _settings_changed(out: pathlib.Path, cell: Cell, overrides: dict[str, Any]) -> bool:
     """Whether the run in ``out`` was made from other settings than ``cell``'s today.
 
-    The cell's grid settings (their hash) and, when ``overrides`` is given, reproduce's ``--set``
-    overrides are compared with the ones recorded in ``reproduce.json``; ``threads`` is ignored.
+    The cell's grid settings (their hash) and reproduce's ``--set`` overrides are compared with
+    the ones recorded in ``reproduce.json``; ``threads`` is ignored.
     """
     rec = _read_record(out / "reproduce.json") or {}
     if rec.get("cell_sha256") not in (None, cell.sha256):
         return True
-    if overrides is None or "overrides" not in rec:
+    if "overrides" not in rec:
         return False
 
     def effective(d: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
                     print(f"# table {number} / {budget}")
                 for cell in _select(args, spec, budget, root):
                     out = results / f"table{number}" / budget / cell.name
-                    status = cell_status(out, spec.final_metric)
+                    status, changed = _cell_state(out, cell, spec.final_metric, overrides)
                     argv = build_argv(
                         cell.command,
                         {**cell.settings, **overrides},
@@ -374,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
                     )
                     cmd = "neuralsort " + shlex.join(argv)
                     act = action[status]
-                    if status in ("done", "partial") and _settings_changed(out, cell, overrides):
+                    if changed:
                         # a finished run of other settings is kept; a half-finished one is not
                         # resumed (that would mix the two), reproduce stops at it
                         act = "skip" if status == "done" else "stop"
@@ -407,8 +415,7 @@ def _run_table(
                 print(f"skip {cell.name}: another process is running it in {out}")
                 outcomes.append((cell.name, "skipped (running elsewhere)"))
                 continue
-            status = cell_status(out, spec.final_metric)
-            changed = status in ("done", "partial") and _settings_changed(out, cell, overrides)
+            status, changed = _cell_state(out, cell, spec.final_metric, overrides)
             if status == "done":
                 note = " (its settings changed since; delete the folder to rerun)" * changed
                 print(f"skip {cell.name}: finished in {out}{note}")
