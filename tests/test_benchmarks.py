@@ -132,3 +132,23 @@ def test_scorer_digits_splits_errors_into_typical_noise_and_outliers():
     assert row["as_scored"] < row["typical_noise_removed"] < row["both"]
     with pytest.raises(ValueError, match="3 or more digits"):
         mod.noise_model(exact, values % 100, 2)
+
+
+def test_dknn_test_flip_repeats_the_runs_own_accuracy(tmp_path, capsys):
+    """The plain re-evaluation of a finished run is the run's own number; the flipped one is an
+    accuracy too."""
+    import json
+
+    from neuralsort.experiments.cli import main as cli
+
+    run = tmp_path / "run"
+    args = ["dknn", "--dataset", "digits", "--num_epochs", "1", "--steps_per_epoch", "3"]
+    args += ["--k", "3", "--no-pixel_knn", "--out", str(run)]
+    assert cli(args) == 0
+    capsys.readouterr()
+    load("dknn_test_flip").main([str(run)])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert row["plain_test_acc"] == metrics["test_acc"]
+    assert row["plain_val_acc"] == metrics["val_acc"]
+    assert 0 < row["flip_test_acc"] <= 1 and 0 < row["flip_val_acc"] <= 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralsort.experiments.knn_eval import knn_accuracy, knn_neighbors, knn_predict
+from neuralsort.experiments.knn_eval import embed, knn_accuracy, knn_neighbors, knn_predict
 
 
 def brute_force_predict(query: np.ndarray, keys: np.ndarray, labels: np.ndarray, k: int):
@@ -53,3 +53,21 @@ def test_knn_bad_input():
         knn_neighbors(torch.zeros(2, 3), torch.zeros(4, 3), 5)
     with pytest.raises(ValueError, match="share D"):
         knn_neighbors(torch.zeros(2, 3), torch.zeros(4, 2), 1)
+
+
+def test_embed_flip_sums_the_embeddings_of_each_image_and_its_mirror():
+    """``flip`` gives f(x) + f(mirror x) for a net that tells left from right, in any batch size;
+    the net is put back in training mode."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    net.train()
+    x = torch.randn(7, 2, 4, 4)
+    with torch.no_grad():
+        want = net(x) + net(x.flip(3))
+        plain = net(x)
+    for bs in (1, 3, 7):
+        got = embed(net, x, batch_size=bs, flip=True, channels_last=bs == 3)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(embed(net, x, batch_size=bs), plain)
+    assert not torch.allclose(want, 2 * plain)  # the mirror image really embeds differently
+    assert net.training

@@ -162,20 +162,28 @@ def embed(
     batch_size: int = 1000,
     device: torch.device | None = None,
     channels_last: bool = False,
+    flip: bool = False,
 ) -> Tensor:
     """Embed ``x`` in eval mode, in batches; returns ``(N, D)`` float32 on ``device``.
 
     ``channels_last`` feeds 4-d batches in that memory format (faster convolutions on CPUs).
+    ``flip`` (test-time flips) returns ``f(x) + f(mirror(x))``, ``mirror`` reversing the last
+    (width) axis: the embedding of an image and of its mirror image, summed.
     """
     was_training = model.training
     model.eval()
     dev = device if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
-    outs = [
-        model(x[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt))
-        .float()
-        .contiguous()
-        for i in range(0, x.shape[0], batch_size)
-    ]
+
+    def one(batch: Tensor) -> Tensor:
+        return model(batch.contiguous(memory_format=fmt)).float()
+
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        batch = x[i : i + batch_size].to(dev, non_blocking=True)
+        out = one(batch)
+        if flip:
+            out = out + one(batch.flip(-1))
+        outs.append(out.contiguous())
     model.train(was_training)
     return torch.cat(outs)

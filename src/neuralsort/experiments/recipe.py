@@ -47,7 +47,8 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.Layer
 
 # The paper's training recipe of the kNN experiments (dknn and the baselines' networks): SGD with
 # momentum 0.9 and L2 weight decay 5e-4 at a constant learning rate (``nloglr``, 10^-3 by default),
-# no warm-up, augmentation by the images' kind. A command splices it into its DEFAULTS.
+# no warm-up, augmentation by the images' kind; evaluated on the images alone (no test-time
+# flips). A command splices it into its DEFAULTS.
 RECIPE_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "momentum": 0.9,
@@ -57,6 +58,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",
     "warmup_epochs": 0.0,
     "augment": "auto",
+    "test_flip": False,
 }
 
 # How each recipe flag parses its value (the help is the command's: it states the command's
@@ -70,6 +72,7 @@ _RECIPE_FLAGS: dict[str, dict[str, Any]] = {
     "lr_schedule": {"choices": list(SCHEDULES)},
     "warmup_epochs": {"type": float},
     "augment": {"choices": list(AUGMENTS)},
+    "test_flip": {"action": argparse.BooleanOptionalAction},
 }
 
 

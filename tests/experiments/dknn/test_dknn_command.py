@@ -62,6 +62,29 @@ def test_tiny_run_writes_everything(tmp_path, capsys):
     assert log[0]["event"] == "start" and log[-1]["event"] == "done"
 
 
+def test_test_flip_embeds_every_evaluated_image_with_its_mirror(tmp_path, monkeypatch):
+    """--test_flip: validation and test embed the training part and the queries with flips, and
+    the config records it; without it nothing is flipped."""
+    from neuralsort.experiments import knn_eval
+    from neuralsort.experiments.dknn import task as dknn_task
+
+    calls = []
+
+    def spy(model, x, **kw):
+        calls.append((x.shape[0], kw.get("flip", False)))
+        return knn_eval.embed(model, x, **kw)
+
+    monkeypatch.setattr(dknn_task, "embed", spy)
+    for flag, want in (("--test_flip", True), ("--no-test_flip", False)):
+        calls.clear()
+        out = tmp_path / flag
+        assert main(["dknn", *TINY, flag, "--no-pixel_knn", "--out", str(out)]) == 0
+        # per validation (2 epochs) and the test: the training part, then the queries
+        assert len(calls) == 6 and {f for _, f in calls} == {want}
+        assert yaml.safe_load((out / "config.yaml").read_text())["test_flip"] is want
+        assert 0.5 < json.loads((out / "metrics.json").read_text())["test_acc"] <= 1
+
+
 @pytest.mark.parametrize(
     "method, stop_at",
     [("deterministic", 2), ("deterministic", 4), ("stochastic", 6)],

@@ -52,7 +52,6 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": True,
     "label_smoothing": 0.0,
     "logit_scale": 1.0,
-    "test_flip": False,
 }
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +97,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "lr_schedule": None,
             "warmup_epochs": None,
             "augment": None,
+            "test_flip": "CNN: classify by the summed logits of each image and its mirror image "
+            "(off)",
         },
     )
     add_flag(t, "--val_size", type=int)
@@ -106,12 +107,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)
     add_flag(t, "--label_smoothing", type=float, help="CNN cross-entropy label smoothing (0)")
     add_flag(t, "--logit_scale", type=float, help="CNN: logits multiplied by this (1)")
-    add_flag(
-        t,
-        "--test_flip",
-        action=argparse.BooleanOptionalAction,
-        help="CNN: classify by the summed logits of each image and its mirror image (off)",
-    )
     return p
 
 

@@ -197,9 +197,11 @@ class BaselineTask(Task):
             rec["train_acc"] = stats.sums["correct"] / (stats.steps * self.bs * self.world)
         return rec
 
-    def _embed(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor, flip: bool = False) -> Tensor:
         cfg = self.cfg
-        return embed(self.model, x, batch_size=cfg["eval_batch"], channels_last=bool(self.fmt))
+        return embed(
+            self.model, x, batch_size=cfg["eval_batch"], channels_last=bool(self.fmt), flip=flip
+        )
 
     def _knn(self, x: Tensor, y: Tensor) -> float:
         cfg, c = self.cfg, self.info["num_classes"]
@@ -211,9 +213,7 @@ class BaselineTask(Task):
 
     def _accuracy(self, x: Tensor, y: Tensor) -> float:
         if self.cnn:
-            logits = self._embed(x)
-            if self.cfg.get("test_flip"):
-                logits = logits + self._embed(x.flip(3))
+            logits = self._embed(x, flip=bool(self.cfg.get("test_flip")))
             return (logits.argmax(1).cpu() == y).double().mean().item()
         return self._knn(x, y)
 

@@ -214,6 +214,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "warmup_epochs": "linear learning-rate warm-up (default 0)",
             "augment": "training augmentation (default auto: flipcrop for colour images, none "
             "otherwise)",
+            "test_flip": "validate and test by kNN over the summed embeddings of each image and "
+            "its mirror image, for the training part and the queries alike (default off)",
         },
     )
     add_flag(t, "--val_size", type=int, help=_val_size_text())

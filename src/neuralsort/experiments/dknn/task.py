@@ -280,7 +280,11 @@ class DknnTask(Task):
     def _knn(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Hard-kNN accuracy of embedded ``x`` against the embedded training part."""
         cfg, d = self.cfg, self.data
-        opts = dict(batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"])
+        opts = dict(
+            batch_size=cfg["eval_batch"],
+            channels_last=cfg["channels_last"],
+            flip=bool(cfg["test_flip"]),
+        )
         emb_tr = embed(self.model, d.tr_x, **opts)
         emb = embed(self.model, x, **opts)
         return knn_accuracy(

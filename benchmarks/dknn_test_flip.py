@@ -1,0 +1,68 @@
+"""What test-time flips give a trained dKNN embedding: hard-kNN accuracy with and without them.
+
+For each finished ``neuralsort dknn`` run folder, the best-validation net (``best.pt``) embeds the
+run's training part, validation part and test split twice: as the images are, and as the sums
+``f(x) + f(mirror(x))`` that ``--test_flip`` uses. It prints one JSON line per run with the
+validation and test accuracy of both at the run's k. The ``plain`` numbers repeat the run's own
+(``metrics.json``), which checks that the re-evaluation is the run's.
+
+Usage::
+
+    python benchmarks/dknn_test_flip.py RUN_DIR [RUN_DIR ...] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from neuralsort.experiments.data import load_dataset, train_val_split
+from neuralsort.experiments.embedding_nets import model_for_data
+from neuralsort.experiments.knn_eval import embed, knn_accuracy
+
+
+def flip_gain(run_dir: Path) -> dict[str, Any]:
+    """Validation and test accuracy of ``run_dir``'s best net, plain and with test-time flips."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
+    val_size = int(cfg["val_size"] or info["val_size"])
+    tr, va = train_val_split(train_x.shape[0], val_size)
+    if cfg.get("train_subset"):
+        tr = tr[: int(cfg["train_subset"])]
+    _, model = model_for_data(cfg["model"], info)
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    start = time.time()
+    out: dict[str, Any] = {"run": str(run_dir), "k": cfg["k"], "dataset": info["name"]}
+    for name, flip in (("plain", False), ("flip", True)):
+        opts = dict(batch_size=cfg["eval_batch"], channels_last=cfg["channels_last"], flip=flip)
+        keys = embed(model, train_x[tr], **opts)
+        for split, x, y in (("val", train_x[va], train_y[va]), ("test", test_x, test_y)):
+            out[f"{name}_{split}_acc"] = knn_accuracy(
+                embed(model, x, **opts), y, keys, train_y[tr], cfg["k"],
+                num_classes=info["num_classes"], query_chunk=cfg["num_test_queries"],
+            )  # fmt: skip
+    out["seconds"] = round(time.time() - start, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("runs", nargs="+", type=Path, help="finished neuralsort dknn run folders")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for run_dir in args.runs:
+        print(json.dumps(flip_gain(run_dir)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
