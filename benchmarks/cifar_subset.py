@@ -9,7 +9,10 @@ and, after every epoch over those images, prints one JSON line with the accuracy
   ``acc_flip``).
 * ``dknn``: the NeuralSort kNN loss on ``qm`` queries and ``qm`` neighbours a step, drawn with
   replacement (an epoch: ``subset / qm`` steps); accuracy of hard kNN (``k``) over the embedded
-  subset.
+  subset. With ``"pairs": "all"`` the same ``2 qm`` images a step are each a query against all
+  of them, the query itself included, at ``k + 1`` (the image itself is always its own nearest,
+  so the loss ranks the other ``k`` like the paper's): twice the queries for the same
+  embedding cost.
 
 Both use flips and translations (``aug``), ``make_optimizer`` / ``make_scheduler`` of the commands
 (cosine decay over ``epochs`` after ``warm`` warm-up epochs). Settings are one JSON object::
@@ -22,7 +25,8 @@ Both use flips and translations (``aug``), ``make_optimizer`` / ``make_scheduler
 Optional keys: ``model`` (default ``fastnet``), ``subset`` (10000), ``bs`` (256), ``qm`` (100),
 ``k`` (9), ``method`` (deterministic), ``wd`` (5e-4), ``ls`` (0), ``warm`` (0), and the step
 settings of the commands' recipes: ``mom`` (SGD momentum, 0.9), ``nesterov`` (false),
-``norm_bias_lr`` (1), ``logit_scale`` (the CNN's; 1), ``aug`` (``flipcrop``; or ``flipshift``).
+``norm_bias_lr`` (1), ``logit_scale`` (the CNN's; 1), ``aug`` (``flipcrop``; or ``flipshift``),
+``pairs`` (dknn: ``split``, the paper's queries and neighbours; or ``all``).
 """
 
 from __future__ import annotations
@@ -108,10 +112,12 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
                     torch.cat([trx[qi], trx[ni]]), cfg.get("aug", "flipcrop"), g
                 ).contiguous(memory_format=torch.channels_last)
                 e = model(x)
-                loss = dknn_loss(
-                    e[:qm], e[qm:], try_[qi], try_[ni], cfg.get("k", 9), tau=cfg["tau"],
-                    method=cfg.get("method", "deterministic"), n_samples=5,
-                )  # fmt: skip
+                opts = dict(tau=cfg["tau"], method=cfg.get("method", "deterministic"), n_samples=5)
+                if cfg.get("pairs", "split") == "all":
+                    y = torch.cat([try_[qi], try_[ni]])
+                    loss = dknn_loss(e, e, y, y, cfg.get("k", 9) + 1, **opts)
+                else:
+                    loss = dknn_loss(e[:qm], e[qm:], try_[qi], try_[ni], cfg.get("k", 9), **opts)
             opt.zero_grad()
             loss.backward()
             opt.step()
