@@ -93,3 +93,57 @@ def test_bad_arguments():
         ns.dknn_loss(
             torch.randn(2, 3), torch.randn(4, 3), torch.zeros(3), torch.zeros(4), 2, tau=1.0
         )
+
+
+def test_mask_gives_each_query_its_candidates_alone():
+    """Masked top-k-ness equals each query's run over its own candidates (values and
+    gradients), and 0 at the others; the stochastic form keeps the mask in every sample."""
+    q = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(4, 9) < 0.6
+    mask[:, :3] = True  # at least k = 3 candidates each
+    w = torch.randn(4, 9, dtype=torch.float64)
+    t = ns.dknn_topk(q, x, 3, tau=0.7, mask=mask)
+    gq, gx = torch.autograd.grad((t * w).sum(), (q, x))
+    want_q, want_x = torch.zeros_like(q), torch.zeros_like(x)
+    for i in range(4):
+        alone = ns.dknn_topk(q[i : i + 1], x[mask[i]], 3, tau=0.7)[0]
+        torch.testing.assert_close(t[i, mask[i]], alone)
+        assert (t[i, ~mask[i]] == 0).all()
+        a, b = torch.autograd.grad((alone * w[i, mask[i]]).sum(), (q, x))
+        want_q, want_x = want_q + a, want_x + b
+    torch.testing.assert_close(gq, want_q)
+    torch.testing.assert_close(gx, want_x)
+    s = ns.dknn_topk(q, x, 3, tau=0.7, method="stochastic", n_samples=5, mask=mask)
+    assert s.shape == (5, 4, 9) and (s[:, ~mask] == 0).all()
+    torch.testing.assert_close(s.sum(-1), torch.full((5, 4), 3.0, dtype=torch.float64))
+
+
+def test_every_image_a_query_against_the_others():
+    """``mask=~eye``: the loss of a batch against itself equals the mean of each image's loss
+    against the others alone, and finite differences agree with its gradient."""
+    e = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 2, 2, 0])
+    others = ~torch.eye(7, dtype=torch.bool)
+    loss = ns.dknn_loss(e, e, y, y, 2, tau=0.5, mask=others)
+    each = [
+        ns.dknn_loss(e[i : i + 1], e[others[i]], y[i : i + 1], y[others[i]], 2, tau=0.5)
+        for i in range(7)
+    ]
+    torch.testing.assert_close(loss, torch.stack(each).mean())
+    assert torch.autograd.gradcheck(
+        lambda z: ns.dknn_loss(z, z, y, y, 2, tau=0.5, mask=others), (e,)
+    )
+    layer = ns.DKNN(k=2, tau=0.5)
+    torch.testing.assert_close(layer.loss(e, e, y, y, mask=others), loss)
+    assert (layer(e, e, mask=others).diagonal() == 0).all()
+
+
+def test_bad_masks():
+    q, x = torch.randn(2, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="at least k = 3 candidates in `mask`; one has 2"):
+        ns.dknn_topk(q, x, 3, tau=1.0, mask=torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool())
+    with pytest.raises(ValueError, match=r"shape of `distances` \(2, 4\)"):
+        ns.dknn_topk(q, x, 2, tau=1.0, mask=torch.ones(4, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool"):
+        ns.dknn_loss(q, x, torch.zeros(2), torch.zeros(4), 2, tau=1.0, mask=torch.ones(2, 4))

@@ -12,6 +12,10 @@ the relaxed permutation matrix (descending scores):
 
 The stochastic form relaxes Plackett-Luce samples with log-scores :math:`s` (Gumbel-perturbed
 scores), averaging the loss over samples.
+
+A ``mask`` limits each query to its own candidates (True = candidate), e.g. ``~torch.eye(B)``
+when a batch's images are each a query against all the others: the top-k-ness of the others is
+then exactly what the query would get with its candidates alone, and 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import TauLike, check_float_tensor, check_positive_int, compute_dtype
+from ._checks import (
+    TauLike,
+    check_float_tensor,
+    check_mask,
+    check_positive_int,
+    compute_dtype,
+)
 from .ops import sample_gumbel, soft_topk
 
 __all__ = ["squared_distances", "dknn_topk", "dknn_loss"]
@@ -44,6 +54,7 @@ def dknn_topk(
     method: str = "deterministic",
     n_samples: int = 5,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Relaxed top-k-ness of each neighbour for each query.
 
@@ -54,6 +65,9 @@ def dknn_topk(
         tau: NeuralSort temperature.
         method: ``"deterministic"`` or ``"stochastic"`` (Plackett-Luce with Gumbel noise).
         n_samples: Plackett-Luce samples for the stochastic method.
+        mask: optional bool ``(Q, N)`` (with ``query``'s leading axes), True where neighbour
+            ``j`` is a candidate of query ``i``; every query needs at least ``k``. The others
+            get 0 and no gradient; the candidates get what they would get alone.
 
     Returns:
         ``(Q, N)`` values in ``[0, 1]`` summing to ``k`` per query; ``(n_samples, Q, N)`` for
@@ -70,6 +84,13 @@ def dknn_topk(
     if method not in _METHODS:
         raise ValueError(f"{fn}: `method` must be one of {_METHODS}, got {method!r}")
     scores = -squared_distances(query, neighbors)
+    if mask is not None:
+        mask = check_mask(mask, scores, "distances", fn)
+        fewest = int(mask.sum(-1).min()) if mask.numel() else k
+        if fewest < k:
+            raise ValueError(
+                f"{fn}: every query needs at least k = {k} candidates in `mask`; one has {fewest}"
+            )
     if method == "stochastic":
         n_samples = check_positive_int(n_samples, "n_samples", fn)
         cdt = compute_dtype(scores.dtype)
@@ -77,7 +98,9 @@ def dknn_topk(
             (n_samples, *scores.shape), dtype=cdt, device=scores.device, generator=generator
         )
         scores = scores.to(cdt).unsqueeze(0) + noise
-    return soft_topk(scores, k, tau, dim=-1, largest=True).sum(-2)
+        if mask is not None:
+            mask = mask.expand_as(scores)
+    return soft_topk(scores, k, tau, dim=-1, largest=True, mask=mask).sum(-2)
 
 
 def _same_label(query_labels: Tensor, neighbor_labels: Tensor) -> Tensor:
@@ -97,11 +120,13 @@ def dknn_loss(
     method: str = "deterministic",
     n_samples: int = 5,
     generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""The NeuralSort kNN loss :math:`-\frac{1}{k}\sum_j \mathbb{1}[y_j = y_q]\, t_j`, averaged.
 
     Labels are integer class indices ``(Q,)`` / ``(N,)`` or one-hot float rows ``(Q, C)`` /
     ``(N, C)``. The mean runs over queries and, for the stochastic method, over samples.
+    ``mask``: each query's candidates, as for :func:`dknn_topk`.
     """
     if query_labels.shape[0] != query.shape[-2] or neighbor_labels.shape[0] != neighbors.shape[-2]:
         raise ValueError(
@@ -110,7 +135,8 @@ def dknn_loss(
             f"{tuple(neighbor_labels.shape)} for neighbors {tuple(neighbors.shape)}"
         )
     topk = dknn_topk(
-        query, neighbors, k, tau=tau, method=method, n_samples=n_samples, generator=generator
-    )
+        query, neighbors, k, tau=tau, method=method, n_samples=n_samples, generator=generator,
+        mask=mask,
+    )  # fmt: skip
     same = _same_label(query_labels, neighbor_labels).to(topk.dtype)
     return -(topk * same).sum(-1).mean() / k

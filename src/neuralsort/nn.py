@@ -54,8 +54,9 @@ class DKNN(nn.Module):
     """Differentiable kNN layer: relaxed top-k-ness ``(Q, N)`` of neighbours for queries.
 
     ``forward(query, neighbors)`` returns :func:`neuralsort.knn.dknn_topk`; :meth:`loss` returns
-    :func:`neuralsort.knn.dknn_loss`. ``method="stochastic"`` averages over ``n_samples``
-    Plackett-Luce samples with independent noise per sample and query.
+    :func:`neuralsort.knn.dknn_loss` (both take an optional candidate ``mask``).
+    ``method="stochastic"`` averages over ``n_samples`` Plackett-Luce samples with independent
+    noise per sample and query.
     """
 
     def __init__(
@@ -68,7 +69,11 @@ class DKNN(nn.Module):
         self.n_samples = n_samples
 
     def forward(
-        self, query: Tensor, neighbors: Tensor, generator: torch.Generator | None = None
+        self,
+        query: Tensor,
+        neighbors: Tensor,
+        generator: torch.Generator | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         return dknn_topk(
             query,
@@ -78,6 +83,7 @@ class DKNN(nn.Module):
             method=self.method,
             n_samples=self.n_samples,
             generator=generator,
+            mask=mask,
         )
 
     def loss(
@@ -87,6 +93,7 @@ class DKNN(nn.Module):
         query_labels: Tensor,
         neighbor_labels: Tensor,
         generator: torch.Generator | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
         return dknn_loss(
             query,
@@ -98,6 +105,7 @@ class DKNN(nn.Module):
             method=self.method,
             n_samples=self.n_samples,
             generator=generator,
+            mask=mask,
         )
 
     def extra_repr(self) -> str:

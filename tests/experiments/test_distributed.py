@@ -281,21 +281,41 @@ def _step_check(rank: int, out_dir: str) -> None:
     qi, ni = q_all[3 * rank : 3 * rank + 3], n_all[5 * rank : 5 * rank + 5]
     diffs = {}
 
-    torch.manual_seed(1)
-    model = create_model("digits-net", 1, image_size=(8, 8))
-    torch.manual_seed(1)
-    reference = create_model("digits-net", 1, image_size=(8, 8))
-    net = distributed.wrap_ddp(model, ctx.device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss = step_loss(net, torch.cat([x[qi], x[ni]]), 3, y[qi], y[n_all], cfg, amp, None)
-    amp.backward_step(loss, opt)
-    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
-    e = reference(torch.cat([x[q_all], x[n_all]]))
-    dknn_loss(e[:6], e[6:], y[q_all], y[n_all], 3, tau=1.0).backward()
-    ref_opt.step()
-    diffs["dknn"] = max(
-        (a - b).abs().max().item()
-        for a, b in zip(model.parameters(), reference.parameters(), strict=True)
+    def dknn_step_diff(local_x, query_y, neighbor_y, step_cfg, reference_loss) -> float:
+        """One DDP step of ``step_loss`` on this rank's images against one plain step of
+        ``reference_loss(embed)`` on all of them: the largest parameter difference after."""
+        torch.manual_seed(1)
+        model = create_model("digits-net", 1, image_size=(8, 8))
+        torch.manual_seed(1)
+        reference = create_model("digits-net", 1, image_size=(8, 8))
+        net = distributed.wrap_ddp(model, ctx.device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        loss = step_loss(net, local_x, 3, query_y, neighbor_y, step_cfg, amp, None, rank=rank)
+        amp.backward_step(loss, opt)
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+        reference_loss(reference).backward()
+        ref_opt.step()
+        return max(
+            (a - b).abs().max().item()
+            for a, b in zip(model.parameters(), reference.parameters(), strict=True)
+        )
+
+    def split_reference(net):
+        e = net(torch.cat([x[q_all], x[n_all]]))
+        return dknn_loss(e[:6], e[6:], y[q_all], y[n_all], 3, tau=1.0)
+
+    diffs["dknn"] = dknn_step_diff(torch.cat([x[qi], x[ni]]), y[qi], y[n_all], cfg, split_reference)
+    # --all_queries: each rank's 8 images are queries against all 16 but themselves
+    order = torch.cat([q_all[:3], n_all[:5], q_all[3:], n_all[5:]])  # rank 0's, then rank 1's
+
+    def all_queries_reference(net):
+        e = net(x[order])
+        others = ~torch.eye(16, dtype=torch.bool)
+        return dknn_loss(e, e, y[order], y[order], 3, tau=1.0, mask=others)
+
+    mine = torch.cat([qi, ni])
+    diffs["dknn_all_queries"] = dknn_step_diff(
+        x[mine], y[mine], y[order], {**cfg, "all_queries": True}, all_queries_reference
     )
 
     torch.manual_seed(2)
@@ -306,8 +326,8 @@ def _step_check(rank: int, out_dir: str) -> None:
     values = torch.randint(0, 100, (4, 3), generator=g)
     mine = slice(2 * rank, 2 * rank + 2)
     opt = torch.optim.SGD(sorter.parameters(), lr=0.5)
-    step_loss = loss_module(sorter, amp, ctx.device)  # keep the DDP wrapper alive for backward
-    amp.backward_step(step_loss(images[mine], values[mine]), opt)
+    sort_loss = loss_module(sorter, amp, ctx.device)  # keep the DDP wrapper alive for backward
+    amp.backward_step(sort_loss(images[mine], values[mine]), opt)
     ref_opt = torch.optim.SGD(ref_sorter.parameters(), lr=0.5)
     ref_sorter.loss(images, values).backward()
     ref_opt.step()
@@ -335,6 +355,7 @@ def test_one_ddp_step_equals_one_step_on_the_whole_batch(runs):
     for rank in (0, 1):
         diffs = json.loads((folder / f"diffs{rank}.json").read_text())
         assert diffs["dknn"] < 1e-6 and diffs["sort"] < 1e-6, diffs
+        assert diffs["dknn_all_queries"] < 1e-6, diffs
         assert diffs["reduce_mean"] == 0.5 and diffs["gathered"] == [0, 1]
     assert {p.name for p in (folder / "rank0").iterdir()} >= {"log.jsonl", "last.pt", "x.png"}
     assert list((folder / "rank1").iterdir()) == []  # a Run on rank 1 writes nothing

@@ -62,6 +62,31 @@ def test_tiny_run_writes_everything(tmp_path, capsys):
     assert log[0]["event"] == "start" and log[-1]["event"] == "done"
 
 
+def test_all_queries_makes_every_image_a_query_against_the_others(tmp_path, monkeypatch, capsys):
+    """--all_queries: each step's loss takes all 50 images as queries against all 50 with the
+    query itself masked out; k is checked against the 49 others."""
+    from neuralsort.experiments.dknn import task as dknn_task
+
+    seen, real = [], dknn_task.dknn_loss
+
+    def spy(query, neighbors, *args, **kw):
+        seen.append((query.shape[0], neighbors.shape[0], kw["mask"]))
+        return real(query, neighbors, *args, **kw)
+
+    monkeypatch.setattr(dknn_task, "dknn_loss", spy)
+    out = tmp_path / "all"
+    assert main(["dknn", *TINY, "--all_queries", "--no-pixel_knn", "--out", str(out)]) == 0
+    assert len(seen) == 8  # 2 epochs x 4 steps
+    for q, n, mask in seen:
+        assert (q, n) == (50, 50) and torch.equal(mask, ~torch.eye(50, dtype=torch.bool))
+    assert yaml.safe_load((out / "config.yaml").read_text())["all_queries"] is True
+    assert 0.5 < json.loads((out / "metrics.json").read_text())["test_acc"] <= 1
+    capsys.readouterr()
+    bad = [*TINY, "--all_queries", "--k", "50", "--out", str(tmp_path / "bad")]
+    assert main(["dknn", *bad]) == 2
+    assert "--k 50 exceeds the 49 other images of a step" in capsys.readouterr().err
+
+
 def test_test_flip_embeds_every_evaluated_image_with_its_mirror(tmp_path, monkeypatch):
     """--test_flip: validation and test embed the training part and the queries with flips, and
     the config records it; without it nothing is flipped."""

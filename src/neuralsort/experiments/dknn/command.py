@@ -7,13 +7,19 @@ neighbours from two independent shuffles of the training part and minimises
 :func:`neuralsort.knn.dknn_loss`. After each epoch the validation images are classified by hard
 kNN (majority vote of the ``k`` nearest) over the embedded training part; the best-validation
 checkpoint is finally evaluated the same way on the test split, beside plain kNN on raw pixels.
+Two options leave the protocol: ``all_queries`` makes every image of a step, queries and
+neighbours alike, a query against all the step's other images (``dknn_loss`` with a ``mask``
+that leaves each query out of its own candidates), and ``test_flip`` validates and tests with
+the summed embeddings of each image and its mirror image.
 
-The seed report's command lines work with ``python run_dknn.py`` replaced by ``neuralsort dknn``.
+The original ``run_dknn.py``'s command lines work with ``python run_dknn.py`` replaced by
+``neuralsort dknn``.
 
 Several processes (``torchrun --nproc_per_node N -m neuralsort.experiments.cli dknn ...``): each
 rank embeds its own ``num_train_queries`` queries and ``num_train_neighbors`` neighbours, disjoint
 slices of the same two shuffles; the neighbour embeddings of all ranks are gathered, so every query
-is ranked against ``N x num_train_neighbors`` candidates. The global batch is the per-process batch
+is ranked against ``N x num_train_neighbors`` candidates (with ``all_queries``, against every
+rank's images). The global batch is the per-process batch
 times ``N`` and one step computes exactly the loss of one process with that batch; an epoch keeps
 its number of images (``N`` times fewer steps). Validation and test run on rank 0.
 """
@@ -56,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "num_train_neighbors": 100,
     "num_test_queries": 1000,
     "num_samples": 5,
+    "all_queries": False,
     "model": None,
     **RECIPE_DEFAULTS,
     "val_size": None,
@@ -188,6 +195,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="queries per kNN evaluation chunk; memory only, results do not change (default 1000)",
     )
     add_flag(g, "--num_samples", type=int, help="Plackett-Luce samples, stochastic (default 5)")
+    add_flag(
+        g,
+        "--all_queries",
+        action=argparse.BooleanOptionalAction,
+        help="every image of a step, queries and neighbours alike, is a query against all the "
+        "step's other images (across processes too): twice the queries for the same embedding "
+        "cost (default off: the original's queries against neighbours)",
+    )
     add_common_args(p)
     for action in p._actions:  # the shared flags, with this command's defaults
         if action.dest == "num_epochs":
@@ -263,8 +278,15 @@ def _validate(cfg: dict[str, Any], world: int = 1) -> None:
         check_int(cfg, key)
     for key in ("tau", "checkpoint_minutes"):
         cfg[key] = check_number(cfg, key)  # a float: the run's name reads the same either way
-    if cfg["k"] > cfg["num_train_neighbors"] * world:
-        per = f" x {world} processes" if world > 1 else ""
+    per = f" x {world} processes" if world > 1 else ""
+    if cfg["all_queries"]:
+        others = (cfg["num_train_queries"] + cfg["num_train_neighbors"]) * world - 1
+        if cfg["k"] > others:
+            raise UserError(
+                f"--k {cfg['k']} exceeds the {others} other images of a step (--all_queries: "
+                f"--num_train_queries + --num_train_neighbors{per}, less the query itself)"
+            )
+    elif cfg["k"] > cfg["num_train_neighbors"] * world:
         raise UserError(
             f"--k {cfg['k']} exceeds --num_train_neighbors {cfg['num_train_neighbors']}{per}: "
             "a query needs at least k candidate neighbours"

@@ -2,8 +2,8 @@
 
 Each step embeds this rank's ``num_train_queries`` queries and ``num_train_neighbors`` neighbours,
 slices of two shuffles of the training part, and minimises :func:`neuralsort.knn.dknn_loss` against
-the neighbours of every rank; validation and test classify by hard kNN over the embedded training
-part.
+the neighbours of every rank (with ``all_queries``: every image against all the others of every
+rank); validation and test classify by hard kNN over the embedded training part.
 """
 
 from __future__ import annotations
@@ -45,18 +45,30 @@ def step_loss(
     cfg: dict[str, Any],
     amp: Amp,
     noise: torch.Generator,
+    rank: int = 0,
 ) -> torch.Tensor:
     """The kNN loss of one step: ``x`` holds this rank's ``q`` queries then its neighbours.
 
     The embedding runs under ``amp``; the loss runs in float32 over the neighbours of every rank
-    (gathered in rank order), ``neighbor_labels`` being the labels of all of them.
+    (gathered in rank order), ``neighbor_labels`` being the labels of all of them. With
+    ``cfg["all_queries"]`` every image of ``x`` is a query against every rank's images but
+    itself (``rank`` places it among them): ``query_labels`` are then the labels of ``x`` and
+    ``neighbor_labels`` those of every rank's ``x``, in rank order.
     """
     with amp.autocast():
         e = model(x)
     e = e.float()
-    neighbors = distributed.all_gather_with_grad(e[q:])
+    mask = None
+    if cfg.get("all_queries"):
+        query, neighbors = e, distributed.all_gather_with_grad(e)
+        b = e.shape[0]
+        mask = torch.ones(b, neighbors.shape[0], dtype=torch.bool, device=e.device)
+        own = torch.arange(b, device=e.device)
+        mask[own, rank * b + own] = False
+    else:
+        query, neighbors = e[:q], distributed.all_gather_with_grad(e[q:])
     return dknn_loss(
-        e[:q],
+        query,
         neighbors,
         query_labels,
         neighbor_labels,
@@ -65,6 +77,7 @@ def step_loss(
         method=cfg["method"],
         n_samples=cfg["num_samples"],
         generator=noise,
+        mask=mask,
     )
 
 
@@ -257,7 +270,15 @@ class DknnTask(Task):
         ni = ni_all[rank * m : (rank + 1) * m]
         x = torch.cat([d.tr_x[qi], d.tr_x[ni]])
         x = augment_batch(x, self.augment, self.aug_gen).contiguous(memory_format=self.fmt)
-        loss = step_loss(net, x, q, d.tr_y[qi], d.tr_y[ni_all], self.cfg, amp, self.noise_gen)
+        query_y, neighbor_y = d.tr_y[qi], d.tr_y[ni_all]
+        if self.cfg["all_queries"]:  # each rank's queries, then its neighbours
+            w = self.world
+            qi_all = self.src_q[step * w * q : (step + 1) * w * q].to(self.device)
+            query_y = torch.cat([query_y, d.tr_y[ni]])
+            neighbor_y = torch.cat([d.tr_y[qi_all].view(w, q), neighbor_y.view(w, m)], 1).flatten()
+        loss = step_loss(
+            net, x, q, query_y, neighbor_y, self.cfg, amp, self.noise_gen, rank=self.rank
+        )
         return loss, {}
 
     def record(self, stats: EpochStats) -> dict[str, Any]:
