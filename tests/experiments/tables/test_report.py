@@ -378,6 +378,24 @@ def test_attempts_killed_before_recording_time_count_by_the_runs_own_clock(tmp_p
     assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 7200.0
 
 
+def test_a_killed_sort_run_without_a_clock_counts_at_least_its_training_time(tmp_path):
+    """Sort and median runs made before their metrics held ``wall_time_s``: their
+    ``train_seconds`` bounds the compute from below when attempts left no time."""
+    root = tmp_path / "results"
+    metrics = {"test_exact": 0.8, "test_exact_by_n": {}, "train_seconds": 5400.0}
+    path = fake_run(root, 1, "quality", "n5-deterministic", metrics=metrics)
+    rec = {
+        "attempts": [
+            {"status": "running", "hardware": {**HW, "torch_threads": 1}},
+            {"status": "done", "wall_s": 1800.0, "hardware": {**HW, "torch_threads": 1}},
+        ],
+    }
+    (path / "reproduce.json").write_text(json.dumps(rec))
+    write_report(root, tables=[1])
+    rows = {r["cell"]: r for r in read_csv(root / "table1.csv")}
+    assert float(rows["n5-deterministic"]["cpu_core_s"]) == 5400.0
+
+
 def test_accuracy_vs_k_plot_takes_every_k_of_one_run(tmp_path):
     from neuralsort.experiments.tables.plots import plot_accuracy_vs_k
     from neuralsort.experiments.tables.runs import find_runs

@@ -215,6 +215,7 @@ class MultiDigitTask(Task):
             "epochs": len(result.history),
             "steps": steps,
             "train_seconds": seconds,
+            "wall_time_s": result.elapsed,  # every segment of the run, resumes included
             "steps_per_second": steps / seconds if seconds > 0 else None,
             "n": self.n,
             "method": cfg["method"],

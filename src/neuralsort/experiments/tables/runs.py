@@ -212,7 +212,9 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
             cpu = [a for a in timed if _threads(a)]
             cpu_s = sum(a["wall_s"] * _threads(a) for a in cpu) if cpu else None
             gpu_s = sum(a["wall_s"] for a in timed if not _threads(a)) or None
-        own = metrics.get("wall_time_s")
+        # a run's own clock; runs whose metrics have none (sort and median runs made before they
+        # recorded it) give their training time, which leaves out validation and test
+        own = metrics.get("wall_time_s", metrics.get("train_seconds"))
         if len(timed) < len(attempts) and isinstance(own, int | float) and own > (wall or 0):
             # attempts stopped before they could record their time (a killed session): the
             # run's own clock, every attempt up to its last checkpoint, counts more of it
