@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import yaml
 
-from neuralsort.experiments.data import load_dataset, train_val_split
+from neuralsort.experiments.data import load_dataset
+from neuralsort.experiments.dknn.task import dknn_split
 from neuralsort.experiments.embedding_nets import model_for_data
 from neuralsort.experiments.knn_eval import embed, knn_accuracy
 
@@ -31,10 +32,7 @@ def flip_gain(run_dir: Path) -> dict[str, Any]:
     """Validation and test accuracy of ``run_dir``'s best net, plain and with test-time flips."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     train_x, train_y, test_x, test_y, info = load_dataset(cfg["dataset"], cfg["data_dir"])
-    val_size = int(cfg["val_size"] or info["val_size"])
-    tr, va = train_val_split(train_x.shape[0], val_size)
-    if cfg.get("train_subset"):
-        tr = tr[: int(cfg["train_subset"])]
+    tr, va = dknn_split(cfg, train_x.shape[0], info)
     _, model = model_for_data(cfg["model"], info)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])

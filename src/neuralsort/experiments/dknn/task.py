@@ -33,7 +33,7 @@ from ..recipe import (
 from ..run_folder import Run
 from ..seeding import seed_everything
 
-__all__ = ["DknnTask", "train_dknn", "step_loss"]
+__all__ = ["DknnTask", "train_dknn", "dknn_split", "step_loss"]
 
 
 def step_loss(
@@ -81,6 +81,23 @@ def step_loss(
     )
 
 
+def dknn_split(
+    cfg: dict[str, Any], num_train: int, info: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the run's training part (``train_subset`` applied) and validation part of the
+    ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError."""
+    k = cfg["k"]
+    val_size = int(cfg["val_size"] or info["val_size"])
+    if not 0 < val_size < num_train - k:
+        raise UserError(f"--val_size must be in 1..{num_train - k - 1}")
+    tr_idx, va_idx = train_val_split(num_train, val_size)
+    if cfg["train_subset"]:
+        if int(cfg["train_subset"]) < k:
+            raise UserError(f"--train_subset must be at least --k ({k})")
+        tr_idx = tr_idx[: int(cfg["train_subset"])]
+    return tr_idx, va_idx
+
+
 def train_dknn(
     run: Run,
     cfg: dict[str, Any],
@@ -105,14 +122,8 @@ def train_dknn(
     noise_gen.manual_seed(distributed.rank_seed(seed + 1))
 
     k = cfg["k"]
-    val_size = int(cfg["val_size"] or info["val_size"])
-    if not 0 < val_size < train_x.shape[0] - cfg["k"]:
-        raise UserError(f"--val_size must be in 1..{train_x.shape[0] - cfg['k'] - 1}")
-    tr_idx, va_idx = train_val_split(train_x.shape[0], val_size)
-    if cfg["train_subset"]:
-        if int(cfg["train_subset"]) < k:
-            raise UserError(f"--train_subset must be at least --k ({k})")
-        tr_idx = tr_idx[: int(cfg["train_subset"])]
+    tr_idx, va_idx = dknn_split(cfg, train_x.shape[0], info)
+    val_size = len(va_idx)
     data = _Data(
         train_x[tr_idx].to(device),
         train_y[tr_idx].to(device),
