@@ -85,6 +85,12 @@ def dknn_topk(
         raise ValueError(f"{fn}: `method` must be one of {_METHODS}, got {method!r}")
     scores = -squared_distances(query, neighbors)
     if mask is not None:
+        if isinstance(mask, Tensor) and mask.shape != scores.shape:
+            raise ValueError(
+                f"{fn}: `mask` must have shape {tuple(scores.shape)}: one row per query in "
+                f"`query` {tuple(query.shape)}, one column per row of `neighbors` "
+                f"{tuple(neighbors.shape)}; got {tuple(mask.shape)}"
+            )
         mask = check_mask(mask, scores, "distances", fn)
         fewest = int(mask.sum(-1).min()) if mask.numel() else k
         if fewest < k:
