@@ -93,10 +93,11 @@ def add_flag(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **
     return parser.add_argument(*names, **kwargs)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, epochs_default: str | None = None) -> None:
     """Add the flags every experiment shares (see :data:`COMMON_DEFAULTS` for their defaults),
     grouped in the help by what they set: the run folder, the data, the training length and
-    precision, and the devices and processes."""
+    precision, and the devices and processes. ``epochs_default``: the command's default number
+    of epochs, as its help should state it."""
     run = parser.add_argument_group("run folder")
     add_flag(run, "--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
     add_flag(run, "--out", metavar="DIR", help="output folder (default: runs/<name>-<timestamp>)")
@@ -115,7 +116,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="folder holding the data sets (default: $NEURALSORT_DATA, then ./data)",
     )
     length = parser.add_argument_group("training length and precision")
-    add_flag(length, "--num_epochs", type=int, metavar="N", help="number of training epochs")
+    epochs = "number of training epochs"
+    add_flag(
+        length,
+        "--num_epochs",
+        type=int,
+        metavar="N",
+        help=f"{epochs} (default {epochs_default})" if epochs_default else epochs,
+    )
     add_flag(length, "--steps_per_epoch", type=int, metavar="N", help="cap on steps per epoch")
     add_flag(
         length,

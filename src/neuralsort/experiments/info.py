@@ -14,7 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser(
         "info",
         help="versions, devices and the native CPU operator (built here if it is not yet)",
-        description=__doc__.splitlines()[0],
+        description=(
+            "Print the environment in a few lines (versions, devices, the native CPU operator), "
+            "for bug reports; builds the native CPU operator if it is not built yet, so it can "
+            "be built ahead of a run (a Docker image, or before many processes start at once)."
+        ),
     )
 
 

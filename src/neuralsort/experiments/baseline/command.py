@@ -64,7 +64,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "baseline",
         help="Table 3 baselines: CNN classifier, kNN on pixels / PCA / autoencoder codes",
-        description=__doc__.split("\n\n")[0],
+        description=(
+            "The paper's Table 3 baselines: the dknn embedding net with a linear head (cnn), and "
+            "hard kNN on raw pixels (knn), on principal components (knn-pca) or on an "
+            "autoencoder's code (knn-ae)."
+        ),
     )
     g = p.add_argument_group("experiment")
     add_flag(g, "--dataset", help="as for dknn (default mnist)")
@@ -82,26 +86,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flag(g, "--tau", type=float, help="accepted, as by the original run_dknn.py; unused")
     add_flag(g, "--batch_size", type=int, help="training batch (default 100)")
     add_flag(g, "--code_dim", type=int, help="PCA components / autoencoder code size (50)")
-    add_common_args(p)
+    add_common_args(p, epochs_default=str(DEFAULTS["num_epochs"]))
     t = p.add_argument_group("training recipe (cnn, knn-ae)")
     add_flag(t, "--model", help="embedding net of the CNN (default as for dknn)")
     add_recipe_flags(
         t,
         {
-            "optimizer": "default sgd",
-            "momentum": None,
+            "optimizer": f"default {DEFAULTS['optimizer']}",
+            "momentum": f"SGD momentum (default {DEFAULTS['momentum']})",
             "nesterov": "SGD with Nesterov momentum (off)",
             "norm_bias_lr": "learning-rate multiplier of the normalisation layers' biases, their "
             "weight decay divided by it (1)",
-            "weight_decay": None,
-            "lr_schedule": None,
-            "warmup_epochs": None,
-            "augment": None,
+            "weight_decay": f"default {DEFAULTS['weight_decay']}",
+            "lr_schedule": f"default {DEFAULTS['lr_schedule']}",
+            "warmup_epochs": "linear learning-rate warm-up (default 0)",
+            "augment": "training augmentation (default auto: as for dknn)",
             "test_flip": "CNN: classify by the summed logits of each image and its mirror image "
             "(off)",
         },
     )
-    add_flag(t, "--val_size", type=int)
+    add_flag(t, "--val_size", type=int, help="validation images held out (as for dknn)")
     add_flag(t, "--eval_batch", type=int)
     add_flag(t, "--num_test_queries", type=int, help="kNN evaluation chunk (memory only)")
     add_flag(t, "--channels_last", action=argparse.BooleanOptionalAction)

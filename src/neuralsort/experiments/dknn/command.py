@@ -149,7 +149,10 @@ def _val_size_text() -> str:
 def _recipes_text() -> str:
     """The --help epilog: each data set's settings where they differ from the paper's."""
     paper = [d for d in DATASETS if d not in _OWN_DEFAULTS]
-    items = [f"{', '.join(paper)}: the paper's recipe, as each flag says"]
+    items = [
+        f"{', '.join(paper)}: the original run_dknn.py's protocol, as each flag says (its lr "
+        "1e-3 is outside the paper's grid; --config dknn/paper.yaml sets the paper's 1e-4)"
+    ]
     for ds, own in _OWN_DEFAULTS.items():
         items.append(f"{ds}: " + ", ".join(f"{k} {_value_text(v)}" for k, v in own.items()))
     wrap = textwrap.TextWrapper(78, initial_indent="  ", subsequent_indent="    ")
@@ -203,18 +206,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "step's other images (across processes too): twice the queries for the same embedding "
         "cost (default off: the original's queries against neighbours)",
     )
-    add_common_args(p)
+    add_common_args(p, epochs_default=_default_text("num_epochs").removeprefix("default "))
     for action in p._actions:  # the shared flags, with this command's defaults
-        if action.dest == "num_epochs":
-            action.help = f"{action.help} ({_default_text('num_epochs')})"
-        elif action.dest == "threads" and action.help.endswith(")"):
+        if action.dest == "threads" and action.help.endswith(")"):
             action.help = f"{action.help[:-1]}; {_others_text('threads')})"
     t = p.add_argument_group("training recipe")
     add_flag(
         t,
         "--model",
         help=f"embedding net: {', '.join(MODELS)} (default: mnist-convnet for mnist and small "
-        "grayscale image folders, digits-net for digits, else resnet18)",
+        "grayscale image folders, fastnet for small colour image folders, digits-net for digits "
+        "and images under 16 pixels, else resnet18)",
     )
     add_recipe_flags(
         t,

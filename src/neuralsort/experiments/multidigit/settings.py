@@ -188,8 +188,14 @@ def add_multidigit_args(
         metavar="B",
         help=f"sequences per evaluation batch (default {d['eval_batch_size']})",
     )
-    add_flag(g, "--eval_seed", type=int, help="seed of the fixed validation and test sets")
-    add_common_args(parser)  # also --threads (alias --num_threads) and --amp
+    add_flag(
+        g,
+        "--eval_seed",
+        type=int,
+        help=f"seed of the fixed validation and test sets (default {d['eval_seed']})",
+    )
+    # also --threads (alias --num_threads) and --amp
+    add_common_args(parser, epochs_default=str(d["num_epochs"]))
 
 
 def int_list(text: str) -> list[int]:

@@ -261,7 +261,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run every cell of one of the paper's tables from its grid, "
         "configs/tables/table{N}.yaml, one run folder per cell; a finished cell is skipped and "
         "a half-finished one resumed.",
-        epilog="Example: neuralsort reproduce --table 1 --budget smoke --data_dir ../shared/data "
+        epilog="Example: neuralsort reproduce --table 1 --budget smoke --data_dir DATA "
         "&& neuralsort report results",
     )
     add_flag(
