@@ -39,3 +39,16 @@ def test_results_grids_match_the_run_folders():
     text, blocks = render_readme(README, ROOT, ROOT / "results")
     assert blocks == ["table1", "table2", "table3", "compute"]
     assert text == README, "run `neuralsort report results --readme README.md`"
+
+
+def test_citation_file_cites_the_readme_bibtex():
+    import yaml
+
+    bib = _blocks("bibtex")[0]
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())["preferred-citation"]
+    fields = dict(re.findall(r"(\w+)\s*=\s*\{(.*?)\},?\n", bib))
+    assert cff["title"] == fields["title"]
+    assert str(cff["year"]) == fields["year"]
+    assert cff["url"] == fields["url"]
+    names = [f"{a['given-names']} {a['family-names']}" for a in cff["authors"]]
+    assert " and ".join(names) == fields["author"]
