@@ -101,6 +101,25 @@ def test_rendered_images_are_the_digits_of_the_value():
     assert torch.equal(decoded, values)
 
 
+def test_shift_moves_each_digit_tile_on_its_own():
+    # one bright pixel in the middle of every digit image: after the shift it lies within 2
+    # pixels of the middle of its own tile, each tile with its own offset
+    images = torch.zeros(20, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 14, 14] = 255
+    src = MultiDigitNumbers(images, torch.arange(20) % 10, digits=4, seed=0)
+    index, _ = src.sample_indices(8, 5)
+    moved = src.render(index, augment="shift", generator=torch.Generator().manual_seed(1))
+    again = src.render(index, augment="shift", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(moved, again)  # the generator alone decides
+    tiles = moved.reshape(-1, 28, 28)
+    assert torch.equal(tiles.sum((1, 2)), torch.ones(len(tiles)))  # nothing lost
+    at = tiles.reshape(len(tiles), -1).argmax(1)
+    dy, dx = at // 28 - 14, at % 28 - 14
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) > 10
+    assert torch.equal(src.render(index, augment="none"), src.render(index))
+
+
 def test_leading_zeros_are_rendered():
     # digit 0 images are all black, every other digit all white: a small number has dark tops
     images = torch.full((20, 28, 28), 255, dtype=torch.uint8)

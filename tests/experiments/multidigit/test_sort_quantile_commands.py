@@ -84,6 +84,24 @@ def test_every_n_uses_the_test_set_of_the_runs_trained_at_that_n(mnist_dir, tmp_
     assert ma["test_by_n"]["5"] != ma["test_by_n"]["3"]
 
 
+def test_augment_shift_moves_the_training_images_only(mnist_dir, tmp_path):
+    plain, moved = tmp_path / "plain", tmp_path / "moved"
+    assert run_cli("sort", mnist_dir, plain, "--n", "3", "--num_epochs", "1") == 0
+    args = ("--n", "3", "--num_epochs", "1", "--augment", "shift")
+    assert run_cli("sort", mnist_dir, moved, *args) == 0
+    assert yaml.safe_load((moved / "config.yaml").read_text())["augment"] == "shift"
+    a = torch.load(plain / "last.pt", weights_only=True)["model"]
+    b = torch.load(moved / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # the evaluation sets are the same: 0 epochs with and without it test the same untrained net
+    zero = ("--n", "3", "--num_epochs", "0")
+    assert run_cli("sort", mnist_dir, tmp_path / "z0", *zero) == 0
+    assert run_cli("sort", mnist_dir, tmp_path / "z1", *zero, "--augment", "shift") == 0
+    m0 = json.loads((tmp_path / "z0" / "metrics.json").read_text())
+    m1 = json.loads((tmp_path / "z1" / "metrics.json").read_text())
+    assert m0["test_by_n"] == m1["test_by_n"]
+
+
 def test_regroup_ns_trains_on_several_lengths(mnist_dir, tmp_path):
     out = tmp_path / "run"
     assert (
@@ -96,10 +114,17 @@ def test_regroup_ns_trains_on_several_lengths(mnist_dir, tmp_path):
     assert any(not torch.equal(trained[k], plain[k]) for k in trained)
 
 
-@pytest.mark.parametrize(("command", "method"), [("sort", "stochastic"), ("quantile", "sinkhorn")])
-def test_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path, command, method):
+@pytest.mark.parametrize(
+    ("command", "method", "extra"),
+    [
+        ("sort", "stochastic", ()),
+        ("quantile", "sinkhorn", ()),
+        ("sort", "stochastic", ("--augment", "shift")),
+    ],
+)
+def test_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path, command, method, extra):
     full, split = tmp_path / "full", tmp_path / "split"
-    args = ("--n", "3", "--method", method)
+    args = ("--n", "3", "--method", method, *extra)
     assert run_cli(command, mnist_dir, full, *args) == 0
     # the same run stopped after epoch 1, then continued with --resume
     assert run_cli(command, mnist_dir, split, *args, "--num_epochs", "1") == 0
@@ -134,6 +159,10 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--regroup_ns lengths must be <= the items of a batch" in capsys.readouterr().err
     assert run_cli("quantile", mnist_dir, tmp_path / "e", "--eval_ns", "1,5") == 2
     assert "--eval_ns must be comma-separated integers >= 2" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "x", "--augment", "flipshift") == 2
+    assert "--augment must be one of none, shift for sequences of digit images" in (
+        capsys.readouterr().err
+    )
     assert run_cli("sort", mnist_dir, tmp_path / "f", "--close_sequences", "1.5") == 2
     assert "--close_sequences must be a fraction in [0, 1]" in capsys.readouterr().err
     assert run_cli("quantile", mnist_dir, tmp_path / "g", "--close_spread", "1") == 2

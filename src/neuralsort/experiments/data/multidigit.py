@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..recipe import augment_batch
+
 __all__ = [
     "MultiDigitEvalSet",
     "MultiDigitNumbers",
@@ -156,8 +158,19 @@ class MultiDigitNumbers:
         rank = torch.minimum((u * counts).to(torch.int64), counts - 1)
         return self._table[digit_values, rank], values
 
-    def render(self, digit_index: torch.Tensor) -> torch.Tensor:
-        """Stack the images of ``digit_index (..., digits)`` into ``(..., 1, digits*H, W)``."""
+    def render(
+        self,
+        digit_index: torch.Tensor,
+        *,
+        augment: str = "none",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Stack the images of ``digit_index (..., digits)`` into ``(..., 1, digits*H, W)``.
+
+        ``augment="shift"`` moves each digit image by up to 2 pixels in each direction before
+        stacking (see :func:`~neuralsort.experiments.recipe.augment_batch`), with offsets drawn
+        from ``generator`` (the source's own when None).
+        """
         if digit_index.shape[-1] != self.num_digits:
             raise ValueError(
                 f"digit_index must end with an axis of size digits={self.num_digits}, "
@@ -169,6 +182,8 @@ class MultiDigitNumbers:
         pix = pix.to(torch.float32)
         if self.images.dtype == torch.uint8:
             pix = pix / 255.0
+        if augment != "none":
+            pix = augment_batch(pix, augment, self.generator if generator is None else generator)
         return pix.reshape(*lead, 1, self.num_digits * h, w)
 
     def sample_batch(self, batch_size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,11 +16,16 @@ from ..recipe import add_recipe_flags
 
 __all__ = [
     "BASE_DEFAULTS",
+    "MULTIDIGIT_AUGMENTS",
     "add_multidigit_args",
     "int_list",
     "validate_common",
     "validate_task",
 ]
+
+# --augment for sequences of digit images: each digit image on its own (no flips: digits have a
+# handedness)
+MULTIDIGIT_AUGMENTS = ("none", "shift")
 
 # Settings shared by both experiments (each experiment module overrides some).
 BASE_DEFAULTS: dict[str, Any] = {
@@ -39,6 +44,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "regroup_near": 0.0,
     "close_sequences": 0.0,
     "close_spread": 100,
+    "augment": "none",
     "eval_ns": None,
     "init_from": None,
     "num_epochs": 200,
@@ -72,6 +78,12 @@ def add_multidigit_args(
                 "help": "linear learning-rate warm-up over the first E epochs (default 0)",
             },
             "weight_decay": "Adam weight decay (default 0)",
+            "augment": {
+                "metavar": "{none,shift}",
+                "help": "training images: none (default, the paper's) or shift: each digit image "
+                "moved by up to 2 pixels in each direction, drawn anew at every step (validation "
+                "and test images stay as they are)",
+            },
         },
     )
     add_flag(
@@ -267,6 +279,11 @@ def validate_common(cfg: dict[str, Any]) -> None:
         raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
     for key in ("tau", "lr"):
         check_number(cfg, key)
+    if cfg["augment"] not in MULTIDIGIT_AUGMENTS:
+        raise UserError(
+            f"--augment must be one of {', '.join(MULTIDIGIT_AUGMENTS)} for sequences of digit "
+            f"images, got {cfg['augment']!r}"
+        )
     close = cfg["close_sequences"]
     if isinstance(close, bool) or not isinstance(close, int | float) or not 0.0 <= close <= 1.0:
         raise UserError(f"--close_sequences must be a fraction in [0, 1], got {close!r}")

@@ -134,6 +134,7 @@ class MultiDigitTask(Task):
         # hard training sequences (--close_sequences); configs of older runs lack the keys
         self.close = float(self.cfg.get("close_sequences") or 0.0)
         self.spread = int(self.cfg.get("close_spread") or 100)
+        self.augment = str(self.cfg.get("augment") or "none")
 
     def state(self, mid_epoch: bool) -> dict[str, Any]:
         # "noise": rank 0's stream, as in earlier checkpoints
@@ -149,7 +150,11 @@ class MultiDigitTask(Task):
             bs * self.world, self.n, close=self.close, spread=self.spread
         )
         mine = slice(self.rank * bs, (self.rank + 1) * bs)
-        images = self.render_src.render(index[mine].to(device, non_blocking=True))
+        images = self.render_src.render(
+            index[mine].to(device, non_blocking=True),
+            augment=self.augment,
+            generator=self.noise,  # this rank's own stream: each rank moves its own images
+        )
         values = all_values[mine].to(device)
         if self.train_module is None:  # nothing to train (the constant baseline)
             self.model.observe(all_values.to(device))  # every rank sees the whole global batch
