@@ -110,3 +110,14 @@ def test_add_recipe_flags_in_order_with_the_commands_help():
     assert args.lr_schedule == "cosine" and args.warmup_epochs == 1.5
     with pytest.raises(ValueError, match="unknown recipe flag 'lr'"):
         add_recipe_flags(parser, {"lr": None})
+
+
+def test_augment_batch_draws_from_a_generator_on_the_images_device(device):
+    # sort/quantile draw the shifts from each rank's noise stream, which lives on the device
+    x = torch.rand(6, 1, 8, 8, device=device)
+    outs = [
+        augment_batch(x, "flipshift", torch.Generator(device=device).manual_seed(3))
+        for _ in range(2)
+    ]
+    assert outs[0].device == x.device and outs[0].shape == x.shape
+    assert torch.equal(outs[0], outs[1])

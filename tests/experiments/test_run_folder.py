@@ -96,11 +96,18 @@ def test_run_files_and_checkpoints(tmp_path):
     assert json.loads(lines[-1])["acc"] == 0.5 and "time" in json.loads(lines[-1])
     assert not list(run.path.glob("*.tmp"))
 
-    # resume: settings not given explicitly come from the saved config.yaml
-    args2 = _parser().parse_args(["--out", str(tmp_path / "r"), "--resume", "--num_samples", "9"])
+    # resume: settings not given explicitly come from the saved config.yaml; a longer run is
+    # allowed, another training setting is not
+    args2 = _parser().parse_args(["--out", str(tmp_path / "r"), "--resume", "--num_epochs", "9"])
     cfg2 = resolve_config(args2, {"tau": 1.0, "num_samples": 5})
     run2 = Run.start(cfg2, name="t")
-    assert run2.resumed and cfg2["tau"] == 2.0 and cfg2["num_samples"] == 9
+    assert run2.resumed and cfg2["tau"] == 2.0 and cfg2["num_epochs"] == 9
+    args3 = _parser().parse_args(
+        ["--out", str(tmp_path / "r"), "--resume", "--num_samples", "9", "--tau", "2.0"]
+    )
+    cfg3 = resolve_config(args3, {"tau": 1.0, "num_samples": 5})
+    with pytest.raises(UserError, match=r"--num_samples 9 \(saved: 5\): a resumed run keeps"):
+        Run.start(cfg3, name="t")
 
 
 def test_resume_without_out_finds_latest(tmp_path, monkeypatch):
@@ -172,3 +179,13 @@ def test_plot_has_a_readable_title_and_legend():
     assert plot_title(
         "sort-deterministic-n5", {"method": "deterministic", "n": 5, "tau": 16.0}
     ) == ("Sorting four-digit numbers (deterministic, n = 5, τ = 16)")
+
+
+def test_a_new_run_does_not_overwrite_a_finished_or_saved_one(tmp_path):
+    args = _parser().parse_args(["--out", str(tmp_path / "r")])
+    Run.start(resolve_config(args, {"tau": 1.0}), name="t")  # config.yaml only: may start again
+    run = Run.start(resolve_config(args, {"tau": 1.0}), name="t")
+    run.save_checkpoint({"epoch": 1}, is_best=False)
+    with pytest.raises(UserError, match=r"holds a run already; add --resume to continue it"):
+        Run.start(resolve_config(args, {"tau": 1.0}), name="t")
+    assert run.load_checkpoint("last")["epoch"] == 1

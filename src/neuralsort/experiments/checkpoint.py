@@ -79,11 +79,16 @@ def to_cpu(obj: Any) -> Any:
 
 
 def save_file(folder: pathlib.Path, state: dict[str, Any], *, is_best: bool) -> None:
-    """Write ``state`` to ``folder/last.pt`` (and ``best.pt`` when ``is_best``), each atomically."""
+    """Write ``state`` to ``folder/last.pt`` (and ``best.pt`` when ``is_best``), each atomically.
+
+    ``best.pt`` goes first: a kill between the two writes then leaves ``last.pt`` one epoch
+    behind (that epoch is trained again on resume), never a ``last.pt`` whose ``best_epoch``
+    names weights that ``best.pt`` does not hold.
+    """
     state = to_cpu(state)
-    atomic_write_bytes(folder / "last.pt", lambda f: torch.save(state, f))
     if is_best:
         atomic_write_bytes(folder / "best.pt", lambda f: torch.save(state, f))
+    atomic_write_bytes(folder / "last.pt", lambda f: torch.save(state, f))
 
 
 def load_file(path: pathlib.Path, *, shared: bool = False) -> dict[str, Any] | None:

@@ -56,6 +56,19 @@ COMMON_DEFAULTS: dict[str, Any] = {
 
 # Keys that always come from the current command line when resuming a run.
 ALWAYS_CURRENT = {"resume", "out", "device", "config", "data_dir"}
+# Keys a resumed run may take with another value than it started with (how long it trains, how
+# it runs and evaluates); any other setting given explicitly must equal the saved one.
+RESUME_MAY_CHANGE = {
+    "num_epochs",
+    "threads",
+    "eval_every",
+    "eval_batch",
+    "eval_batch_size",
+    "eval_ns",
+    "num_test_queries",
+    "checkpoint_minutes",
+    "pixel_knn",
+}
 
 # Older spellings of settings, accepted in YAML files and saved config.yaml files.
 KEY_ALIASES = {"num_threads": "threads"}

@@ -204,21 +204,25 @@ def augment_batch(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     flips; ``flipcrop``: up to 4 px plus horizontal flips).
 
     Borders are filled by replicating edge pixels. Randomness comes only from ``generator``
-    (a CPU generator), so runs are reproducible.
+    (on the CPU or on ``x``'s device), so runs are reproducible.
     """
     if kind == "none":
         return x
     pad = 4 if kind == "flipcrop" else 2
     b, c, h, w = x.shape
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    on = generator.device  # draw where the generator lives, then move to the images
+
+    def offsets() -> Tensor:
+        return torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=on).to(x.device)
+
+    oy, ox = offsets(), offsets()
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     rows = (oy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
     xp = xp.gather(2, rows.expand(b, c, h, w + 2 * pad))
     cols = (ox[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
     out = xp.gather(3, cols.expand(b, c, h, w))
     if kind in ("flipshift", "flipcrop"):
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(b, 1, 1, 1)
+        flip = (torch.rand(b, generator=generator, device=on) < 0.5).to(x.device).view(b, 1, 1, 1)
         out = torch.where(flip, out.flip(3), out)
     return out
 

@@ -35,9 +35,17 @@ import torch
 
 from . import checkpoint, distributed
 from .checkpoint import atomic_write_bytes
-from .config import ALWAYS_CURRENT, KEY_ALIASES, UserError
+from .config import ALWAYS_CURRENT, KEY_ALIASES, RESUME_MAY_CHANGE, UserError
 
 __all__ = ["Run", "PLOT_LABELS", "plot_title", "history_figure"]
+
+
+def _same_setting(given: Any, saved: Any) -> bool:
+    """Whether a flag's value equals the saved one (lists of lengths or k as sets: the commands
+    sort them)."""
+    if isinstance(given, list | tuple) and isinstance(saved, list | tuple):
+        return sorted(set(given)) == sorted(set(saved))
+    return given == saved
 
 
 def _git_commit() -> str | None:
@@ -185,6 +193,11 @@ class Run:
                 path = pathlib.Path("runs") / f"{name}-{stamp}-{i}"
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} exists and is not a folder")
+        if not resume and any((path / f).is_file() for f in ("last.pt", "metrics.json")):
+            raise UserError(
+                f"--out {path} holds a run already; add --resume to continue it, or choose "
+                "another --out (or delete that folder) to start a new one"
+            )
 
         resumed = False
         saved_file = path / "config.yaml"
@@ -192,6 +205,20 @@ class Run:
             saved = yaml.safe_load(saved_file.read_text()) or {}
             saved = {KEY_ALIASES.get(k, k): v for k, v in saved.items()}
             explicit = getattr(cfg, "explicit", set())
+            conflicts = sorted(
+                k
+                for k in explicit
+                if k in saved
+                and k not in ALWAYS_CURRENT | RESUME_MAY_CHANGE
+                and not _same_setting(cfg.get(k), saved[k])
+            )
+            if conflicts:
+                given = ", ".join(f"--{k} {cfg[k]!r} (saved: {saved[k]!r})" for k in conflicts)
+                raise UserError(
+                    f"--resume --out {path}: {given}: a resumed run keeps the settings it started "
+                    "with (its optimiser and data streams were made from them); leave these "
+                    "flags out, or start a new run in another --out folder"
+                )
             changed = []
             for k, v in saved.items():
                 if str(k).startswith("_") or k in ALWAYS_CURRENT or k in explicit:

@@ -173,3 +173,28 @@ def test_eval_ks_is_checked(tmp_path, capsys):
     assert "--eval_ks must be integers >= 1" in capsys.readouterr().err
     assert main([*base, "--method", "cnn", "--eval_ks", "3"]) == 2
     assert "not cnn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", [[], ["--optimizer", "sgd"]])
+def test_knn_ae_records_its_optimiser_and_resumes_with_it(tmp_path, optimizer):
+    out = tmp_path / "ae"
+    args = ["baseline", "--dataset", "digits", "--method", "knn-ae", "--steps_per_epoch", "3"]
+    args += [*optimizer, "--out", str(out)]
+    assert main([*args, "--num_epochs", "1"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optimizer"] == ("sgd" if optimizer else "adam")
+    assert saved["weight_decay"] == (5e-4 if optimizer else 0.0)
+    state = torch.load(out / "last.pt", weights_only=True)["optimizer"]
+    assert ("momentum_buffer" in str(state)) == bool(optimizer)
+    # a longer run from its checkpoint rebuilds the same optimiser
+    assert main(["baseline", "--resume", "--out", str(out), "--num_epochs", "2"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
+@pytest.mark.parametrize(("command", "size"), [("dknn", "0"), ("baseline", "5000")])
+def test_a_bad_val_size_names_the_flag_and_its_range(tmp_path, capsys, command, size):
+    args = [command, "--dataset", "digits", "--val_size", size, "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--val_size must be an integer in 1..1" in err and f"got {size}" in err
+    assert "Traceback" not in err

@@ -101,6 +101,22 @@ def test_digit_cnn_shapes():
     assert DigitCNN(SHAPE, 0)(torch.rand(4, 1, *SHAPE)).shape == (4, 64)
 
 
+def test_digit_cnn_scores_stay_float32_under_bf16_autocast():
+    # bfloat16 keeps 8 significant bits: scores of ~100 would be rounded to steps of 0.5
+    torch.manual_seed(0)
+    net = DigitCNN(SHAPE, 1)
+    with torch.no_grad():
+        net.head.weight.mul_(300.0)
+    x = torch.rand(200, 1, *SHAPE)
+    with torch.no_grad():
+        plain = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(x)
+    assert mixed.dtype == torch.float32
+    assert mixed.unique().numel() == plain.unique().numel() == 200
+    torch.testing.assert_close(mixed, plain, rtol=0.05, atol=0.5)
+
+
 def _first_conv(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if name.endswith("conv1.weight")]
 

@@ -159,6 +159,15 @@ def test_user_errors_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     assert "--regroup_ns lengths must be <= the items of a batch" in capsys.readouterr().err
     assert run_cli("quantile", mnist_dir, tmp_path / "e", "--eval_ns", "1,5") == 2
     assert "--eval_ns must be comma-separated integers >= 2" in capsys.readouterr().err
+    assert run_cli("sort", mnist_dir, tmp_path / "n", "--regroup_near", "1.5") == 2
+    assert "--regroup_near must be a fraction in [0, 1], got 1.5" in capsys.readouterr().err
+    assert (
+        run_cli("sort", mnist_dir, tmp_path / "v", "--method", "vanilla", "--regroup_near", "0.5")
+        == 2
+    )
+    assert "--regroup_near needs a NeuralSort method" in capsys.readouterr().err
+    assert run_cli("quantile", mnist_dir, tmp_path / "q", "--regroup_near", "0.5") == 2
+    assert "--regroup_near applies to neuralsort sort only" in capsys.readouterr().err
     assert run_cli("sort", mnist_dir, tmp_path / "x", "--augment", "flipshift") == 2
     assert "--augment must be one of none, shift for sequences of digit images" in (
         capsys.readouterr().err

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..config import UserError, add_common_args, add_flag, check_int, check_number, resolve_config
-from ..data import load_dataset, train_val_split
+from ..data import load_dataset, split_for_run
 from ..knn_eval import knn_split_metrics
 from ..loop import start_run
 from ..recipe import RECIPE_DEFAULTS, add_recipe_flags
@@ -143,8 +143,17 @@ def _validate(cfg: dict[str, Any]) -> None:
     check_number(cfg, "logit_scale")
 
 
+# The autoencoder's optimiser where the command line does not choose one (recorded in the run's
+# config.yaml, so that a resumed run rebuilds the same optimiser); with --optimizer given, the
+# recipe flags keep their defaults.
+KNN_AE_RECIPE: dict[str, Any] = {"optimizer": "adam", "weight_decay": 0.0}
+
+
 def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one baseline from a resolved config; returns the metrics."""
+    explicit = getattr(cfg, "explicit", set())
+    if cfg["method"] == "knn-ae" and "optimizer" not in explicit:
+        cfg.update({k: v for k, v in KNN_AE_RECIPE.items() if k not in explicit})
     ds = str(cfg["dataset"]).lower().replace(":", "-").replace("/", "_")
     run, ctx, amp, data = start_run(
         cfg,
@@ -156,8 +165,7 @@ def run_baseline(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     gen = seed_everything(int(cfg["seed"]))
     device = ctx.device
-    val_size = int(cfg["val_size"] or info["val_size"])
-    tr_idx, va_idx = train_val_split(train_x.shape[0], val_size)
+    tr_idx, va_idx = split_for_run(cfg, train_x.shape[0], info, keep=cfg["k"])
     tr_x, tr_y = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
     va_x, va_y = train_x[va_idx].to(device), train_y[va_idx]
     te_x = test_x.to(device)

@@ -95,8 +95,6 @@ def train_net(
     model.to(device=device, memory_format=fmt or torch.contiguous_format)
     # every parameter (head included) goes to the optimiser
     opt_cfg = dict(cfg)
-    if method == "knn-ae" and "optimizer" not in getattr(cfg, "explicit", set()):
-        opt_cfg.update(optimizer="adam", weight_decay=0.0)
     n = tr_x.shape[0]
     bs = min(cfg["batch_size"], n // world)
     if bs < 1:

@@ -38,6 +38,7 @@ __all__ = [
     "load_raw_dataset",
     "candidate_dirs",
     "normalize",
+    "split_for_run",
     "train_val_split",
 ]
 
@@ -287,6 +288,21 @@ def load_dataset(
     trf, tef, mean, std = normalize(tx, sx, float(info["max_value"]))
     info.update(mean=mean, std=std)
     return trf, ty, tef, sy, info
+
+
+def split_for_run(
+    cfg: dict[str, Any], num_train: int, info: dict[str, Any], *, keep: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`train_val_split` with ``--val_size`` (``info["val_size"]``, the data set's, when
+    None), leaving at least ``keep`` training images; UserError naming the flag otherwise."""
+    val_size = info["val_size"] if cfg.get("val_size") is None else cfg["val_size"]
+    top = num_train - keep
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size <= top:
+        raise UserError(
+            f"--val_size must be an integer in 1..{top} ({num_train} training images, at least "
+            f"{keep} kept for training), got {val_size!r}"
+        )
+    return train_val_split(num_train, val_size)
 
 
 def train_val_split(

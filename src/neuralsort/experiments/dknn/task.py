@@ -19,7 +19,7 @@ from neuralsort.knn import dknn_loss
 
 from .. import distributed
 from ..config import UserError
-from ..data import train_val_split
+from ..data import split_for_run
 from ..embedding_nets import model_for_data
 from ..knn_eval import embed, knn_accuracy
 from ..loop import EpochStats, Result, Task, fit
@@ -87,10 +87,7 @@ def dknn_split(
     """Indices of the run's training part (``train_subset`` applied) and validation part of the
     ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError."""
     k = cfg["k"]
-    val_size = int(cfg["val_size"] or info["val_size"])
-    if not 0 < val_size < num_train - k:
-        raise UserError(f"--val_size must be in 1..{num_train - k - 1}")
-    tr_idx, va_idx = train_val_split(num_train, val_size)
+    tr_idx, va_idx = split_for_run(cfg, num_train, info, keep=k + 1)
     if cfg["train_subset"]:
         if int(cfg["train_subset"]) < k:
             raise UserError(f"--train_subset must be at least --k ({k})")

@@ -78,9 +78,16 @@ class DigitCNN(nn.Module):
         return x.reshape(*lead, self.feature_dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(..., 1, H, W) -> (..., out_dim)`` (or the features when there is no head)."""
+        """``(..., 1, H, W) -> (..., out_dim)`` (or the features when there is no head).
+
+        The output layer runs in float32 even under autocast: a score in bfloat16 keeps 8
+        significant bits, too few to order close numbers (200 distinct scores become about 60).
+        """
         x = self.features(images)
-        return x if self.head is None else self.head(x)
+        if self.head is None:
+            return x
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
 
 
 def sorting_permutation(values: Tensor) -> Tensor:

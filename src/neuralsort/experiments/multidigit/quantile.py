@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..config import resolve_config
+from ..config import UserError, resolve_config
 from ..data.multidigit import MultiDigitEvalSet
 from .medians import MEDIAN_METHODS, build_median_method
 from .models import true_median
@@ -115,6 +115,8 @@ def main(args: argparse.Namespace) -> int:
     """Run ``neuralsort quantile`` with parsed ``args``; returns the exit status."""
     cfg = resolve_config(args, DEFAULTS)
     n = validate_task(cfg, MEDIAN_METHODS, ", ".join(map(str, PAPER_NS)))
+    if cfg["regroup_near"]:
+        raise UserError("--regroup_near applies to neuralsort sort only")
     experiment = Experiment(
         name=f"quantile-{cfg['method']}-n{n}",
         build=_build,

@@ -279,6 +279,14 @@ def validate_common(cfg: dict[str, Any]) -> None:
         raise UserError(f"--digits must be an integer in 1..9, got {digits!r}")
     for key in ("tau", "lr"):
         check_number(cfg, key)
+    near = cfg["regroup_near"]
+    if isinstance(near, bool) or not isinstance(near, int | float) or not 0.0 <= near <= 1.0:
+        raise UserError(f"--regroup_near must be a fraction in [0, 1], got {near!r}")
+    if near and cfg["method"] not in ("deterministic", "stochastic"):
+        raise UserError(
+            f"--regroup_near needs a NeuralSort method (deterministic or stochastic), got "
+            f"{cfg['method']!r}"
+        )
     if cfg["augment"] not in MULTIDIGIT_AUGMENTS:
         raise UserError(
             f"--augment must be one of {', '.join(MULTIDIGIT_AUGMENTS)} for sequences of digit "
