@@ -278,3 +278,13 @@ def test_train_val_split_is_fixed_and_disjoint():
     assert len(set(a_tr.tolist()) | set(a_va.tolist())) == 100
     with pytest.raises(ValueError, match="val_size"):
         train_val_split(10, 10)
+
+
+def test_mnist_and_fashion_mnist_files_are_told_apart():
+    from neuralsort.experiments.data import _check_not_the_other
+
+    fashion_like = torch.full((60_000, 28, 28), 73, dtype=torch.uint8)
+    with pytest.raises(UserError, match=r"--dataset mnist: the files in /d look like fashion"):
+        _check_not_the_other("mnist", fashion_like, "/d")
+    _check_not_the_other("fashion-mnist", fashion_like, "/d")
+    _check_not_the_other("mnist", fashion_like[:100], "/d")  # stand-ins are not judged

@@ -229,6 +229,7 @@ def load_raw_dataset(
             raise UserError(msg)
         if key in ("mnist", "fashion-mnist"):
             tx, ty, sx, sy = loaded
+            _check_not_the_other(key, tx, info["source"])
             tx, sx = tx.unsqueeze(1), sx.unsqueeze(1)
             classes = [str(i) for i in range(10)]
         else:
@@ -288,6 +289,25 @@ def load_dataset(
     trf, tef, mean, std = normalize(tx, sx, float(info["max_value"]))
     info.update(mean=mean, std=std)
     return trf, ty, tef, sy, info
+
+
+# Mean pixel (0-255) of the 60,000 training images: MNIST and Fashion-MNIST share their file
+# names, so a folder of one can be read as the other.
+_MEAN_PIXEL = {"mnist": 33.3, "fashion-mnist": 72.9}
+
+
+def _check_not_the_other(key: str, images: torch.Tensor, source: str) -> None:
+    """UserError when the full 60,000-image training set in ``source`` is the other data set."""
+    if images.shape[0] != 60_000 or images.dtype != torch.uint8:
+        return  # only the full data sets are told apart (smaller stand-ins are not)
+    mean = float(images.float().mean())
+    nearest = min(_MEAN_PIXEL, key=lambda k: abs(_MEAN_PIXEL[k] - mean))
+    if nearest != key:
+        raise UserError(
+            f"--dataset {key}: the files in {source} look like {nearest} (mean pixel {mean:.1f}; "
+            f"{key}'s is {_MEAN_PIXEL[key]}, {nearest}'s {_MEAN_PIXEL[nearest]}); point "
+            f"--data_dir at the folder that holds {key}'s own files (e.g. DIR/{key}/)"
+        )
 
 
 def split_for_run(

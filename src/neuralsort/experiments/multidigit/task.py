@@ -135,6 +135,8 @@ class MultiDigitTask(Task):
         self.close = float(self.cfg.get("close_sequences") or 0.0)
         self.spread = int(self.cfg.get("close_spread") or 100)
         self.augment = str(self.cfg.get("augment") or "none")
+        # resolved now, not after training: a moved --init_from folder fails before the work
+        self.init_record = self._init_record()
 
     def state(self, mid_epoch: bool) -> dict[str, Any]:
         # "noise": rank 0's stream, as in earlier checkpoints
@@ -228,7 +230,7 @@ class MultiDigitTask(Task):
             "val_sequences": len(self.val_set),
             "world_size": self.world,
             "amp": cfg["amp"],
-            **self._init_record(),
+            **self.init_record,
             "device": str(self.device),
         }
         run.log({"event": "test", **metrics})
