@@ -174,7 +174,7 @@ def restore(
     generator read on the CPU) restarts from ``fallback_seed`` with a note (see
     :func:`restore_generator`).
     """
-    world = distributed.world_size() if distributed.is_distributed() else 1
+    world = distributed.active_world_size()
     saved = int(state.get("world_size", 1))
     if saved != world:
         raise UserError(

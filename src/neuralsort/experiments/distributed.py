@@ -46,6 +46,7 @@ __all__ = [
     "is_distributed",
     "rank",
     "world_size",
+    "active_world_size",
     "local_rank",
     "is_main",
     "barrier",
@@ -101,6 +102,12 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return _env_int("WORLD_SIZE", 1)
+
+
+def active_world_size() -> int:
+    """Processes that share the work now: the process group's size (several processes), else 1
+    (unlike :func:`world_size`, ``$WORLD_SIZE`` alone does not count)."""
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def local_rank() -> int:
@@ -249,7 +256,7 @@ def reduce_sum(values: list[float] | tuple[float, ...]) -> list[float]:
 
 def reduce_mean(values: list[float] | tuple[float, ...]) -> list[float]:
     """Element-wise means of ``values`` over all ranks (unchanged in one process)."""
-    w = world_size() if is_distributed() else 1
+    w = active_world_size()
     return [v / w for v in reduce_sum(values)]
 
 

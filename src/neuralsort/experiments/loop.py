@@ -207,7 +207,7 @@ def fit(
     tests' simulated kill after that many steps in all) stopped the run first.
     """
     t_start = time.time()
-    world = distributed.world_size() if distributed.is_distributed() else 1
+    world = distributed.active_world_size()
     say = print if run.is_main else (lambda *a, **k: None)
     model, steps = task.model, int(task.steps_per_epoch)
     num_epochs = int(cfg["num_epochs"])

@@ -151,7 +151,7 @@ class Run:
                 "cwd": os.getcwd(),
                 "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "host": platform.node(),
-                "world_size": (distributed.world_size() if distributed.is_distributed() else 1),
+                "world_size": distributed.active_world_size(),
                 "versions": _versions(),
             }
             run.save_config()

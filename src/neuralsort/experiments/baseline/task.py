@@ -76,7 +76,7 @@ def train_net(
     report: Report,
 ) -> dict[str, Any]:
     """Train the CNN classifier or the autoencoder on the shared loop; returns the metrics."""
-    world = distributed.world_size() if distributed.is_distributed() else 1
+    world = distributed.active_world_size()
     tr_x = data[0]
     device = tr_x.device
     # `gen` (shared by all ranks) shuffles; augmentation draws from a private stream per rank

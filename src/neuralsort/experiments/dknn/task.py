@@ -230,7 +230,7 @@ class DknnTask(Task):
 
     def __post_init__(self) -> None:
         self.augment = resolve_augment(self.cfg["augment"], self.info["in_channels"])
-        self.world = distributed.world_size() if distributed.is_distributed() else 1
+        self.world = distributed.active_world_size()
         self.rank = distributed.rank() if self.world > 1 else 0
         self.perm_q = self.perm_n = self.src_q = self.src_n = None
 

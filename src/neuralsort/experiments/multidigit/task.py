@@ -127,7 +127,7 @@ class MultiDigitTask(Task):
     device: torch.device
 
     def __post_init__(self) -> None:
-        self.world = distributed.world_size() if distributed.is_distributed() else 1
+        self.world = distributed.active_world_size()
         self.rank = distributed.rank() if self.world > 1 else 0
         self.n, self.batch_size = int(self.cfg["n"]), int(self.cfg["batch_size"])
         self.eval_bs = int(self.cfg["eval_batch_size"])
