@@ -185,7 +185,10 @@ def start_run(
 
 
 def _better(value: float, best: float | None, task: Task) -> bool:
-    if best is None:
+    """Whether validation ``value`` beats ``best``; a NaN never does, and anything beats none."""
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
         return True
     if value == best:
         return task.ties_to_later
