@@ -491,3 +491,27 @@ def test_sort_fp16_resume_equals_uninterrupted(tmp_path, mnist_dir, monkeypatch)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert _metrics(full) == _metrics(split)
+
+
+def _rank0_fails(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Rank 0's validation raises: every rank must stop with an error, none may hang."""
+    _join_env(rank, world, port)
+    distributed.setup("cpu")
+
+    def validate() -> dict:
+        raise ValueError("disk full")
+
+    try:
+        distributed.from_rank0(validate)
+    except (UserError, ValueError) as exc:
+        pathlib.Path(out_dir, f"rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+    assert distributed.from_rank0(lambda: {"val_acc": 0.5}) == {"val_acc": 0.5}
+    distributed.shutdown()
+
+
+def test_an_error_on_rank0_reaches_every_rank(tmp_path):
+    _spawn(_rank0_fails, str(tmp_path))
+    assert (tmp_path / "rank0.txt").read_text() == "ValueError: disk full"
+    assert (tmp_path / "rank1.txt").read_text() == (
+        "UserError: rank 0 failed: ValueError('disk full')"
+    )

@@ -332,11 +332,10 @@ def fit(
                 raise UserError(msg)
         is_best = False
         if task.validate_now(epoch + 1, num_epochs):
-            if run.is_main:  # the other ranks wait at the barrier below
-                rec.update(task.validate())
-                if task.select in rec and _better(rec[task.select], best, task):
-                    best, best_epoch, is_best = rec[task.select], epoch + 1, True
-            distributed.barrier()
+            # rank 0 validates while the others wait; every rank gets its values, or its error
+            rec.update(distributed.from_rank0(task.validate))
+            if task.select in rec and _better(rec[task.select], best, task):
+                best, best_epoch, is_best = rec[task.select], epoch + 1, True
         if task.time_key:
             rec[task.time_key] = time.time() - t_epoch
         history.append(rec)
@@ -351,8 +350,8 @@ def fit(
             say(f"stopped after {global_step} steps; continue with --resume --out {run.path}")
             return None
 
-    metrics = None
-    if run.is_main:
+    def finish() -> dict[str, Any]:
+        """Rank 0: test the best weights and write metrics.json."""
         saved = run.load_checkpoint("best") if best_epoch is not None else None
         if saved is not None:
             model.load_state_dict(saved["model"])
@@ -361,5 +360,7 @@ def fit(
         metrics = task.finish(result)
         run.write_metrics(metrics)
         run.plot_history(history, task.plot_keys, task.plot_file)
-    distributed.barrier()
-    return distributed.broadcast_object(metrics)
+        return metrics
+
+    # the other ranks wait, then get the metrics (or rank 0's error instead of hanging)
+    return distributed.from_rank0(finish)
