@@ -18,9 +18,13 @@ image's own noise: its robust size (1.4826 x the median absolute deviation) and 
 these numbers is computed four ways: as scored; with the outliers' residuals replaced by typical
 noise; with the typical noise removed (the fitted value, outliers kept); and with both.
 
+``--split train`` scores numbers drawn from the training digits instead (``val``: the validation
+digits): a scorer that does much better on the digit images it trained on than on new ones has
+learned those images rather than the digits.
+
 Usage::
 
-    python benchmarks/scorer_digits.py RUN_DIR [RUN_DIR ...] --data_dir DIR
+    python benchmarks/scorer_digits.py RUN_DIR [RUN_DIR ...] --data_dir DIR [--split train]
 """
 
 from __future__ import annotations
@@ -148,11 +152,17 @@ def main() -> None:
         "--ns", type=int, nargs="+", default=[5, 9, 15], help="sequence lengths (5 9 15)"
     )
     p.add_argument("--sequences", type=int, default=4000, help="sequences per n (4000)")
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="which digit images make the numbers (test: MNIST's test set, the default)",
+    )
     args = p.parse_args()
     if args.numbers < 2 or args.window < 1:
         p.error("--numbers must be >= 2 and --window >= 1")
     torch.set_num_threads(1)
-    test = load_multidigit_splits({"data_dir": args.data_dir, "digits": 4, "seed": 0})["test"]
+    test = load_multidigit_splits({"data_dir": args.data_dir, "digits": 4, "seed": 0})[args.split]
     shape = (test.num_digits * test.digit_shape[0], test.digit_shape[1])
     index, values = test.sample_indices(1, args.numbers, torch.Generator().manual_seed(args.seed))
     for run in args.runs:
@@ -169,7 +179,8 @@ def main() -> None:
         model = noise_model(scores[0], values[0], test.num_digits)
         noise = {k: round(v, 4) for k, v in model.items() if isinstance(v, float)}
         rates = exact_rates(model, values[0], args.ns, args.sequences, args.seed + 1)
-        out = {"run": str(run), "numbers": args.numbers, "window": args.window, "by_digit": rows}
+        out = {"run": str(run), "split": args.split, "numbers": args.numbers, "window": args.window}
+        out["by_digit"] = rows
         print(json.dumps({**out, "noise": noise, "exact": rates}))
 
 
