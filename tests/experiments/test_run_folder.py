@@ -189,3 +189,16 @@ def test_a_new_run_does_not_overwrite_a_finished_or_saved_one(tmp_path):
     with pytest.raises(UserError, match=r"holds a run already; add --resume to continue it"):
         Run.start(resolve_config(args, {"tau": 1.0}), name="t")
     assert run.load_checkpoint("last")["epoch"] == 1
+
+
+def test_resume_keeps_the_first_start_and_lists_each_resume(tmp_path):
+    args = _parser().parse_args(["--out", str(tmp_path / "r")])
+    run = Run.start(resolve_config(args, {"tau": 1.0}), name="t")
+    run.save_checkpoint({"epoch": 1}, is_best=False)
+    first = yaml.safe_load((run.path / "config.yaml").read_text())["_run"]
+    again = _parser().parse_args(["--out", str(tmp_path / "r"), "--resume"])
+    for _ in range(2):
+        Run.start(resolve_config(again, {"tau": 1.0}), name="t")
+    meta = yaml.safe_load((run.path / "config.yaml").read_text())["_run"]
+    assert meta["started"] == first["started"] and meta["name"] == "t"
+    assert len(meta["resumes"]) == 2 and all("git_commit" in r for r in meta["resumes"])

@@ -48,6 +48,18 @@ def _same_setting(given: Any, saved: Any) -> bool:
     return given == saved
 
 
+def _saved_meta(path: pathlib.Path) -> dict[str, Any] | None:
+    """The ``_run`` entry of ``path/config.yaml`` (None if unreadable or absent)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    meta = saved.get("_run")
+    return dict(meta) if isinstance(meta, dict) else None
+
+
 def _git_commit() -> str | None:
     here = pathlib.Path(__file__).resolve().parent
     try:
@@ -144,8 +156,7 @@ class Run:
         run = cls(path, cfg, resumed=resumed)
         if run.is_main:
             path.mkdir(parents=True, exist_ok=True)
-            run.meta = {
-                "name": name,
+            segment = {
                 "git_commit": _git_commit(),
                 "command": " ".join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
                 "cwd": os.getcwd(),
@@ -154,6 +165,11 @@ class Run:
                 "world_size": distributed.active_world_size(),
                 "versions": _versions(),
             }
+            first = _saved_meta(path) if resumed else None
+            if first:  # the run's first start stays; each resume adds what it ran with
+                run.meta = {**first, "resumes": [*first.get("resumes", []), segment]}
+            else:
+                run.meta = {"name": name, **segment}
             run.save_config()
             run.log({"event": "resume" if resumed else "start", "name": name})
         return run
