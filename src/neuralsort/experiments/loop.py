@@ -238,6 +238,8 @@ def fit(
         task.load_state(state)
         epoch, step0 = int(state["epoch"]), int(state.get("step", 0))
         loss_sum, sums = float(state.get("loss_sum", 0.0)), dict(state.get("sums", {}))
+        if distributed.rank() != 0:  # a mid-epoch checkpoint holds the counts of all ranks
+            sums = {}
         history = list(state["history"])
         best, best_epoch = state.get("best"), state.get("best_epoch")
         if "best_val" in state and "best" not in state:  # written before the shared loop
@@ -248,7 +250,16 @@ def fit(
         say(f"resuming {run.path} at epoch {epoch + 1}, step {step0}")
 
     def snapshot(done: int, step: int) -> dict[str, Any] | None:
-        """The checkpoint after ``done`` epochs and ``step`` steps (a collective)."""
+        """The checkpoint after ``done`` epochs and ``step`` steps (a collective).
+
+        Inside an epoch each rank holds its own counts so far: the checkpoint keeps their sum
+        over ranks, which a resumed rank 0 alone takes back."""
+        saved_sums = sums
+        if step > 0 and world > 1:  # every rank: the same keys, the same collective
+            keys = sorted(sums)
+            saved_sums = dict(
+                zip(keys, distributed.reduce_sum([sums[k] for k in keys]), strict=True)
+            )
         return checkpoint.training_state(
             **parts,
             streams=task.streams,
@@ -256,7 +267,7 @@ def fit(
             epoch=done,
             step=step,
             loss_sum=loss_sum,
-            sums=sums,
+            sums=saved_sums,
             history=history,
             best=best,
             best_epoch=best_epoch,
