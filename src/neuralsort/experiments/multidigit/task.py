@@ -10,7 +10,8 @@ with :class:`MultiDigitTask` on :func:`neuralsort.experiments.loop.fit`.
 Outputs (in the run folder, see :class:`neuralsort.experiments.run_folder.Run`): ``config.yaml``,
 ``log.jsonl`` (one line per epoch), ``last.pt`` / ``best.pt``, ``metrics.json`` and ``history.png``.
 ``--resume`` continues from ``last.pt`` (model, optimizer, scheduler, data and noise generators) and
-ends with the same result as an uninterrupted run.
+ends with the same result as an uninterrupted run (on the CPU; CUDA's reductions are not
+deterministic).
 
 Under ``torchrun`` every rank draws the same global batch of ``batch_size x world_size`` sequences
 from the shared, seeded source and renders only its own ``batch_size`` of them; the methods train
