@@ -61,16 +61,16 @@ def spearman_torchsort(pred: torch.Tensor, target: torch.Tensor, tau: float) -> 
 
 def make_case(method: str, pred: torch.Tensor, target: torch.Tensor):
     if method == "exact":
-        return lambda: ns.spearman_loss(pred, target, TAU, tol=0.0)
+        return lambda: ns.spearman_loss(pred, target, tau=TAU, tol=0.0)
     if method == "default":
-        return lambda: ns.spearman_loss(pred, target, TAU)
+        return lambda: ns.spearman_loss(pred, target, tau=TAU)
     if method == "tol=1e-6":
-        return lambda: ns.spearman_loss(pred, target, TAU, tol=1e-6)
+        return lambda: ns.spearman_loss(pred, target, tau=TAU, tol=1e-6)
     if method == "tol=1e-6 torch":
 
         def torch_path():
             with ns.backends.native(False):
-                return ns.spearman_loss(pred, target, TAU, tol=1e-6)
+                return ns.spearman_loss(pred, target, tau=TAU, tol=1e-6)
 
         return torch_path
     if method == "dense":
@@ -79,7 +79,7 @@ def make_case(method: str, pred: torch.Tensor, target: torch.Tensor):
             saved = _streamed.CHUNK_ELEMENTS
             _streamed.CHUNK_ELEMENTS = 1 << 62
             try:
-                return ns.spearman_loss(pred, target, TAU)
+                return ns.spearman_loss(pred, target, tau=TAU)
             finally:
                 _streamed.CHUNK_ELEMENTS = saved
 

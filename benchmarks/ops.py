@@ -74,17 +74,17 @@ def make_cases(b: int, n: int, device: torch.device) -> dict[str, tuple[Callable
     logits = torch.randn(b, n, n, generator=g).to(device)
 
     def full(x: torch.Tensor) -> torch.Tensor:
-        return ns.neural_sort(x, 1.0, descending=True)
+        return ns.neural_sort(x, tau=1.0, descending=True)
 
     def topk9(x: torch.Tensor) -> torch.Tensor:
-        return ns.soft_topk(x, 9, 1.0)
+        return ns.soft_topk(x, 9, tau=1.0)
 
     cases: dict[str, tuple[Callable, torch.Tensor]] = {
         "floor: softmax(B,n,n)": (lambda x: torch.softmax(x, -1), logits),
         "neural_sort": (full, scores),
         "published O(n^3)": (lambda x: published_formula(x, 1.0), scores),
-        "soft_sort": (lambda x: ns.soft_sort(x, 1.0), scores),
-        "softsort": (lambda x: ns.softsort(x, 1.0), scores),
+        "soft_sort": (lambda x: ns.soft_sort(x, tau=1.0), scores),
+        "softsort": (lambda x: ns.softsort(x, tau=1.0), scores),
     }
     if device.type == "cpu" and ns.backends.is_available():
         cases["neural_sort (torch path)"] = (within(ns.backends.native, False, full), scores)
@@ -95,7 +95,7 @@ def make_cases(b: int, n: int, device: torch.device) -> dict[str, tuple[Callable
             cases["soft_topk k=9 (Triton)"] = (within(ns.backends.triton, True, topk9), scores)
     for k in (9, 16):
         if k <= n:
-            cases[f"soft_topk k={k}"] = (lambda x, k=k: ns.soft_topk(x, k, 1.0), scores)
+            cases[f"soft_topk k={k}"] = (lambda x, k=k: ns.soft_topk(x, k, tau=1.0), scores)
     if 9 <= n:
         # soft_topk's own floor: one softmax over its B x 9 x n output
         cases["floor: softmax(B,9,n)"] = (lambda x: torch.softmax(x, -1), logits[:, :9].clone())

@@ -62,7 +62,7 @@ def soft_ranks(out: Path) -> None:
 def topk_masks(out: Path) -> None:
     """soft_topk_mask(scores, k=3) for several tau, beside the hard mask."""
     k = 3
-    hard = ns.soft_topk_mask(SCORES, k, hard=True).detach()
+    hard = ns.soft_topk_mask(SCORES, k, hard=True, tau=1.0).detach()
     fig, ax = plt.subplots(figsize=(6.5, 3.5), constrained_layout=True)
     width = 0.8 / (len(TAUS) + 1)
     xs = torch.arange(len(SCORES), dtype=torch.float32)

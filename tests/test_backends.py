@@ -32,7 +32,7 @@ def test_set_enabled_needs_a_bool():
 def test_switched_off_means_no_native_node_in_the_graph():
     x = torch.randn(2, 6, requires_grad=True)
     with ns.backends.native(False):
-        p = ns.neural_sort(x, 1.0)
+        p = ns.neural_sort(x, tau=1.0)
     assert type(p.grad_fn).__name__.startswith("RelaxedRows")
 
 
@@ -43,7 +43,7 @@ def test_triton_switch_restores_and_leaves_cpu_tensors_alone():
     x = torch.randn(2, 6)
     with ns.backends.triton(not before):
         assert _triton._enabled is (not before)
-        torch.testing.assert_close(ns.neural_sort(x, 1.0).sum(-1), torch.ones(2, 6))
+        torch.testing.assert_close(ns.neural_sort(x, tau=1.0).sum(-1), torch.ones(2, 6))
     assert _triton._enabled is before
     with pytest.raises(TypeError, match="enabled"):
         ns.backends.triton(1)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ def seeded() -> torch.Generator:
 # f(x) for x of shape (N,) float64; each returns a tensor
 OPS = {
     "neural_sort": lambda x: ns.neural_sort(x, tau=0.5),
-    "neural_sort_descending_hard": lambda x: ns.neural_sort(x, 0.5, descending=True, hard=True),
+    "neural_sort_descending_hard": lambda x: ns.neural_sort(x, tau=0.5, descending=True, hard=True),
     "soft_sort": lambda x: ns.soft_sort(x, tau=0.5, descending=True),
     "soft_sort_tol": lambda x: ns.soft_sort(x, tau=0.5, tol=1e-6),
     "soft_rank": lambda x: ns.soft_rank(x, tau=0.5),
@@ -36,7 +36,7 @@ OPS = {
     "sinkhorn": lambda x: ns.sinkhorn(torch.outer(x, x), n_iters=5, tau=1.0),
     "spearman_loss": lambda x: ns.spearman_loss(x[None], TARGET[None], tau=0.5),
     "ndcg_loss": lambda x: ns.ndcg_loss(x[None], TARGET[None], tau=0.5, k=3),
-    "topk_cross_entropy": lambda x: ns.topk_cross_entropy(x[None], torch.tensor([1]), 2, 0.5),
+    "topk_cross_entropy": lambda x: ns.topk_cross_entropy(x[None], torch.tensor([1]), 2, tau=0.5),
     "dknn_loss": lambda x: ns.dknn_loss(
         x.reshape(2, 3),
         x.flip(0).reshape(2, 3),
@@ -50,7 +50,9 @@ OPS = {
         torch.tensor([2, 0, 1, 5, 3, 4])
     ),
     "plackett_luce_rsample": lambda x: ns.PlackettLuce(x, tau=0.5).rsample(generator=seeded()),
-    "stochastic_neural_sort": lambda x: ns.stochastic_neural_sort(x, 0.5, 2, generator=seeded()),
+    "stochastic_neural_sort": lambda x: ns.stochastic_neural_sort(
+        x, tau=0.5, n_samples=2, generator=seeded()
+    ),
 }
 
 
@@ -102,7 +104,8 @@ def test_vmap_matches_the_batched_call(op):
 def test_hessian_vector_product_and_tau_gradient():
     def f(x, tau):
         return (
-            ns.spearman_loss(x[None], TARGET[None], tau=tau) + ns.soft_sort(x, tau).square().sum()
+            ns.spearman_loss(x[None], TARGET[None], tau=tau)
+            + ns.soft_sort(x, tau=tau).square().sum()
         )
 
     x, v, tau = point(4), point(5), torch.tensor(0.7, dtype=torch.float64)

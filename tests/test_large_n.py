@@ -19,11 +19,11 @@ def _ops(tau, tol=0.0, mask=None, shape=(3, 40)):
     target = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     rel = torch.randint(0, 4, shape, generator=torch.Generator().manual_seed(6)).double()
     return {
-        "soft_sort": lambda x: ns.soft_sort(x, tau, descending=True, mask=mask, tol=tol),
-        "soft_rank": lambda x: ns.soft_rank(x, tau, mask=mask, tol=tol),
-        "soft_quantile": lambda x: ns.soft_quantile(x, [0.1, 0.5], tau, mask=mask, tol=tol),
+        "soft_sort": lambda x: ns.soft_sort(x, tau=tau, descending=True, mask=mask, tol=tol),
+        "soft_rank": lambda x: ns.soft_rank(x, tau=tau, mask=mask, tol=tol),
+        "soft_quantile": lambda x: ns.soft_quantile(x, [0.1, 0.5], tau=tau, mask=mask, tol=tol),
         "spearman_loss": lambda x: ns.spearman_loss(
-            x, target.to(x.dtype), tau, mask=mask, reduction="none", tol=tol
+            x, target.to(x.dtype), tau=tau, mask=mask, reduction="none", tol=tol
         ),
         "ndcg_loss": lambda x: ns.ndcg_loss(x, rel.to(x.dtype), k=7, tau=tau, reduction="none"),
     }
@@ -99,7 +99,7 @@ def _adversarial(n: int) -> dict[str, torch.Tensor]:
 def test_windows_drop_at_most_tol_of_each_row(tol, tau):
     n = 300
     for name, x in _adversarial(n).items():
-        p = ns.neural_sort(x, tau, descending=True)  # exact rows, float64
+        p = ns.neural_sort(x, tau=tau, descending=True)  # exact rows, float64
         xc = centred(x)
         order = ascending_order(xc)
         vs = xc[order]
@@ -118,8 +118,8 @@ def test_windows_drop_at_most_tol_of_each_row(tol, tau):
             dropped = (p[:, order] * ~inside).sum(-1)
             assert float(dropped.max()) <= tol * (1 + 1e-9) + 1e-15, name
         # the truncated operators are within 2 tol (L1 per row) of the exact ones
-        exact = ns.soft_sort(x, tau, descending=True)
-        approx = ns.soft_sort(x, tau, descending=True, tol=tol)
+        exact = ns.soft_sort(x, tau=tau, descending=True)
+        approx = ns.soft_sort(x, tau=tau, descending=True, tol=tol)
         spread = float(x.max() - x.min())
         assert float((exact - approx).abs().max()) <= 2 * tol * spread * (1 + 1e-6) + 1e-9, name
 
@@ -127,11 +127,11 @@ def test_windows_drop_at_most_tol_of_each_row(tol, tau):
 def test_tol_is_checked():
     x = torch.randn(5)
     with pytest.raises(ValueError, match="`tol`"):
-        ns.soft_rank(x, tol=1.0)
+        ns.soft_rank(x, tol=1.0, tau=1.0)
     with pytest.raises(ValueError, match="`tol`"):
-        ns.soft_sort(x, tol=-1e-3)
+        ns.soft_sort(x, tol=-1e-3, tau=1.0)
     with pytest.raises(TypeError, match="`tol`"):
-        ns.spearman_loss(x, x, tol="1e-6")
+        ns.spearman_loss(x, x, tol="1e-6", tau=1.0)
 
 
 def test_soft_rank_at_16k_needs_under_64_mib():
@@ -141,12 +141,12 @@ def test_soft_rank_at_16k_needs_under_64_mib():
         torch.set_num_threads(1)
         x = torch.randn(1, 16384, requires_grad=True)
         g = torch.randn(1, 16384)
-        ns.soft_rank(torch.randn(1, 8, requires_grad=True), 0.1).sum().backward()
+        ns.soft_rank(torch.randn(1, 8, requires_grad=True), tau=0.1).sum().backward()
         def peak_kib():  # VmHWM: this process's own peak (ru_maxrss starts at the parent's)
             with open("/proc/self/status") as f:
                 return next(int(v.split()[1]) for v in f if v.startswith("VmHWM"))
         before = peak_kib()
-        (ns.soft_rank(x, 0.1) * g).sum().backward()
+        (ns.soft_rank(x, tau=0.1) * g).sum().backward()
         print((peak_kib() - before) / 1024)
         """
     )

@@ -113,7 +113,7 @@ def assert_paths_agree(fn, x, *more):
 def test_neural_sort_and_gradients_match_the_torch_path(n, dtype):
     x = scores(3, n, dtype=dtype, seed=n) * 3
     for descending in (False, True):
-        assert_paths_agree(lambda x, d=descending: ns.neural_sort(x, 0.7, descending=d), x)
+        assert_paths_agree(lambda x, d=descending: ns.neural_sort(x, tau=0.7, descending=d), x)
 
 
 @needs_native
@@ -123,11 +123,11 @@ def test_topk_and_quantile_match_the_torch_path(n, k, dtype):
     x = scores(4, n, dtype=dtype, seed=k)
     tau = torch.tensor(0.5, dtype=dtype)
     for fn in (
-        lambda x, t: ns.soft_topk(x, k, t),
-        lambda x, t: ns.soft_topk(x, k, t, largest=False),
-        lambda x, t: ns.soft_quantile(x, [0.1, 0.5, 0.9], t),
-        lambda x, t: ns.soft_sort(x, t),
-        lambda x, t: ns.soft_rank(x, t),
+        lambda x, t: ns.soft_topk(x, k, tau=t),
+        lambda x, t: ns.soft_topk(x, k, tau=t, largest=False),
+        lambda x, t: ns.soft_quantile(x, [0.1, 0.5, 0.9], tau=t),
+        lambda x, t: ns.soft_sort(x, tau=t),
+        lambda x, t: ns.soft_rank(x, tau=t),
     ):
         assert_paths_agree(fn, x, tau)
 
@@ -143,9 +143,9 @@ def test_tol_windows_match_the_torch_path(n, dtype):
     tau = torch.tensor(0.3, dtype=dtype)
     target = scores(3, n, dtype=dtype, seed=n + 1)
     for fn in (
-        lambda x, t: ns.soft_rank(x, t, tol=1e-6),
-        lambda x, t: ns.soft_sort(x, t, descending=True, tol=1e-6),
-        lambda x, t: ns.spearman_loss(x, target.to(x.dtype), t, reduction="none", tol=1e-6),
+        lambda x, t: ns.soft_rank(x, tau=t, tol=1e-6),
+        lambda x, t: ns.soft_sort(x, tau=t, descending=True, tol=1e-6),
+        lambda x, t: ns.spearman_loss(x, target.to(x.dtype), tau=t, reduction="none", tol=1e-6),
     ):
         assert_paths_agree(fn, x, tau)
 
@@ -165,14 +165,14 @@ def test_radix_order_with_ties_matches_the_stable_sort(n):
 
 # every op built on the native rows, as f(x, tau); the n x n ones only up to RANDOM_N_SQUARE
 RANDOM_OPS = {
-    "neural_sort": lambda x, t: ns.neural_sort(x, t, descending=True),
-    "soft_sort": lambda x, t: ns.soft_sort(x, t),
-    "soft_rank": lambda x, t: ns.soft_rank(x, t, descending=True),
-    "soft_topk": lambda x, t: ns.soft_topk(x, min(9, x.shape[-1]), t),
-    "soft_topk_smallest": lambda x, t: ns.soft_topk(x, min(16, x.shape[-1]), t, largest=False),
-    "soft_quantile": lambda x, t: ns.soft_quantile(x, [0.1, 0.5, 0.9], t),
+    "neural_sort": lambda x, t: ns.neural_sort(x, tau=t, descending=True),
+    "soft_sort": lambda x, t: ns.soft_sort(x, tau=t),
+    "soft_rank": lambda x, t: ns.soft_rank(x, tau=t, descending=True),
+    "soft_topk": lambda x, t: ns.soft_topk(x, min(9, x.shape[-1]), tau=t),
+    "soft_topk_smallest": lambda x, t: ns.soft_topk(x, min(16, x.shape[-1]), tau=t, largest=False),
+    "soft_quantile": lambda x, t: ns.soft_quantile(x, [0.1, 0.5, 0.9], tau=t),
     "stochastic_neural_sort": lambda x, t: ns.stochastic_neural_sort(
-        x, t, generator=torch.Generator().manual_seed(0)
+        x, tau=t, generator=torch.Generator().manual_seed(0)
     ),
 }
 RANDOM_N_SQUARE = 1024
@@ -209,7 +209,7 @@ def test_native_accuracy_over_random_cases(op):
 def test_matches_the_reference(n):
     x = scores(2, n, seed=1)
     with ns.backends.native(True):
-        p = ns.neural_sort(x, 0.3, descending=True)
+        p = ns.neural_sort(x, tau=0.3, descending=True)
     for b in range(2):
         np.testing.assert_allclose(p[b].numpy(), neural_sort_ref(x[b].numpy(), 0.3), atol=1e-12)
 
@@ -220,7 +220,7 @@ def test_gradcheck_through_every_kernel_path():
         x = scores(2, n, seed=n).requires_grad_()
         tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
         with ns.backends.native(True):
-            assert torch.autograd.gradcheck(lambda x, t, m=m: ns.soft_topk(x, m, t), (x, tau))
+            assert torch.autograd.gradcheck(lambda x, t, m=m: ns.soft_topk(x, m, tau=t), (x, tau))
 
 
 @needs_native
@@ -235,14 +235,14 @@ def test_ties_give_the_same_matrix_and_stable_hard_order(n, dtype):
     shuffled = torch.randint(-3, 4, (2, n), generator=torch.Generator().manual_seed(n)).to(dtype)
     constant = torch.full((1, n), -1.5, dtype=dtype)  # every key equal
     x = torch.cat([pattern.repeat(n // 8 + 1)[:n].unsqueeze(0), shuffled, constant])
-    (p1, (g1,)), (p2, (g2,)) = both_paths(lambda x: ns.neural_sort(x, 0.5), x)
+    (p1, (g1,)), (p2, (g2,)) = both_paths(lambda x: ns.neural_sort(x, tau=0.5), x)
     torch.testing.assert_close(p1, p2)
     # the same subgradient at the ties (another order of the ties moves gradients by O(1));
     # float32 sums of up to 2048 terms round differently on the two paths
     tol = 1e-3 if dtype == torch.float32 else 1e-9
     torch.testing.assert_close(g1, g2, atol=tol, rtol=tol)
     with ns.backends.native(True):
-        hard = ns.neural_sort(x, 1e-3, hard=True).argmax(-1)
+        hard = ns.neural_sort(x, tau=1e-3, hard=True).argmax(-1)
         coef = torch.ones(1, dtype=dtype)
         order = torch.ops.neuralsort.relaxed_rows_forward(
             x, coef, torch.zeros(1, dtype=torch.long), torch.tensor(1.0, dtype=dtype), 60.0, False
@@ -262,7 +262,7 @@ def test_threads_do_not_change_the_result():
             torch.set_num_threads(threads)
             xx = x.clone().requires_grad_()
             with ns.backends.native(True):
-                p = ns.neural_sort(xx, 1.0)
+                p = ns.neural_sort(xx, tau=1.0)
             p.backward(torch.ones_like(p).cumsum(-1))
             outs.append((p.detach(), xx.grad))
     finally:
@@ -274,14 +274,14 @@ def test_threads_do_not_change_the_result():
 @needs_native
 def test_batch_shapes_strides_and_empty_batches():
     x = scores(2, 3, 7, seed=2)
-    ref = ns.neural_sort(x.reshape(6, 7), 1.0).reshape(2, 3, 7, 7)
+    ref = ns.neural_sort(x.reshape(6, 7), tau=1.0).reshape(2, 3, 7, 7)
     with ns.backends.native(True):
-        torch.testing.assert_close(ns.neural_sort(x, 1.0), ref)
+        torch.testing.assert_close(ns.neural_sort(x, tau=1.0), ref)
         # a non-contiguous view sorted along a middle axis
         xt = x.transpose(1, 2)
-        torch.testing.assert_close(ns.neural_sort(xt, 1.0, dim=1), ref)
+        torch.testing.assert_close(ns.neural_sort(xt, tau=1.0, dim=1), ref)
         empty = torch.zeros(0, 5, dtype=torch.float64, requires_grad=True)
-        out = ns.neural_sort(empty, 1.0)
+        out = ns.neural_sort(empty, tau=1.0)
         assert out.shape == (0, 5, 5)
         out.sum().backward()
         assert empty.grad.shape == (0, 5)
@@ -294,8 +294,8 @@ def test_non_finite_rows_stay_in_their_row(dtype):
     x[1, 7] = float("nan")
     x[2, 3] = float("inf")
     with ns.backends.native(True):
-        p = ns.neural_sort(x, 1.0)
-        clean = ns.neural_sort(x[:1], 1.0)
+        p = ns.neural_sort(x, tau=1.0)
+        clean = ns.neural_sort(x[:1], tau=1.0)
     torch.testing.assert_close(p[0], clean[0])
     assert torch.isnan(p[1]).all() and torch.isnan(p[2]).all()
 
@@ -305,7 +305,7 @@ def test_non_finite_rows_stay_in_their_row(dtype):
 def test_extreme_scales_stay_finite_and_sharp(dtype):
     x = scores(4, 37, dtype=dtype, seed=6) * 1e6
     with ns.backends.native(True):
-        p = ns.neural_sort(x, 1e-3, descending=True)
+        p = ns.neural_sort(x, tau=1e-3, descending=True)
     assert torch.isfinite(p).all()
     assert torch.equal(p.argmax(-1), torch.sort(x, descending=True, stable=True).indices)
     torch.testing.assert_close(p.sum(-1), torch.ones(4, 37, dtype=dtype))
@@ -333,9 +333,9 @@ import warnings, torch, neuralsort as ns
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     x = torch.randn(3, 8, dtype=torch.float64)
-    p = ns.neural_sort(x, 0.5)
+    p = ns.neural_sort(x, tau=0.5)
 with ns.backends.native(False):
-    q = ns.neural_sort(x, 0.5)
+    q = ns.neural_sort(x, tau=0.5)
 assert torch.equal(p, q)
 print("AVAILABLE", ns.backends.is_available())
 print("WARNINGS", [str(w.message)[:60] for w in caught])
@@ -516,7 +516,7 @@ def test_torch_compile_traces_the_operator():
     tau = torch.tensor(0.7, requires_grad=True)
 
     def fn(x, t):
-        return (ns.soft_topk(x, 3, t) * torch.arange(6.0)).sum()
+        return (ns.soft_topk(x, 3, tau=t) * torch.arange(6.0)).sum()
 
     with ns.backends.native(True):
         expected = torch.autograd.grad(fn(x, tau), (x, tau))
@@ -532,11 +532,13 @@ def test_sorted_values_operator_second_derivatives():
     x = scores(3, 7, seed=9).requires_grad_()
     tau = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
     with ns.backends.native(True):
-        assert torch.autograd.gradgradcheck(lambda x, t: ns.soft_sort(x, t), (x, tau))
+        assert torch.autograd.gradgradcheck(lambda x, t: ns.soft_sort(x, tau=t), (x, tau))
         assert torch.autograd.gradgradcheck(
-            lambda x, t: ns.soft_quantile(x, [0.3, 0.5], t), (x, tau)
+            lambda x, t: ns.soft_quantile(x, [0.3, 0.5], tau=t), (x, tau)
         )
-        assert torch.autograd.gradcheck(lambda x, t: ns.soft_sort(x, t, descending=True), (x, tau))
+        assert torch.autograd.gradcheck(
+            lambda x, t: ns.soft_sort(x, tau=t, descending=True), (x, tau)
+        )
 
 
 RELOAD_CHECK = """
@@ -545,8 +547,8 @@ from torch.profiler import profile
 importlib.reload(ops)  # as Jupyter's autoreload does; the operator library is registered once
 x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
 with ns.backends.native(True):
-    assert torch.autograd.gradgradcheck(lambda x: ops.neural_sort(x, 0.5), (x,))
-    p = ops.neural_sort(x, 0.5)
+    assert torch.autograd.gradgradcheck(lambda x: ops.neural_sort(x, tau=0.5), (x,))
+    p = ops.neural_sort(x, tau=0.5)
     with profile() as prof:
         torch.autograd.grad(p.sum(), x, create_graph=True)
 print("OK", "neuralsort_py::rows_backward" in {e.name for e in prof.events()})
@@ -569,8 +571,8 @@ def test_rows_past_the_kernel_limit_take_the_torch_path(monkeypatch):
     monkeypatch.setattr(_native, "_MAX_ROW", 10)  # the real limit, 2**31 - 1, needs 8 GiB a row
     assert _native.usable(x[..., :10]) and not _native.usable(x)
     with ns.backends.native(False):
-        expected = ns.neural_sort(x, 0.5)
-    torch.testing.assert_close(ns.neural_sort(x, 0.5), expected, atol=0, rtol=0)
+        expected = ns.neural_sort(x, tau=0.5)
+    torch.testing.assert_close(ns.neural_sort(x, tau=0.5), expected, atol=0, rtol=0)
 
 
 @needs_native

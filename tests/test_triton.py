@@ -54,7 +54,7 @@ def test_off_by_default_and_never_for_cpu_tensors_without_the_interpreter():
     assert not _triton.usable(x)  # NEURALSORT_TRITON unset
     with _triton.enabled(True):
         assert not _triton.usable(x)  # a CPU tensor, no interpreter
-        torch.testing.assert_close(ns.neural_sort(x, 1.0).sum(-1), torch.ones(2, 8))
+        torch.testing.assert_close(ns.neural_sort(x, tau=1.0).sum(-1), torch.ones(2, 8))
 
 
 def test_a_failing_kernel_names_the_way_back(monkeypatch):

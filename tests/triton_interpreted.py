@@ -60,18 +60,18 @@ def test_neural_sort_matches_the_torch_path(n):
     x = scores(3, n, seed=n) * 2
     tau = torch.tensor(0.7, device=DEVICE)
     for descending in (False, True):
-        assert_agree(lambda x, t, d=descending: ns.neural_sort(x, t, descending=d), x, tau)
+        assert_agree(lambda x, t, d=descending: ns.neural_sort(x, tau=t, descending=d), x, tau)
 
 
 @pytest.mark.parametrize("n,k", [(5, 1), (16, 9), (100, 9), (200, 16)])
 def test_topk_sort_rank_quantile_match_the_torch_path(n, k):
     x = scores(2, 3, n, seed=k)
     for fn in (
-        lambda x: ns.soft_topk(x, k, 0.5),
-        lambda x: ns.soft_topk(x, k, 0.5, largest=False, dim=-1),
-        lambda x: ns.soft_sort(x, 0.5),
-        lambda x: ns.soft_rank(x, 0.5),
-        lambda x: ns.soft_quantile(x, 0.5, 0.5),
+        lambda x: ns.soft_topk(x, k, tau=0.5),
+        lambda x: ns.soft_topk(x, k, tau=0.5, largest=False, dim=-1),
+        lambda x: ns.soft_sort(x, tau=0.5),
+        lambda x: ns.soft_rank(x, tau=0.5),
+        lambda x: ns.soft_quantile(x, 0.5, tau=0.5),
     ):
         assert_agree(fn, x)
 
@@ -79,15 +79,15 @@ def test_topk_sort_rank_quantile_match_the_torch_path(n, k):
 def test_ties_give_the_same_matrix_and_finite_gradients():
     # (at ties |x_j - x_k| has no derivative: each path takes a subgradient of its own)
     x = torch.tensor([[2.0, 1.0, 2.0, 1.0, 3.0, 2.0, -0.0, 0.0] * 3], device=DEVICE)
-    (p1, (g1,)), (p2, _) = both_paths(lambda x: ns.neural_sort(x, 0.5), x)
+    (p1, (g1,)), (p2, _) = both_paths(lambda x: ns.neural_sort(x, tau=0.5), x)
     torch.testing.assert_close(p1, p2)
     assert torch.isfinite(g1).all()
 
 
 def test_other_axes_and_strides():
     x = scores(5, 4, 3, seed=1)
-    assert_agree(lambda x: ns.neural_sort(x, 1.0, dim=0), x)
-    assert_agree(lambda x: ns.soft_topk(x.transpose(0, 2), 2, 1.0, dim=1), x)
+    assert_agree(lambda x: ns.neural_sort(x, tau=1.0, dim=0), x)
+    assert_agree(lambda x: ns.soft_topk(x.transpose(0, 2), 2, tau=1.0, dim=1), x)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy, in the NaN row
@@ -95,8 +95,8 @@ def test_a_nan_row_stays_in_its_row_and_extreme_scales_stay_finite():
     x = scores(3, 20, seed=2)
     x[1, 4] = float("nan")
     with _triton.enabled(True):
-        p = ns.neural_sort(x, 1.0)
-        big = ns.neural_sort(scores(2, 20, seed=3) * 1e6, 1e-3)
+        p = ns.neural_sort(x, tau=1.0)
+        big = ns.neural_sort(scores(2, 20, seed=3) * 1e6, tau=1e-3)
     assert torch.isnan(p[1]).all() and torch.isfinite(p[[0, 2]]).all()
     assert torch.isfinite(big).all()
     torch.testing.assert_close(big.sum(-1), torch.ones(2, 20, device=DEVICE))
@@ -107,7 +107,7 @@ def test_second_derivatives_take_the_torch_formulas():
         x = scores(2, 12, seed=4).requires_grad_()
         tau = torch.tensor(0.8, device=DEVICE, requires_grad=True)
         with _triton.enabled(use):
-            p = ns.neural_sort(x, tau)
+            p = ns.neural_sort(x, tau=tau)
         w = torch.randn(p.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
         gx, gt = torch.autograd.grad((p * w).sum(), (x, tau), create_graph=True)
         (gx.pow(2).sum() + gt).backward()

@@ -106,7 +106,7 @@ def dknn_topk(
         scores = scores.to(cdt).unsqueeze(0) + noise
         if mask is not None:
             mask = mask.expand_as(scores)
-    return soft_topk(scores, k, tau, dim=-1, largest=True, mask=mask).sum(-2)
+    return soft_topk(scores, k, tau=tau, dim=-1, largest=True, mask=mask).sum(-2)
 
 
 def _same_label(query_labels: Tensor, neighbor_labels: Tensor) -> Tensor:

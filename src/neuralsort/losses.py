@@ -143,8 +143,8 @@ def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
 def spearman_loss(
     pred: Tensor,
     target: Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     mask: Tensor | None = None,
     reduction: str = "mean",
@@ -190,7 +190,7 @@ def spearman_loss(
     mask = check_mask(mask, x, "pred", fn)
     reduction = _check_reduction(reduction, fn)
     tol = check_tol(tol, fn)
-    r = soft_rank(x, tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
+    r = soft_rank(x, tau=tau, dim=d, mask=mask, tol=tol).movedim(d, -1)
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
     cdt = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
@@ -215,7 +215,7 @@ def ndcg_loss(
     relevance: Tensor,
     *,
     k: int | None = None,
-    tau: TauLike = 1.0,
+    tau: TauLike,
     mask: Tensor | None = None,
     n_samples: int = 0,
     gain: str = "exp2",
@@ -228,7 +228,7 @@ def ndcg_loss(
 
     Per list (the last axis; every other axis is a batch axis), with gains :math:`G = 2^{rel} - 1`
     (``gain="exp2"``) or :math:`G = rel` (``"linear"``) and :math:`\hat P` the first ``k`` rows of
-    ``neural_sort(scores, tau, descending=True)`` (:func:`~neuralsort.soft_topk`, :math:`O(kn)`),
+    ``neural_sort(scores, tau=tau, descending=True)`` (:func:`~neuralsort.soft_topk`, O(kn)),
 
     .. math::
 
@@ -304,7 +304,7 @@ def ndcg_loss(
     elif tol:
         raise ValueError(f"{fn}: `tol` > 0 cannot be combined with `mask`; pass one of them")
     else:
-        p = soft_topk(src, k, tau, mask=mask.expand_as(src)).to(cdt)  # (S, ..., k, n)
+        p = soft_topk(src, k, tau=tau, mask=mask.expand_as(src)).to(cdt)  # (S, ..., k, n)
         pg = torch.matmul(p, g.unsqueeze(-1)).squeeze(-1)
     dcg = (pg * discount).sum(dim=-1)
     if n_samples:
@@ -320,15 +320,15 @@ def topk_cross_entropy(
     logits: Tensor,
     target: Tensor,
     k: int,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Relaxed top-k classification loss: :math:`-\log P(\text{target in the top } k)` (relaxes
     the top-k error ``target not in logits.topk(k).indices``).
 
     With :math:`m` the relaxed top-k indicator of the logits (:func:`~neuralsort.soft_topk_mask`:
-    the column sums of the first ``k`` rows of ``neural_sort(logits, tau, descending=True)``,
+    the column sums of the first ``k`` rows of ``neural_sort(logits, tau=tau, descending=True)``,
     capped to probabilities in :math:`[0, 1]` that sum to ``k``),
 
     .. math::
@@ -373,7 +373,7 @@ def topk_cross_entropy(
     if target.numel() and values_readable(target) and bool(((target < 0) | (target >= c)).any()):
         raise ValueError(f"{fn}: `target` must hold class indices in [0, {c}), got values outside")
     reduction = _check_reduction(reduction, fn)
-    inside = soft_topk_mask(x, int(k), tau)
+    inside = soft_topk_mask(x, int(k), tau=tau)
     p = inside.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     p = p.clamp(min=torch.finfo(p.dtype).tiny)
     return _reduce(-torch.log(p), reduction)

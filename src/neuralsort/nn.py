@@ -16,7 +16,7 @@ class NeuralSort(nn.Module):
     """Layer form of :func:`neuralsort.neural_sort`: ``(..., n) -> (..., n, n)`` along ``dim``."""
 
     def __init__(
-        self, tau: float = 1.0, descending: bool = False, hard: bool = False, dim: int = -1
+        self, *, tau: float, descending: bool = False, hard: bool = False, dim: int = -1
     ) -> None:
         super().__init__()
         self.tau = check_tau(tau, "NeuralSort")
@@ -26,7 +26,7 @@ class NeuralSort(nn.Module):
 
     def forward(self, scores: Tensor) -> Tensor:
         return neural_sort(
-            scores, self.tau, dim=self.dim, descending=self.descending, hard=self.hard
+            scores, tau=self.tau, dim=self.dim, descending=self.descending, hard=self.hard
         )
 
     def extra_repr(self) -> str:
@@ -36,7 +36,7 @@ class NeuralSort(nn.Module):
 class SoftTopK(nn.Module):
     """Layer form of :func:`neuralsort.soft_topk`: ``(..., n) -> (..., k, n)``."""
 
-    def __init__(self, k: int, tau: float = 1.0, largest: bool = True, hard: bool = False) -> None:
+    def __init__(self, k: int, *, tau: float, largest: bool = True, hard: bool = False) -> None:
         super().__init__()
         self.k = k
         self.tau = check_tau(tau, "SoftTopK")
@@ -44,7 +44,7 @@ class SoftTopK(nn.Module):
         self.hard = hard
 
     def forward(self, scores: Tensor) -> Tensor:
-        return soft_topk(scores, self.k, self.tau, largest=self.largest, hard=self.hard)
+        return soft_topk(scores, self.k, tau=self.tau, largest=self.largest, hard=self.hard)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, tau={self.tau}, largest={self.largest}, hard={self.hard}"
@@ -60,7 +60,7 @@ class DKNN(nn.Module):
     """
 
     def __init__(
-        self, k: int, tau: float = 1.0, method: str = "deterministic", n_samples: int = 5
+        self, k: int, *, tau: float, method: str = "deterministic", n_samples: int = 5
     ) -> None:
         super().__init__()
         self.k = k

@@ -68,8 +68,8 @@ __all__ = [
 
 def neural_sort(
     scores: Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     descending: bool = False,
     hard: bool = False,
@@ -116,7 +116,7 @@ def neural_sort(
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            p = neural_sort(xs, tau, descending=descending, hard=hard)
+            p = neural_sort(xs, tau=tau, descending=descending, hard=hard)
             return pad_axis(scatter_columns(p, idx, n), -2, n)
 
         return masked_apply(xm, to_last(mask, d), op, (n, n))
@@ -128,8 +128,8 @@ def neural_sort(
 
 def soft_sort(
     values: Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     descending: bool = False,
     mask: Tensor | None = None,
@@ -162,7 +162,7 @@ def soft_sort(
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            return pad_axis(soft_sort(xs, tau, descending=descending, tol=tol), -1, n)
+            return pad_axis(soft_sort(xs, tau=tau, descending=descending, tol=tol), -1, n)
 
         return from_last(masked_apply(xm, to_last(mask, d), op, (n,)), d)
     out = reduced_rows(xm, n, tau, descending, values=True, tol=tol)[0]
@@ -171,8 +171,8 @@ def soft_sort(
 
 def soft_rank(
     values: Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     descending: bool = False,
     mask: Tensor | None = None,
@@ -206,7 +206,7 @@ def soft_rank(
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            return scatter_columns(soft_rank(xs, tau, descending=descending, tol=tol), idx, n)
+            return scatter_columns(soft_rank(xs, tau=tau, descending=descending, tol=tol), idx, n)
 
         return from_last(masked_apply(xm, to_last(mask, d), op, (n,)), d)
     positions = torch.arange(1, n + 1, dtype=compute_dtype(xm.dtype), device=xm.device)
@@ -219,8 +219,8 @@ def soft_rank(
 def soft_topk(
     scores: Tensor,
     k: int,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     largest: bool = True,
     hard: bool = False,
@@ -228,7 +228,7 @@ def soft_topk(
 ) -> Tensor:
     r"""The first ``k`` rows of :func:`neural_sort` (relaxes :func:`torch.topk`'s indices).
 
-    Equal to ``neural_sort(scores, tau, dim=dim, descending=largest, hard=hard)[..., :k, :]``
+    Equal to ``neural_sort(scores, tau=tau, dim=dim, descending=largest, hard=hard)[..., :k, :]``
     but computed in :math:`O(kn)` without the :math:`n \times n` matrix. Row ``i`` is a soft
     one-hot of the ``i``-th largest element (smallest if ``largest=False``); summing the rows gives
     a relaxed "is in the top k" indicator (:func:`soft_topk_mask`), as used by the differentiable
@@ -247,7 +247,7 @@ def soft_topk(
         n = xm.shape[-1]
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            p = soft_topk(xs, min(k, xs.shape[-1]), tau, largest=largest, hard=hard)
+            p = soft_topk(xs, min(k, xs.shape[-1]), tau=tau, largest=largest, hard=hard)
             return pad_axis(scatter_columns(p, idx, n), -2, k)
 
         return masked_apply(xm, to_last(mask, d), op, (k, n))
@@ -260,8 +260,8 @@ def soft_topk(
 def soft_topk_mask(
     scores: Tensor,
     k: int,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     largest: bool = True,
     hard: bool = False,
@@ -289,7 +289,7 @@ def soft_topk_mask(
     element :math:`j`'s relaxed probability of being among the ``k`` largest (smallest with
     ``largest=False``). Gradients flow through :math:`m` and :math:`\theta` (zero for capped
     elements). The uncapped column sums, as the differentiable kNN of the paper uses them, are
-    ``soft_topk(scores, k, tau).sum(-2)``. When ``k`` equals the number of (real) elements the
+    ``soft_topk(scores, k, tau=tau).sum(-2)``. When ``k`` equals the number of (real) elements the
     indicator is exactly 1 everywhere (with zero gradient).
 
     Args:
@@ -317,7 +317,7 @@ def soft_topk_mask(
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
             kk = min(k, xs.shape[-1])
-            out = soft_topk_mask(xs, kk, tau, largest=largest, hard=hard)
+            out = soft_topk_mask(xs, kk, tau=tau, largest=largest, hard=hard)
             return scatter_columns(out, idx, n)
 
         return from_last(masked_apply(xm, to_last(mask, d), op, (n,)), d)
@@ -333,8 +333,8 @@ def soft_topk_mask(
 def soft_quantile(
     values: Tensor,
     q: float | Sequence[float] | Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     mask: Tensor | None = None,
     tol: float | None = None,
@@ -374,7 +374,7 @@ def soft_quantile(
     if mask is not None:
 
         def op(xs: Tensor, idx: Tensor) -> Tensor:
-            out = soft_quantile(xs, q, tau, tol=tol)
+            out = soft_quantile(xs, q, tau=tau, tol=tol)
             return out if scalar_q else out.movedim(0, -1)
 
         out = masked_apply(xm, to_last(mask, d), op, () if scalar_q else (qt.numel(),))
@@ -407,9 +407,9 @@ def sample_gumbel(
 
 def stochastic_neural_sort(
     log_scores: Tensor,
-    tau: TauLike = 1.0,
-    n_samples: int = 1,
     *,
+    tau: TauLike,
+    n_samples: int = 1,
     dim: int = -1,
     descending: bool = False,
     hard: bool = False,
@@ -439,7 +439,7 @@ def stochastic_neural_sort(
     perturbed = xm.to(cdt).unsqueeze(0) + noise
     if mask is not None:
         mm = to_last(mask, d).unsqueeze(0).expand_as(perturbed)
-        p = neural_sort(perturbed, tau, descending=descending, hard=hard, mask=mm)
+        p = neural_sort(perturbed, tau=tau, descending=descending, hard=hard, mask=mm)
         return as_dtype(p, x.dtype)
     p = relaxed_rows(perturbed, xm.shape[-1], tau, descending)
     if hard:

@@ -67,7 +67,7 @@ class PlackettLuce(Distribution):
     has_rsample = True
 
     def __init__(
-        self, logits: Tensor, tau: TauLike = 1.0, validate_args: bool | None = None
+        self, logits: Tensor, *, tau: TauLike = 1.0, validate_args: bool | None = None
     ) -> None:
         check_float_tensor(logits, "logits", "PlackettLuce")
         if logits.dim() == 0 or logits.shape[-1] == 0:

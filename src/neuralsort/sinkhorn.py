@@ -47,7 +47,7 @@ def _sinkhorn(log_alpha: Tensor, n_iters: int, tau: TauLike) -> Tensor:
     return x.exp().to(log_alpha.dtype)
 
 
-def sinkhorn(log_alpha: Tensor, n_iters: int = 20, tau: TauLike = 1.0) -> Tensor:
+def sinkhorn(log_alpha: Tensor, *, tau: TauLike, n_iters: int = 20) -> Tensor:
     """Doubly-stochastic relaxation of a permutation from log-potentials ``(..., n, n)``.
 
     Returns ``exp`` of ``log_alpha / tau`` after ``n_iters`` rounds of row then column
@@ -61,7 +61,8 @@ def sinkhorn(log_alpha: Tensor, n_iters: int = 20, tau: TauLike = 1.0) -> Tensor
 
 def gumbel_sinkhorn(
     log_alpha: Tensor,
-    tau: TauLike = 1.0,
+    *,
+    tau: TauLike,
     n_samples: int = 1,
     n_iters: int = 20,
     noise_factor: float = 1.0,

@@ -21,8 +21,8 @@ __all__ = ["softsort"]
 
 def softsort(
     scores: Tensor,
-    tau: TauLike = 1.0,
     *,
+    tau: TauLike,
     dim: int = -1,
     descending: bool = False,
     hard: bool = False,

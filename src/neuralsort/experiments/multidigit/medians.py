@@ -108,7 +108,7 @@ class NeuralSortMedian(_MedianBase):
     def predict(self, images: Tensor) -> Tensor:
         s = self.scorer(images).squeeze(-1)
         v = self.regressor(images).squeeze(-1)
-        p = neuralsort.neural_sort(s, self.tau, descending=True, hard=True)
+        p = neuralsort.neural_sort(s, tau=self.tau, descending=True, hard=True)
         return (_median_rows(p) * v).sum(-1).double() * self.scale
 
 
@@ -150,7 +150,7 @@ class SinkhornMedian(_MedianBase):
     def predict(self, images: Tensor) -> Tensor:
         la = self.scorer(images).transpose(-1, -2)
         v = self.regressor(images).squeeze(-1)
-        sel = _median_rows(neuralsort.sinkhorn(la, self.n_iters, self.tau))
+        sel = _median_rows(neuralsort.sinkhorn(la, n_iters=self.n_iters, tau=self.tau))
         sel = F.one_hot(sel.argmax(-1), sel.shape[-1]).to(v.dtype)
         return (sel * v).sum(-1).double() * self.scale
 

@@ -200,9 +200,9 @@ def neuralsort_relax(
     or ``(S, B, n, n)`` Plackett-Luce samples when ``stochastic``."""
     if stochastic:
         return neuralsort.stochastic_neural_sort(
-            scores, tau, num_samples, descending=True, generator=generator
+            scores, tau=tau, n_samples=num_samples, descending=True, generator=generator
         )
-    return neuralsort.neural_sort(scores, tau, descending=True)
+    return neuralsort.neural_sort(scores, tau=tau, descending=True)
 
 
 def sinkhorn_relax(
@@ -216,5 +216,7 @@ def sinkhorn_relax(
     """The doubly-stochastic Sinkhorn matrix of ``log_alpha (B, n, n)`` (rows = sorted
     positions), or ``(S, B, n, n)`` Gumbel-Sinkhorn samples when ``gumbel``."""
     if gumbel:
-        return neuralsort.gumbel_sinkhorn(log_alpha, tau, num_samples, n_iters, generator=generator)
-    return neuralsort.sinkhorn(log_alpha, n_iters, tau)
+        return neuralsort.gumbel_sinkhorn(
+            log_alpha, tau=tau, n_samples=num_samples, n_iters=n_iters, generator=generator
+        )
+    return neuralsort.sinkhorn(log_alpha, n_iters=n_iters, tau=tau)

@@ -179,7 +179,9 @@ class SinkhornSorter(_RelaxedPermutationSorter):
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Row argmax of the noise-free Sinkhorn matrix (not always a permutation)."""
-        return neuralsort.sinkhorn(self.log_alpha(images), self.n_iters, self.tau).argmax(-1)
+        return neuralsort.sinkhorn(
+            self.log_alpha(images), n_iters=self.n_iters, tau=self.tau
+        ).argmax(-1)
 
 
 class VanillaSorter(nn.Module):
