@@ -326,7 +326,7 @@ def _step_check(rank: int, out_dir: str) -> None:
     values = torch.randint(0, 100, (4, 3), generator=g)
     mine = slice(2 * rank, 2 * rank + 2)
     opt = torch.optim.SGD(sorter.parameters(), lr=0.5)
-    sort_loss = loss_module(sorter, amp, ctx.device)  # keep the DDP wrapper alive for backward
+    sort_loss = loss_module(sorter, ctx.device)  # keep the DDP wrapper alive for backward
     amp.backward_step(sort_loss(images[mine], values[mine]), opt)
     ref_opt = torch.optim.SGD(ref_sorter.parameters(), lr=0.5)
     ref_sorter.loss(images, values).backward()

@@ -78,16 +78,18 @@ class DigitCNN(nn.Module):
         return x.reshape(*lead, self.feature_dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(..., 1, H, W) -> (..., out_dim)`` (or the features when there is no head).
+        """``(..., 1, H, W) -> (..., out_dim)`` (or the features when there is no head), float32.
 
-        The output layer runs in float32 even under autocast: a score in bfloat16 keeps 8
-        significant bits, too few to order close numbers (200 distinct scores become about 60).
+        Under autocast the convolutions run in half precision, but the output is float32, so
+        the relaxations, their logarithms and the losses stay float32; the output layer itself
+        runs in float32, since a score in bfloat16 keeps 8 significant bits, too few to order
+        close numbers (200 distinct scores become about 60).
         """
-        x = self.features(images)
+        x = self.features(images).float()
         if self.head is None:
             return x
         with torch.autocast(x.device.type, enabled=False):
-            return self.head(x.float())
+            return self.head(x)
 
 
 def sorting_permutation(values: Tensor) -> Tensor:

@@ -40,7 +40,6 @@ from ..loop import EpochStats, Result, Task, fit, start_run
 from ..recipe import Amp
 from ..run_folder import Run
 from ..seeding import seed_everything
-from .models import DigitCNN
 from .settings import validate_common
 
 __all__ = [
@@ -273,27 +272,15 @@ class _TrainLoss(nn.Module):
         return self.method.loss(images, values, generator=generator)
 
 
-def _float_outputs(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    return output.float()
-
-
-def loss_module(model: nn.Module, amp: Amp, device: torch.device) -> nn.Module:
-    """What a training step calls: ``(images, values, generator) -> loss``, under ``amp``.
+def loss_module(model: nn.Module, device: torch.device) -> nn.Module:
+    """What a training step calls: ``(images, values, generator) -> loss``.
 
     Wrapped in DistributedDataParallel with several processes. With AMP the per-image nets
-    (:class:`DigitCNN`) run in half precision but hand float32 scores to the relaxations and losses
-    (a forward hook casts their outputs), so the sort, its logarithm and the loss stay float32.
+    (:class:`~neuralsort.experiments.multidigit.models.DigitCNN`) run in half precision but hand
+    float32 scores to the relaxations and losses, so the sort, its logarithm and the loss stay
+    float32.
     """
-    return distributed.wrap_ddp(_train_module(model, amp), device)
-
-
-def _train_module(model: nn.Module, amp: Amp) -> nn.Module:
-    """:func:`loss_module` before the DDP wrapper (the training loop wraps it)."""
-    if amp.enabled:
-        for sub in model.modules():
-            if isinstance(sub, DigitCNN):
-                sub.register_forward_hook(_float_outputs)
-    return _TrainLoss(model)
+    return distributed.wrap_ddp(_TrainLoss(model), device)
 
 
 def device_source(source: MultiDigitNumbers, device: torch.device) -> MultiDigitNumbers:
@@ -371,7 +358,7 @@ def train_and_test(
         )
     task = MultiDigitTask(
         model=model,
-        train_module=_train_module(model, amp) if trainable else None,
+        train_module=_TrainLoss(model) if trainable else None,
         steps_per_epoch=int(cfg["steps_per_epoch"]),
         select=f"val_{experiment.select}",
         mode=experiment.mode,
