@@ -48,18 +48,6 @@ def _same_setting(given: Any, saved: Any) -> bool:
     return given == saved
 
 
-def _saved_meta(path: pathlib.Path) -> dict[str, Any] | None:
-    """The ``_run`` entry of ``path/config.yaml`` (None if unreadable or absent)."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    meta = saved.get("_run")
-    return dict(meta) if isinstance(meta, dict) else None
-
-
 def _git_commit() -> str | None:
     here = pathlib.Path(__file__).resolve().parent
     try:
@@ -144,11 +132,11 @@ class Run:
         and every rank gets the same folder, settings and ``resumed`` flag; only rank 0 writes.
         """
 
-        def choose() -> tuple[str, dict[str, Any], bool]:
-            path, resumed = cls._choose_folder(cfg, name)
-            return str(path), dict(cfg), resumed
+        def choose() -> tuple[str, dict[str, Any], bool, dict[str, Any] | None]:
+            path, resumed, first = cls._choose_folder(cfg, name)
+            return str(path), dict(cfg), resumed, first
 
-        path_text, settings, resumed = distributed.from_rank0(choose)
+        path_text, settings, resumed, first = distributed.from_rank0(choose)
         if distributed.rank() != 0:
             cfg.update(settings)
         path = pathlib.Path(path_text)
@@ -165,7 +153,6 @@ class Run:
                 "world_size": distributed.active_world_size(),
                 "versions": _versions(),
             }
-            first = _saved_meta(path) if resumed else None
             if first:  # the run's first start stays; each resume adds what it ran with
                 run.meta = {**first, "resumes": [*first.get("resumes", []), segment]}
             else:
@@ -175,8 +162,11 @@ class Run:
         return run
 
     @staticmethod
-    def _choose_folder(cfg: dict[str, Any], name: str) -> tuple[pathlib.Path, bool]:
-        """The run folder and whether it resumes; restores saved settings into ``cfg``."""
+    def _choose_folder(
+        cfg: dict[str, Any], name: str
+    ) -> tuple[pathlib.Path, bool, dict[str, Any] | None]:
+        """The run folder, whether it resumes, and the resumed run's saved ``_run`` (its first
+        start and earlier resumes; None for a new run); restores saved settings into ``cfg``."""
         import yaml
 
         resume = bool(cfg.get("resume"))
@@ -215,7 +205,7 @@ class Run:
                 "another --out (or delete that folder) to start a new one"
             )
 
-        resumed = False
+        resumed, first = False, None
         saved_file = path / "config.yaml"
         if resume and saved_file.is_file():
             saved = yaml.safe_load(saved_file.read_text()) or {}
@@ -248,8 +238,10 @@ class Run:
                     file=sys.stderr,
                 )
             resumed = (path / "last.pt").is_file()
+            if resumed and isinstance(saved.get("_run"), dict):
+                first = dict(saved["_run"])
         cfg["out"] = str(path)
-        return path, resumed
+        return path, resumed, first
 
     def save_config(self, **meta: Any) -> None:
         """(Re)write config.yaml: the settings, then ``_run`` (run metadata, plus ``meta``).
