@@ -83,7 +83,7 @@ class DigitCNN(nn.Module):
         Under autocast the convolutions run in half precision, but the output is float32, so
         the relaxations, their logarithms and the losses stay float32; the output layer itself
         runs in float32, since a score in bfloat16 keeps 8 significant bits, too few to order
-        close numbers (200 distinct scores become about 60).
+        close numbers (scores near 100 would be rounded to steps of 0.5).
         """
         x = self.features(images).float()
         if self.head is None:
