@@ -152,3 +152,10 @@ def test_dknn_test_flip_repeats_the_runs_own_accuracy(tmp_path, capsys):
     assert row["plain_test_acc"] == metrics["test_acc"]
     assert row["plain_val_acc"] == metrics["val_acc"]
     assert 0 < row["flip_test_acc"] <= 1 and 0 < row["flip_val_acc"] <= 1
+    assert "plain_val_acc_by_k" not in row  # without --ks: the run's k only
+
+    load("dknn_test_flip").main([str(run), "--ks", "1", "5"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert set(row["flip_test_acc_by_k"]) == {"1", "3", "5"}  # the run's k as well
+    assert row["plain_val_acc_by_k"]["3"] == metrics["val_acc"]
+    assert row["flip_test_acc_by_k"]["3"] == row["flip_test_acc"]
