@@ -112,7 +112,7 @@ def _multidigit_step(args: argparse.Namespace, ctx: Any, amp: Any, kind: str) ->
         )
         batch = args.quantile_batch
     model.to(device)
-    step_loss = loss_module(model, amp, device)
+    step_loss = loss_module(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     noise = torch.Generator(device=device).manual_seed(1)
 
