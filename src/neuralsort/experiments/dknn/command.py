@@ -240,7 +240,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         t,
         "--train_subset",
         type=int,
-        help="use only the first N images of the training part (smoke tests, debugging)",
+        help="use only N images of the training part, the same N (drawn at random) in every "
+        "run (smoke tests, debugging)",
     )
     add_flag(t, "--eval_every", type=int, help="validate every N epochs (default 1)")
     add_flag(t, "--eval_batch", type=int, help="images per forward pass when embedding")

@@ -85,13 +85,19 @@ def dknn_split(
     cfg: dict[str, Any], num_train: int, info: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the run's training part (``train_subset`` applied) and validation part of the
-    ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError."""
+    ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError.
+
+    ``train_subset`` keeps that many images of the training part drawn at random, the same ones
+    for every run (not its first ones: an image folder is stored class by class, so its first
+    images are all of its first classes)."""
     k = cfg["k"]
     tr_idx, va_idx = split_for_run(cfg, num_train, info, keep=k + 1)
     if cfg["train_subset"]:
         if int(cfg["train_subset"]) < k:
             raise UserError(f"--train_subset must be at least --k ({k})")
-        tr_idx = tr_idx[: int(cfg["train_subset"])]
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randperm(tr_idx.numel(), generator=g)[: int(cfg["train_subset"])]
+        tr_idx = tr_idx[pick.sort().values]
     return tr_idx, va_idx
 
 
