@@ -1,8 +1,10 @@
 """CIFAR-10 recipe probes: validation accuracy against training images seen, on a subset.
 
-Trains one net on the first ``subset`` images of the 45k training part (the commands' fixed split)
-and, after every epoch over those images, prints one JSON line with the accuracy on the first
-2,000 validation images and the number of training images seen so far. One torch thread.
+Trains one net on ``subset`` images of the 45k training part (the commands' fixed split), the
+ones ``neuralsort dknn --train_subset`` keeps (drawn at random once), and, after every epoch over
+those images, prints one JSON line with the accuracy on 2,000 validation images (drawn at random
+once) and the number of training images seen so far. One torch thread. (The CIFAR-10 copy is
+stored class by class: its first images are all airplanes, automobiles and birds.)
 
 * ``cnn``: net + linear head, cross-entropy with label smoothing ``ls``, batches of ``bs``
   drawn with replacement; accuracy with and without mirrored test images (``acc``,
@@ -39,7 +41,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from neuralsort.experiments.data import load_dataset, train_val_split
+from neuralsort.experiments.data import load_dataset
+from neuralsort.experiments.dknn.task import dknn_split
 from neuralsort.experiments.embedding_nets import Classifier, create_model
 from neuralsort.experiments.knn_eval import embed, knn_accuracy
 from neuralsort.experiments.recipe import (
@@ -59,10 +62,11 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
         raise SystemExit(f"mode must be cnn or dknn, got {mode!r}")
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    tx, ty, _, _, _ = load_dataset("cifar10", data_dir, download=False)
-    tr, va = train_val_split(tx.shape[0], 5000)
-    trx, try_ = tx[tr[:n_sub]], ty[tr[:n_sub]]
-    vax, vay = tx[va[:2000]], ty[va[:2000]]
+    tx, ty, _, _, info = load_dataset("cifar10", data_dir, download=False)
+    tr, va = dknn_split({"k": cfg.get("k", 9), "train_subset": n_sub}, tx.shape[0], info)
+    va = va[torch.randperm(va.numel(), generator=torch.Generator().manual_seed(0))[:2000]]
+    trx, try_ = tx[tr], ty[tr]
+    vax, vay = tx[va.sort().values], ty[va.sort().values]
     net = create_model(cfg.get("model", "fastnet"), 3, image_size=(32, 32))
     model = Classifier(net, 10, logit_scale=cfg.get("logit_scale", 1.0)) if mode == "cnn" else net
     model = model.to(memory_format=torch.channels_last)
