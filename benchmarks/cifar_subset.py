@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from neuralsort.experiments.data import load_dataset
+from neuralsort.experiments.data import fixed_sample, load_dataset
 from neuralsort.experiments.dknn.task import dknn_split
 from neuralsort.experiments.embedding_nets import Classifier, create_model
 from neuralsort.experiments.knn_eval import embed, knn_accuracy
@@ -64,9 +64,9 @@ def run(cfg: dict[str, Any], data_dir: str | None) -> None:
     g = torch.Generator().manual_seed(0)
     tx, ty, _, _, info = load_dataset("cifar10", data_dir, download=False)
     tr, va = dknn_split({"k": cfg.get("k", 9), "train_subset": n_sub}, tx.shape[0], info)
-    va = va[torch.randperm(va.numel(), generator=torch.Generator().manual_seed(0))[:2000]]
+    va = fixed_sample(va, 2000)
     trx, try_ = tx[tr], ty[tr]
-    vax, vay = tx[va.sort().values], ty[va.sort().values]
+    vax, vay = tx[va], ty[va]
     net = create_model(cfg.get("model", "fastnet"), 3, image_size=(32, 32))
     model = Classifier(net, 10, logit_scale=cfg.get("logit_scale", 1.0)) if mode == "cnn" else net
     model = model.to(memory_format=torch.channels_last)

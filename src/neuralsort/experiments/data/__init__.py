@@ -39,6 +39,7 @@ __all__ = [
     "candidate_dirs",
     "normalize",
     "split_for_run",
+    "fixed_sample",
     "train_val_split",
 ]
 
@@ -338,3 +339,12 @@ def train_val_split(
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(num_train, generator=g)
     return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def fixed_sample(indices: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """``size`` of ``indices`` drawn at random, in ascending order, the same ones at every call
+    (all of them when ``size`` is larger). Not the first ``size``: an image folder is stored class
+    by class, so its first images are all of its first classes."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(indices.numel(), generator=g)[:size]
+    return indices[pick.sort().values]

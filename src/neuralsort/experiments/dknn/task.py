@@ -19,7 +19,7 @@ from neuralsort.knn import dknn_loss
 
 from .. import distributed
 from ..config import UserError
-from ..data import split_for_run
+from ..data import fixed_sample, split_for_run
 from ..embedding_nets import model_for_data
 from ..knn_eval import embed, knn_accuracy
 from ..loop import EpochStats, Result, Task, fit
@@ -87,17 +87,14 @@ def dknn_split(
     """Indices of the run's training part (``train_subset`` applied) and validation part of the
     ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError.
 
-    ``train_subset`` keeps that many images of the training part drawn at random, the same ones
-    for every run (not its first ones: an image folder is stored class by class, so its first
-    images are all of its first classes)."""
+    ``train_subset`` keeps that many images of the training part, drawn by :func:`fixed_sample`
+    (the same ones in every run)."""
     k = cfg["k"]
     tr_idx, va_idx = split_for_run(cfg, num_train, info, keep=k + 1)
     if cfg["train_subset"]:
         if int(cfg["train_subset"]) < k:
             raise UserError(f"--train_subset must be at least --k ({k})")
-        g = torch.Generator().manual_seed(0)
-        pick = torch.randperm(tr_idx.numel(), generator=g)[: int(cfg["train_subset"])]
-        tr_idx = tr_idx[pick.sort().values]
+        tr_idx = fixed_sample(tr_idx, int(cfg["train_subset"]))
     return tr_idx, va_idx
 
 
