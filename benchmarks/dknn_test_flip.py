@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
+    for run_dir in args.runs:
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "best.pt").is_file():
+            p.error(f"{run_dir}: not a finished neuralsort dknn run folder (needs config.yaml "
+                    "and best.pt); pass the --out folder of a dknn run")  # fmt: skip
     torch.set_num_threads(args.threads)
     for run_dir in args.runs:
         print(json.dumps(flip_gain(run_dir, args.ks)), flush=True)

@@ -162,3 +162,7 @@ def test_dknn_test_flip_repeats_the_runs_own_accuracy(tmp_path, capsys):
     assert set(row["flip_test_acc_by_k"]) == {"1", "3", "5"}  # the run's k as well
     assert row["plain_val_acc_by_k"]["3"] == metrics["val_acc"]
     assert row["flip_test_acc_by_k"]["3"] == row["flip_test_acc"]
+
+    with pytest.raises(SystemExit):  # a folder that is not a finished run: named, no traceback
+        load("dknn_test_flip").main([str(tmp_path / "missing")])
+    assert "missing: not a finished neuralsort dknn run folder" in capsys.readouterr().err
