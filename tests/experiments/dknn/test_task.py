@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from neuralsort.experiments.config import UserError
+from neuralsort.experiments.cli import main
 from neuralsort.experiments.dknn.task import dknn_split
 
 
@@ -28,6 +27,10 @@ def test_train_subset_is_drawn_from_every_class_of_a_class_ordered_set():
     assert torch.equal(sub, dknn_split(_cfg(train_subset=50), 1000, info)[0])  # the same each run
 
 
-def test_train_subset_below_k_is_refused_by_name():
-    with pytest.raises(UserError, match="--train_subset must be at least --k"):
-        dknn_split(_cfg(train_subset=2), 1000, {"val_size": 100})
+def test_train_subset_below_k_is_refused_by_name(tmp_path, capsys):
+    """Refused with the command's other flags, before any data is read: no run folder stays."""
+    out = tmp_path / "run"
+    args = ["dknn", "--dataset", "digits", "--k", "3", "--train_subset", "2", "--out", str(out)]
+    assert main(args) != 0
+    assert "--train_subset must be at least --k" in capsys.readouterr().err
+    assert not out.exists()

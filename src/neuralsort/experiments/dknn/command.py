@@ -296,6 +296,8 @@ def _validate(cfg: dict[str, Any], world: int = 1) -> None:
         )
     if cfg["method"] not in ("deterministic", "stochastic"):
         raise UserError(f"--method must be deterministic or stochastic, got {cfg['method']!r}")
+    if cfg["train_subset"] and int(cfg["train_subset"]) < cfg["k"]:
+        raise UserError(f"--train_subset must be at least --k ({cfg['k']})")
 
 
 def main(args: argparse.Namespace) -> int:

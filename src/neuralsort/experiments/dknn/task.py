@@ -85,15 +85,13 @@ def dknn_split(
     cfg: dict[str, Any], num_train: int, info: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the run's training part (``train_subset`` applied) and validation part of the
-    ``num_train`` training images; a bad ``val_size`` or ``train_subset`` is a UserError.
+    ``num_train`` training images; a bad ``val_size`` is a UserError.
 
     ``train_subset`` keeps that many images of the training part, drawn by :func:`fixed_sample`
     (the same ones in every run)."""
     k = cfg["k"]
     tr_idx, va_idx = split_for_run(cfg, num_train, info, keep=k + 1)
-    if cfg["train_subset"]:
-        if int(cfg["train_subset"]) < k:
-            raise UserError(f"--train_subset must be at least --k ({k})")
+    if cfg["train_subset"]:  # at least k: checked with the command's other flags
         tr_idx = fixed_sample(tr_idx, int(cfg["train_subset"]))
     return tr_idx, va_idx
 
