@@ -367,6 +367,19 @@ def test_dry_run_lists_cells_without_running(tmp_path, capsys):
     assert not results.exists()
 
 
+def test_threads_flag_replaces_the_thread_count_a_cell_sets(tmp_path, capsys):
+    # the CIFAR-10 dKNN cells run one thread by their grid; --threads 2 must give them two
+    cell = {c.name: c for c in all_cells()[3, "cpu"]}["cifar10-dknn-stochastic"]
+    assert cell.settings["threads"] == 1
+    cmd = ["reproduce", "--table", "3", "--budget", "cpu", "--results", str(tmp_path / "r")]
+    cmd += ["--only", "cifar10-dknn-stochastic", "--dry_run"]
+    assert main(cmd) == 0
+    assert "--threads 1 " in capsys.readouterr().out
+    assert main([*cmd, "--threads", "2"]) == 0
+    line = capsys.readouterr().out
+    assert "--threads 2 " in line and "--threads 1 " not in line
+
+
 def test_a_finished_run_of_older_settings_is_shown_and_kept(tmp_path, capsys):
     results = tmp_path / "results"
     cell = {c.name: c for c in all_cells()[1, "paper"]}["n3-vanilla"]

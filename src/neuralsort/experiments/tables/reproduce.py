@@ -96,6 +96,17 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def cell_settings(
+    cell: Cell, overrides: dict[str, Any], threads: int | None = None
+) -> dict[str, Any]:
+    """The settings a cell runs with: its grid's, then ``--set`` overrides, then ``--threads``
+    (which replaces the thread count a grid gives a cell, e.g. one thread for CIFAR-10)."""
+    settings = {**cell.settings, **overrides}
+    if threads is not None:
+        settings["threads"] = threads
+    return settings
+
+
 def run_cell(
     spec: TableSpec,
     budget: str,
@@ -106,11 +117,13 @@ def run_cell(
     data_dir: str | None,
     device: str | None,
     note: str | None = None,
+    threads: int | None = None,
 ) -> tuple[str, int]:
     """Run (or resume) one cell; returns ``(outcome, exit status)``.
 
-    The cell runs in this process; torch's thread count, which a cell may set (``threads``), is
-    recorded as the cell left it and then restored, so that it does not leak into the next cell.
+    The cell runs in this process; torch's thread count, which a cell may set (``threads``, which
+    ``threads`` here replaces), is recorded as the cell left it and then restored, so that it
+    does not leak into the next cell.
     """
     import torch
 
@@ -118,7 +131,7 @@ def run_cell(
 
     status = cell_status(out, spec.final_metric)
     resume = status == "partial"
-    settings = {**cell.settings, **overrides}
+    settings = cell_settings(cell, overrides, threads)
     argv = build_argv(
         cell.command, settings, out=out, resume=resume, data_dir=data_dir, device=device
     )
@@ -289,7 +302,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="data folder passed to every cell (default: $NEURALSORT_DATA, then ./data)",
     )
     add_flag(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="passed to every cell")
-    add_flag(p, "--threads", type=int, metavar="N", help="torch CPU threads for all cells")
+    add_flag(
+        p,
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads for every cell, in place of the count its grid gives it",
+    )
     add_flag(
         p,
         "--set",
@@ -353,12 +372,8 @@ def main(args: argparse.Namespace) -> int:
     if args.only and len(tables) * len(budgets) > 1:
         raise UserError("--only needs --table and --budget")
     overrides = _parse_overrides(args.set)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     results = pathlib.Path(args.results or "results")
     if args.dry_run:
         action = {"done": "skip", "partial": "resume", "started": "rerun", "missing": "run"}
@@ -374,7 +389,7 @@ def main(args: argparse.Namespace) -> int:
                     status, changed = _cell_state(out, cell, spec.final_metric, overrides)
                     argv = build_argv(
                         cell.command,
-                        {**cell.settings, **overrides},
+                        cell_settings(cell, overrides, args.threads),
                         out=out,
                         resume=status == "partial",
                         data_dir=args.data_dir,
@@ -405,7 +420,8 @@ def _run_table(
         raise UserError(f"no cells to run for table {spec.number} / {budget}")
     base = results / f"table{spec.number}" / budget
     for cell in cells:  # every cell's flags are checked before the first one runs
-        build_argv(cell.command, {**cell.settings, **overrides}, out=base / cell.name)
+        settings = cell_settings(cell, overrides, args.threads)
+        build_argv(cell.command, settings, out=base / cell.name)
     outcomes: list[tuple[str, str]] = []
     rc_total = 0
     for cell in cells:
@@ -441,6 +457,7 @@ def _run_table(
                 data_dir=args.data_dir,
                 device=args.device,
                 note=args.note,
+                threads=args.threads,
             )
         outcomes.append((cell.name, outcome))
         if outcome == "interrupted":
