@@ -440,6 +440,25 @@ def test_other_overrides_count_as_other_settings_but_threads_do_not(tmp_path, ca
     assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "changed", "->", "skip"]
 
 
+def test_a_run_whose_command_the_grid_now_gives_counts_as_current(tmp_path, capsys):
+    # a run made with --set (so another hash and overrides than the cell's today) is current
+    # when the command it ran with is the cell's command today, wherever and however fast it ran
+    results = tmp_path / "results"
+    cell = {c.name: c for c in all_cells()[1, "paper"]}["n3-vanilla"]
+    out = _fake_run(results, 1, "paper", "n3-vanilla", done=True, overrides={"lr": 0.1})
+    argv = build_argv(cell.command, {**cell.settings, "lr": 0.1}, out="/elsewhere/run")
+    ran = "neuralsort " + " ".join([*argv, "--threads", "2", "--data_dir", "/data"])
+    record = json.loads((out / "reproduce.json").read_text())
+    record = {**record, "cell_sha256": "0" * 64, "attempts": [{"command": ran}]}
+    (out / "reproduce.json").write_text(json.dumps(record))
+    cmd = ["reproduce", "--table", "1", "--budget", "paper", "--results", str(results)]
+    cmd += ["--only", "n3-vanilla", "--dry_run"]
+    assert main([*cmd, "--set", "lr=0.1"]) == 0
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "done", "->", "skip"]
+    assert main(cmd) == 0  # today's cell has the default lr: another command
+    assert capsys.readouterr().out.split()[:4] == ["n3-vanilla", "changed", "->", "skip"]
+
+
 def test_a_cell_another_process_runs_is_skipped(tmp_path, capsys):
     fcntl = pytest.importorskip("fcntl")  # the lock needs POSIX file locks
     results = tmp_path / "results"

@@ -217,18 +217,46 @@ def _settings_changed(out: pathlib.Path, cell: Cell, overrides: dict[str, Any]) 
     """Whether the run in ``out`` was made from other settings than ``cell``'s today.
 
     The cell's grid settings (their hash) and reproduce's ``--set`` overrides are compared with
-    the ones recorded in ``reproduce.json``; ``threads`` is ignored.
+    the ones recorded in ``reproduce.json``; ``threads`` is ignored. Where they differ, the run
+    still counts as made from today's settings if the command it ran with is the one the cell
+    runs today, less where and how fast it runs: e.g. a run made with ``--set num_epochs=24``
+    once the grid gives the cell 24 epochs.
     """
     rec = _read_record(out / "reproduce.json") or {}
-    if rec.get("cell_sha256") not in (None, cell.sha256):
-        return True
-    if "overrides" not in rec:
-        return False
 
     def effective(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in _NEUTRAL_OVERRIDES}
 
-    return effective(rec.get("overrides") or {}) != effective(overrides)
+    if rec.get("cell_sha256") in (None, cell.sha256) and (
+        "overrides" not in rec or effective(rec.get("overrides") or {}) == effective(overrides)
+    ):
+        return False
+    attempts = rec.get("attempts") or [{}]
+    ran = attempts[0].get("command")
+    if not isinstance(ran, str):
+        return True
+    today = shlex.join(build_argv(cell.command, cell_settings(cell, overrides), out=out))
+    return _what_runs(ran) != _what_runs("neuralsort " + today)
+
+
+# flags of a cell's command that say where and how fast it runs, not what it computes
+_PLACE_FLAGS = frozenset({"--out", "--data_dir", "--device", "--threads", "--resume"})
+
+
+def _what_runs(command: str) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """A ``neuralsort`` command line as its subcommand and flags (each with its values), less
+    :data:`_PLACE_FLAGS`; flags in any order compare equal."""
+    words = shlex.split(command)[1:]
+    sub = words[0] if words else ""
+    flags: dict[str, tuple[str, ...]] = {}
+    flag = None
+    for word in words[1:]:
+        if word.startswith("--"):
+            flag = word
+            flags[flag] = ()
+        elif flag is not None:
+            flags[flag] += (word,)
+    return sub, {k: v for k, v in flags.items() if k not in _PLACE_FLAGS}
 
 
 @contextlib.contextmanager
