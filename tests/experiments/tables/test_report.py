@@ -378,6 +378,32 @@ def test_attempts_killed_before_recording_time_count_by_the_runs_own_clock(tmp_p
     assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 7200.0
 
 
+def test_a_killed_attempt_counts_to_its_last_log_line_at_its_own_thread_count(tmp_path):
+    # one thread until it was killed, then resumed (a day later) with two: each span counts
+    # with its own threads, and the killed one ends at the last line it logged
+    root = tmp_path / "results"
+    metrics = {"test_acc": 0.89, "wall_time_s": 99999.0}
+    path = fake_run(root, 3, "cpu", "cifar10-cnn", metrics=metrics)
+    log = [
+        {"time": "2026-01-01T10:00:05.000", "event": "start"},
+        {"time": "2026-01-01T10:50:00.000", "epoch": 1},
+        {"time": "2026-01-02T09:00:05.000", "event": "resume"},
+    ]
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    rec = {
+        "attempts": [
+            {"started": "2026-01-01T10:00:00", "status": "running",
+             "hardware": {**HW, "torch_threads": 1}},
+            {"started": "2026-01-02T09:00:00", "status": "done", "wall_s": 600.0,
+             "hardware": {**HW, "torch_threads": 2}},
+        ],
+    }  # fmt: skip
+    (path / "reproduce.json").write_text(json.dumps(rec))
+    write_report(root, tables=[3])
+    rows = {r["cell"]: r for r in read_csv(root / "table3.csv")}
+    assert float(rows["cifar10-cnn"]["cpu_core_s"]) == 3000.0 + 2 * 600.0
+
+
 def test_a_killed_sort_run_without_a_clock_counts_at_least_its_training_time(tmp_path):
     """Sort and median runs made before their metrics held ``wall_time_s``: their
     ``train_seconds`` bounds the compute from below when attempts left no time."""

@@ -6,6 +6,7 @@ A run folder is ``RESULTS/table{N}/{budget}/{cell}/`` (``config.yaml``, ``log.js
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import pathlib
@@ -173,6 +174,34 @@ def _threads(attempt: dict[str, Any]) -> int:
     return t if isinstance(t, int) and t > 0 else 1
 
 
+def _when(stamp: Any) -> _dt.datetime | None:
+    """An ISO time stamp of reproduce.json or log.jsonl, or None."""
+    try:
+        return _dt.datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
+
+
+def _attempt_seconds(attempts: list[dict[str, Any]], log: pathlib.Path) -> list[float | None]:
+    """Each attempt's wall time: the one it recorded, else (an attempt killed before it could
+    record it) from its start to the last line it wrote to the run's log, before the next
+    attempt started; None where neither is known."""
+    times = None
+    out: list[float | None] = []
+    for i, attempt in enumerate(attempts):
+        wall = attempt.get("wall_s")
+        if isinstance(wall, int | float):
+            out.append(float(wall))
+            continue
+        start = _when(attempt.get("started"))
+        until = _when(attempts[i + 1].get("started")) if i + 1 < len(attempts) else None
+        if times is None:
+            times = [t for rec in _read_log(log) if (t := _when(rec.get("time")))]
+        ours = [t for t in times if start and t >= start and (until is None or t < until)]
+        out.append((max(ours) - start).total_seconds() if start and ours else None)
+    return out
+
+
 def _net(path: pathlib.Path) -> str:
     """The trained net and its size, from the run's ``setup`` log record ("" if none)."""
     for rec in _read_log(path / "log.jsonl"):
@@ -206,12 +235,13 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
         attempts = [a for a in rec.get("attempts", []) if isinstance(a, dict)]
         if attempts and status != "done" and attempts[-1].get("status") == "failed":
             failure = str(attempts[-1].get("error") or f"exit status {attempts[-1].get('rc')}")
-        timed = [a for a in attempts if isinstance(a.get("wall_s"), int | float)]
+        seconds = _attempt_seconds(attempts, path / "log.jsonl")
+        timed = [(a, s) for a, s in zip(attempts, seconds, strict=True) if s is not None]
         if timed:
-            wall = sum(a["wall_s"] for a in timed)  # every attempt, resumed ones included
-            cpu = [a for a in timed if _threads(a)]
-            cpu_s = sum(a["wall_s"] * _threads(a) for a in cpu) if cpu else None
-            gpu_s = sum(a["wall_s"] for a in timed if not _threads(a)) or None
+            wall = sum(s for _, s in timed)  # every attempt, resumed ones included
+            cpu = [(a, s) for a, s in timed if _threads(a)]
+            cpu_s = sum(s * _threads(a) for a, s in cpu) if cpu else None
+            gpu_s = sum(s for a, s in timed if not _threads(a)) or None
         # a run's own clock; runs whose metrics have none (sort and median runs made before they
         # recorded it) give their training time, which leaves out validation and test
         own = metrics.get("wall_time_s", metrics.get("train_seconds"))
