@@ -235,18 +235,19 @@ def _settings_changed(out: pathlib.Path, cell: Cell, overrides: dict[str, Any]) 
     ran = attempts[0].get("command")
     if not isinstance(ran, str):
         return True
-    today = shlex.join(build_argv(cell.command, cell_settings(cell, overrides), out=out))
-    return _what_runs(ran) != _what_runs("neuralsort " + today)
+    today = build_argv(cell.command, cell_settings(cell, overrides), out=out)
+    return _what_runs(shlex.split(ran)[1:]) != _what_runs(today)
 
 
 # flags of a cell's command that say where and how fast it runs, not what it computes
-_PLACE_FLAGS = frozenset({"--out", "--data_dir", "--device", "--threads", "--resume"})
+_PLACE_FLAGS = frozenset(
+    {"--out", "--data_dir", "--device", "--resume", *(f"--{k}" for k in _NEUTRAL_OVERRIDES)}
+)
 
 
-def _what_runs(command: str) -> tuple[str, dict[str, tuple[str, ...]]]:
-    """A ``neuralsort`` command line as its subcommand and flags (each with its values), less
-    :data:`_PLACE_FLAGS`; flags in any order compare equal."""
-    words = shlex.split(command)[1:]
+def _what_runs(words: list[str]) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """A ``neuralsort`` argument list (``words`` after the program name) as its subcommand and
+    flags (each with its values), less :data:`_PLACE_FLAGS`; flags in any order compare equal."""
     sub = words[0] if words else ""
     flags: dict[str, tuple[str, ...]] = {}
     flag = None
