@@ -150,13 +150,11 @@ def _config_device(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, i
     return str(device or ""), threads if on_cpu else 0, torch_v
 
 
-def _progress(path: pathlib.Path, cfg: dict[str, Any], status: str) -> str:
+def _progress(log: list[dict[str, Any]], cfg: dict[str, Any], status: str) -> str:
     if status == "done":
         return ""
     epochs = [
-        int(r["epoch"])
-        for r in _read_log(path / "log.jsonl")
-        if "event" not in r and isinstance(r.get("epoch"), int | float)
+        int(r["epoch"]) for r in log if "event" not in r and isinstance(r.get("epoch"), int | float)
     ]
     total = cfg.get("num_epochs") if isinstance(cfg, dict) else None
     done = max(epochs) if epochs else 0
@@ -182,7 +180,9 @@ def _when(stamp: Any) -> _dt.datetime | None:
         return None
 
 
-def _attempt_seconds(attempts: list[dict[str, Any]], log: pathlib.Path) -> list[float | None]:
+def _attempt_seconds(
+    attempts: list[dict[str, Any]], log: list[dict[str, Any]]
+) -> list[float | None]:
     """Each attempt's wall time: the one it recorded, else (an attempt killed before it could
     record it) from its start to the last line it wrote to the run's log, before the next
     attempt started; None where neither is known."""
@@ -196,15 +196,15 @@ def _attempt_seconds(attempts: list[dict[str, Any]], log: pathlib.Path) -> list[
         start = _when(attempt.get("started"))
         until = _when(attempts[i + 1].get("started")) if i + 1 < len(attempts) else None
         if times is None:
-            times = [t for rec in _read_log(log) if (t := _when(rec.get("time")))]
+            times = [t for rec in log if (t := _when(rec.get("time")))]
         ours = [t for t in times if start and t >= start and (until is None or t < until)]
         out.append((max(ours) - start).total_seconds() if start and ours else None)
     return out
 
 
-def _net(path: pathlib.Path) -> str:
+def _net(log: list[dict[str, Any]]) -> str:
     """The trained net and its size, from the run's ``setup`` log record ("" if none)."""
-    for rec in _read_log(path / "log.jsonl"):
+    for rec in log:
         if rec.get("event") == "setup" and rec.get("model"):
             n = rec.get("parameters")
             return f"{rec['model']} ({n:,} parameters)" if isinstance(n, int) else str(rec["model"])
@@ -221,6 +221,7 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
     metrics = metrics if isinstance(metrics, dict) else {}
     cfg = _read_yaml(path / "config.yaml")
     cfg = cfg if isinstance(cfg, dict) else {}
+    log = _read_log(path / "log.jsonl")
     if k is None and isinstance(metrics.get("k") or cfg.get("k"), int):
         k = int(metrics.get("k") or cfg.get("k"))
     rec = _read_json(path / "reproduce.json")
@@ -235,7 +236,7 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
         attempts = [a for a in rec.get("attempts", []) if isinstance(a, dict)]
         if attempts and status != "done" and attempts[-1].get("status") == "failed":
             failure = str(attempts[-1].get("error") or f"exit status {attempts[-1].get('rc')}")
-        seconds = _attempt_seconds(attempts, path / "log.jsonl")
+        seconds = _attempt_seconds(attempts, log)
         timed = [(a, s) for a, s in zip(attempts, seconds, strict=True) if s is not None]
         if timed:
             wall = sum(s for _, s in timed)  # every attempt, resumed ones included
@@ -265,14 +266,14 @@ def _load_run(spec: TableSpec, budget: str, path: pathlib.Path) -> CellRun | Non
         status=status,
         metrics=metrics,
         hardware=_hardware(path, metrics, cfg),
-        progress=_progress(path, cfg, status),
+        progress=_progress(log, cfg, status),
         overrides=overrides,
         failure=failure,
         wall_s=float(wall) if isinstance(wall, int | float) else None,
         cpu_s=cpu_s,
         gpu_s=gpu_s,
         note=note,
-        net=_net(path),
+        net=_net(log),
     )
 
 
