@@ -20,6 +20,7 @@ from neuralsort.experiments.config import (
     resolve_config,
     resolve_device,
 )
+from neuralsort.experiments.hardware import cpu_model
 from neuralsort.experiments.run_folder import Run
 from neuralsort.experiments.seeding import rng_state, seed_everything, set_rng_state
 
@@ -80,6 +81,7 @@ def test_run_files_and_checkpoints(tmp_path):
     assert run.path == tmp_path / "r" and run.is_main and not run.resumed
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     assert saved["tau"] == 2.0 and "git_commit" in saved["_run"]
+    assert saved["_run"]["cpu"] == cpu_model() and saved["_run"]["cpu"]  # names the hardware
     run.log({"epoch": 0, "acc": np.float32(0.5)})
     state = {"w": torch.ones(2), "epoch": 1, "rng": rng_state(gen), "hist": [{"a": 1.0}]}
     assert run.load_checkpoint() is None

@@ -4,8 +4,11 @@ native CPU operator ahead of a run (a Docker image, or before many processes sta
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+
+from .hardware import cpu_model
 
 __all__ = ["add_parser", "main"]
 
@@ -32,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
         f"python {platform.python_version()} ({sys.executable})",
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
         f"platform {platform.platform()}",
+        f"cpu {cpu_model()}, {os.cpu_count()} logical cores",
     ]
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

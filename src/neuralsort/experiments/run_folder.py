@@ -36,6 +36,7 @@ import torch
 from . import checkpoint, distributed
 from .checkpoint import atomic_write_bytes
 from .config import ALWAYS_CURRENT, KEY_ALIASES, RESUME_MAY_CHANGE, UserError
+from .hardware import cpu_model, gpu_name
 
 __all__ = ["Run", "PLOT_LABELS", "plot_title", "history_figure"]
 
@@ -150,9 +151,13 @@ class Run:
                 "cwd": os.getcwd(),
                 "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "host": platform.node(),
+                "cpu": cpu_model(),
                 "world_size": distributed.active_world_size(),
                 "versions": _versions(),
             }
+            gpu = gpu_name()
+            if gpu:
+                segment["gpu"] = gpu
             if first:  # the run's first start stays; each resume adds what it ran with
                 run.meta = {**first, "resumes": [*first.get("resumes", []), segment]}
             else:

@@ -35,13 +35,14 @@ def fake_run(
     versions: bool = True,
     torch_version: str = "2.13.0",
     threads: int | None = None,
+    run_info: dict | None = None,
 ) -> pathlib.Path:
     """A run folder as the commands and `reproduce` leave it (no real training)."""
     path = root / f"table{table}" / budget / cell
     path.mkdir(parents=True)
     cfg = {"num_epochs": num_epochs, "device": "auto", "threads": threads}
     if versions:
-        cfg["_run"] = {"versions": {"torch": torch_version}}
+        cfg["_run"] = {"versions": {"torch": torch_version}, **(run_info or {})}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = [{"event": "start"}] + [{"epoch": e, "val_acc": 0.5} for e in range(1, epochs_done + 1)]
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -97,6 +98,18 @@ def results(tmp_path):
         torch_version="2.13.0+cpu",
         threads=1,
     )
+    # made outside reproduce by a version that records the CPU model at the run's start
+    fake_run(
+        root,
+        2,
+        "cpu",
+        "n15-constant",
+        metrics={"test_mse": 240.0, "test_r2_corr": 0.0, "test_r2": 0.0},
+        hardware=None,
+        torch_version="2.13.0+cpu",
+        threads=2,
+        run_info={"cpu": "Test EPYC 9000"},
+    )
     return root
 
 
@@ -147,6 +160,7 @@ def test_tables_show_ours_paper_budget_hardware_and_links(results, tmp_path):
     rows2 = {r["cell"]: r for r in read_csv(results / "table2.csv")}
     assert rows2["n5-constant"]["hardware"] == "unknown"
     assert rows2["n9-constant"]["hardware"] == "cpu, 1 thread (torch 2.13.0+cpu)"
+    assert rows2["n15-constant"]["hardware"] == "CPU Test EPYC 9000, 2 threads (torch 2.13.0+cpu)"
 
     for png in ("table3_accuracy_vs_k.png", "table1_exact_vs_n.png", "ops_benchmark.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

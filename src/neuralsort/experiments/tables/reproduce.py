@@ -35,8 +35,9 @@ from typing import Any
 
 from ..checkpoint import atomic_write_bytes
 from ..config import UserError, add_flag
+from ..hardware import hardware_info
 from .grid import RESERVED, Cell, budgets_of, build_argv, config_root, expand_table
-from .runs import cell_status, hardware_info
+from .runs import cell_status
 from .spec import BUDGETS, TABLES, TableSpec
 
 __all__ = ["add_parser", "main", "run_cell"]

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import pathlib
-import platform
 from dataclasses import dataclass
 from typing import Any
 
 from .spec import TABLES, TableSpec
 
-__all__ = ["CellRun", "cell_status", "find_runs", "hardware_info"]
+__all__ = ["CellRun", "cell_status", "find_runs"]
 
 
 def cell_status(path: pathlib.Path, final_metric: str) -> str:
@@ -135,19 +133,26 @@ def _hardware(path: pathlib.Path, metrics: dict[str, Any], cfg: dict[str, Any]) 
 
 
 def _config_device(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, int, str]:
-    """``(device, CPU threads, torch version)`` of a run made outside ``reproduce``, from its
-    metrics and config (``""`` / 0 where they do not say)."""
+    """``(where, CPU threads, torch version)`` of a run made outside ``reproduce``, from its
+    metrics and config (``""`` / 0 where they do not say). ``where`` is ``CPU <model>`` or
+    ``GPU <name>`` where the config recorded the model at the run's start, else the device."""
     run_info = cfg.get("_run", {}) if isinstance(cfg, dict) else {}
-    versions = run_info.get("versions", {}) if isinstance(run_info, dict) else {}
+    run_info = run_info if isinstance(run_info, dict) else {}
+    versions = run_info.get("versions", {})
     torch_v = str(versions.get("torch") or "") if isinstance(versions, dict) else ""
-    device = metrics.get("device")
+    device = str(metrics.get("device") or "")
     if not device and cfg.get("device") not in (None, "auto"):
-        device = cfg.get("device")
+        device = str(cfg.get("device"))
     if not device and torch_v.endswith("+cpu"):
         device = "cpu"  # a CPU-only torch build cannot have used a GPU
     threads = cfg.get("threads") or cfg.get("num_threads")
-    on_cpu = str(device or "").startswith("cpu") and isinstance(threads, int) and threads > 0
-    return str(device or ""), threads if on_cpu else 0, torch_v
+    on_cpu = device.startswith("cpu")
+    if on_cpu and run_info.get("cpu"):
+        device = f"CPU {run_info['cpu']}"
+    elif device.startswith("cuda") and run_info.get("gpu"):
+        device = f"GPU {run_info['gpu']}"
+    on_cpu = on_cpu and isinstance(threads, int) and threads > 0
+    return device, threads if on_cpu else 0, torch_v
 
 
 def _progress(log: list[dict[str, Any]], cfg: dict[str, Any], status: str) -> str:
@@ -290,46 +295,3 @@ def find_runs(results_dir: pathlib.Path, table: int) -> list[CellRun]:
             if run is not None and run.status != "missing":
                 runs.append(run)
     return runs
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware_info(device: str | None = None) -> dict[str, Any]:
-    """What a run on ``device`` (``auto`` like the commands) runs on, with a one-line summary."""
-    import torch
-
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-    }
-    name = (device or "auto").lower()
-    use_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
-    mps = getattr(torch.backends, "mps", None)
-    use_mps = name == "mps" or (
-        name == "auto" and not use_cuda and mps is not None and mps.is_available()
-    )
-    if use_cuda and torch.cuda.is_available():
-        info["device"] = "cuda"
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["summary"] = f"GPU {info['gpu']}"
-    elif use_mps:
-        info["device"] = "mps"
-        info["summary"] = f"Apple GPU (mps), {info['cpu']}"
-    else:
-        info["device"] = "cpu"
-        t = info["torch_threads"]
-        info["summary"] = f"CPU {info['cpu']}, {t} thread{'s' if t != 1 else ''}"
-    return info
