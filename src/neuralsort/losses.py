@@ -136,7 +136,8 @@ def _average_ranks(t: Tensor, mask: Tensor) -> Tensor:
         last = torch.where(ends, pos, n).flip(-1).cummin(dim=-1).values.flip(-1)
         last = torch.minimum(last, mask.sum(dim=-1, keepdim=True) - 1)
         sorted_ranks = (first + last).to(rank_dtype) / 2 + 1
-    ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
+    # out of place: torch.func.vmap has a batching rule for scatter, not for scatter_
+    ranks = torch.zeros_like(sorted_ranks).scatter(-1, order, sorted_ranks)
     return torch.where(mask, ranks, torch.zeros_like(ranks))
 
 
