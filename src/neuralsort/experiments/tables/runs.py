@@ -147,12 +147,12 @@ def _config_device(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, i
         device = "cpu"  # a CPU-only torch build cannot have used a GPU
     threads = cfg.get("threads") or cfg.get("num_threads")
     on_cpu = device.startswith("cpu")
+    cpu_threads = threads if on_cpu and isinstance(threads, int) and threads > 0 else 0
     if on_cpu and run_info.get("cpu"):
         device = f"CPU {run_info['cpu']}"
     elif device.startswith("cuda") and run_info.get("gpu"):
         device = f"GPU {run_info['gpu']}"
-    on_cpu = on_cpu and isinstance(threads, int) and threads > 0
-    return device, threads if on_cpu else 0, torch_v
+    return device, cpu_threads, torch_v
 
 
 def _progress(log: list[dict[str, Any]], cfg: dict[str, Any], status: str) -> str:
